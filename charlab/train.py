@@ -1,0 +1,91 @@
+"""The one entry point: compose the config, make the run directory, dispatch `stage=` through the registry.
+
+    python -m charlab.train experiment=demo
+    python -m charlab.train stage=show persona=sarcasm model=smollm2-135m
+    python -m charlab.train -m stage=show persona=pirate,humor lora=dpo,sft
+    charlab-train stage=show --cfg job
+
+It returns the stage's headline metric, so Hydra sweepers (Optuna) can optimise it, and always closes the
+tracker, also when the stage fails. A `CharlabError` (bad input) prints one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from charlab.settings import load_env_file, register_resolvers
+
+load_env_file()
+register_resolvers()
+
+from charlab.config_store import register_schemas  # noqa: E402  (after resolvers: stages may compose configs)
+from charlab.errors import CharlabError, ConfigError  # noqa: E402
+from charlab.registry import get_stage  # noqa: E402
+from charlab.run import Run  # noqa: E402
+from charlab.tracking import make_tracker  # noqa: E402
+
+register_schemas()
+log = logging.getLogger("charlab")
+
+
+def resolve_config(cfg: DictConfig) -> dict[str, Any]:
+    """The fully resolved config as plain data; a missing or unresolvable value becomes a one-line error."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        first = str(err).strip().splitlines()[0]
+        raise ConfigError(f"config value '{key}' cannot be resolved: {first}") from None
+
+
+def run_name(cfg: DictConfig, run_dir: Path) -> str:
+    """A readable W&B run name: persona, stage and the run directory's unique name."""
+    return f"{cfg.persona.name}-{cfg.stage.name}-{run_dir.name}"
+
+
+def execute(cfg: DictConfig, output_dir: Optional[Path] = None) -> Optional[float]:
+    """Run the stage `cfg.stage.name` in `output_dir` (default: Hydra's job directory); return its metric."""
+    spec = get_stage(cfg.stage.name)
+    resolved = resolve_config(cfg)
+    output_dir = Path(output_dir or HydraConfig.get().runtime.output_dir)
+    run = Run.create(output_dir, resolved, stage=spec.name)
+    try:
+        run.tracker = make_tracker(resolved.get("logger", {}), run.dir, run.config, run_name(cfg, run.dir))
+        result = spec.run(cfg, run)
+        if result.summary:
+            run.tracker.summary(result.summary)
+        run.update_meta(
+            summary=result.summary,
+            artifacts={k: str(v) for k, v in result.artifacts.items()},
+            metric_name=result.metric_name,
+        )
+    except BaseException as err:
+        if not isinstance(err, CharlabError):
+            log.exception("stage %s failed", spec.name)
+        run.finish("failed", error=err)
+        raise
+    run.finish("completed", metric=result.metric)
+    print(f"[charlab] {spec.name} finished; run directory: {run.dir}")
+    return result.metric
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+def main(cfg: DictConfig) -> Optional[float]:
+    """Hydra entry point (also the `charlab-train` console script)."""
+    try:
+        return execute(cfg)
+    except CharlabError as err:
+        print(f"charlab: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
