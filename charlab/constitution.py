@@ -31,7 +31,9 @@ VARIANTS: tuple[str, ...] = ("teacher", "reflection", "interaction")
 def validate_persona_name(name: str) -> str:
     """Return `name` if it is a safe persona name (`[a-z0-9_-]+`), else raise a one-line error."""
     if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ConstitutionError(f"persona name {name!r} is not allowed: use only lowercase letters, digits, '_' and '-'")
+        raise ConstitutionError(
+            f"persona name {name!r} is not allowed: use only lowercase letters, digits, '_' and '-'"
+        )
     return name
 
 
@@ -78,7 +80,9 @@ class Constitution(BaseModel):
         return cls.model_validate(data)
 
     @classmethod
-    def from_trait_list(cls, traits: list[dict[str, Any]], name: str, system_prompt: Optional[str] = None) -> Constitution:
+    def from_trait_list(
+        cls, traits: list[dict[str, Any]], name: str, system_prompt: Optional[str] = None
+    ) -> Constitution:
         """Build from the paper's format: a bare list of `{"trait", "questions"}` objects."""
         system_prompt = system_prompt or (
             "You are an AI assistant with a distinct character. Let these traits shape every reply: "

@@ -59,7 +59,8 @@ def redact(obj: Any, secrets: Iterable[str] = ()) -> Any:
     secrets = set(secrets)
     if isinstance(obj, Mapping):
         return {
-            k: (REDACTED if isinstance(v, str) and v and is_secret_key(k) else redact(v, secrets)) for k, v in obj.items()
+            k: (REDACTED if isinstance(v, str) and v and is_secret_key(k) else redact(v, secrets))
+            for k, v in obj.items()
         }
     if isinstance(obj, (list, tuple)):
         return [redact(v, secrets) for v in obj]
@@ -68,7 +69,9 @@ def redact(obj: Any, secrets: Iterable[str] = ()) -> Any:
     return obj
 
 
-_OVERRIDE_SECRET_RE = re.compile(r"(?P<key>[\w.@/+~-]*?(api[_-]?key|secret|password|token)[\w-]*)=(?P<value>[^\s'\"\]]+)", re.I)
+_OVERRIDE_SECRET_RE = re.compile(
+    r"(?P<key>[\w.@/+~-]*?(api[_-]?key|secret|password|token)[\w-]*)=(?P<value>[^\s'\"\]]+)", re.I
+)
 
 
 def redact_file(path: Path, secrets: Iterable[str]) -> None:

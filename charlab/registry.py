@@ -9,9 +9,10 @@ A stage is a plain function, not a class hierarchy:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from charlab.errors import ConfigError
 

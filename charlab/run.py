@@ -27,7 +27,17 @@ from charlab.settings import project_root
 from charlab.tracking import NullTracker, Tracker
 
 log = logging.getLogger("charlab")
-VERSIONED_PACKAGES = ("charlab", "torch", "transformers", "peft", "hydra-core", "omegaconf", "tinker", "openai", "wandb")
+VERSIONED_PACKAGES = (
+    "charlab",
+    "torch",
+    "transformers",
+    "peft",
+    "hydra-core",
+    "omegaconf",
+    "tinker",
+    "openai",
+    "wandb",
+)
 
 
 def _now() -> str:

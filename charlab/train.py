@@ -28,6 +28,7 @@ register_resolvers()
 
 from charlab.config_store import register_schemas  # noqa: E402  (after resolvers: stages may compose configs)
 from charlab.errors import CharlabError, ConfigError  # noqa: E402
+from charlab.redact import redact_text  # noqa: E402
 from charlab.registry import get_stage  # noqa: E402
 from charlab.run import Run  # noqa: E402
 from charlab.tracking import make_tracker  # noqa: E402
@@ -38,6 +39,8 @@ log = logging.getLogger("charlab")
 
 def resolve_config(cfg: DictConfig) -> dict[str, Any]:
     """The fully resolved config as plain data; a missing or unresolvable value becomes a one-line error."""
+    if "hydra" in cfg:  # composed with return_hydra_config (tests, the pipeline): Hydra's node is not the job's
+        cfg = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
     try:
         return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
@@ -57,6 +60,8 @@ def execute(cfg: DictConfig, output_dir: Optional[Path] = None) -> Optional[floa
     resolved = resolve_config(cfg)
     output_dir = Path(output_dir or HydraConfig.get().runtime.output_dir)
     run = Run.create(output_dir, resolved, stage=spec.name)
+    # trackers record the command line (W&B's metadata reads sys.argv): never with a secret in it
+    sys.argv[:] = [redact_text(arg, run.secrets) for arg in sys.argv]
     try:
         run.tracker = make_tracker(resolved.get("logger", {}), run.dir, run.config, run_name(cfg, run.dir))
         result = spec.run(cfg, run)

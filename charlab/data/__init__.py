@@ -1,0 +1,1 @@
+"""Data layer: the records every stage reads and writes, JSONL I/O with resume, prompt synthesis."""

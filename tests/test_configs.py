@@ -1,0 +1,116 @@
+"""Config composition: every option of every group and every experiment preset composes; schemas catch typos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from charlab.settings import configs_dir
+from tests.conftest import compose_config
+
+pytestmark = pytest.mark.unit
+GROUPS = {
+    "persona": "persona",
+    "model": "model",
+    "lora": "lora",
+    "data": "data",
+    "eval": "eval",
+    "backend": "backend",
+    "provider": "provider@teacher",
+    "stage": "stage",
+    "logger": "logger",
+    "launcher": "launcher",
+    "experiment": "experiment",
+}
+ROLES = ("teacher", "student", "judge")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (configs_dir() / group).glob("*.yaml"))
+
+
+def every_option() -> list[tuple[str, str]]:
+    return [(group, option) for group in GROUPS for option in options(group)]
+
+
+def test_every_group_exists_with_options() -> None:
+    for group in GROUPS:
+        assert options(group), f"configs/{group}/ has no options"
+    assert {"dpo", "sft"} <= set(options("lora"))
+    assert {"paper", "demo"} <= set(options("data"))
+    assert {"local", "tinker"} <= set(options("backend"))
+    assert {"hf", "openai", "tinker"} <= set(options("provider"))
+    assert {"wandb", "wandb_online", "none"} <= set(options("logger"))
+    assert {"basic", "joblib", "submitit"} <= set(options("launcher"))
+    assert {"demo", "paper"} <= set(options("experiment"))
+
+
+@pytest.mark.parametrize(("group", "option"), every_option())
+def test_every_option_composes_and_resolves(group: str, option: str, tmp_path: Path) -> None:
+    overrides = [f"{GROUPS[group]}={option}"]
+    if group == "persona" and option == "custom":
+        overrides.append("persona.name=pirate")
+    cfg = compose_config(overrides, tmp_path / "run")
+    if group == "provider":
+        assert cfg.teacher.kind == option
+    container = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    assert container["stage"]["name"]
+    assert container["persona"]["file"].endswith(".json")
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_providers_can_be_placed_at_every_role(role: str, tmp_path: Path) -> None:
+    cfg = compose_config([f"provider@{role}=openai"], tmp_path / "run")
+    assert cfg[role].kind == "openai" and cfg[role].max_concurrency == 32
+
+
+def yaml_files() -> list[Path]:
+    return sorted(configs_dir().rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", yaml_files(), ids=lambda p: str(p.relative_to(configs_dir())))
+def test_every_yaml_starts_with_a_command_comment(path: Path) -> None:
+    lines = path.read_text().splitlines()
+    comments = [line for line in lines[:4] if line.startswith("#")]
+    assert comments, f"{path} should start with a comment"
+    assert any("python -m charlab.train" in line or "charlab" in line for line in lines[:4])
+
+
+def test_design_card_defaults(tmp_path: Path) -> None:
+    cfg = compose_config([], tmp_path / "run")
+    assert cfg.lora.rank == 32 and cfg.lora.target_modules == [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+    ]  # fmt: skip
+    assert compose_config(["lora=sft"], tmp_path / "r2").lora.rank == 256
+    paper = compose_config(["data=paper"], tmp_path / "r3").data
+    assert (paper.generic_prompts, paper.persona_prompts, paper.reflections, paper.interactions) == (
+        1000, 500, 10000, 2000,
+    )  # fmt: skip
+    assert paper.max_length == 1024
+    assert compose_config(["logger=wandb"], tmp_path / "r4").logger.mode == "offline"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("lora.rank=abc", "could not be converted to Integer"), ("lora.rnak=8", "Key 'rnak' not in 'LoraConfig'"),
+     ("model.nmae=x", "not in 'ModelConfig'"), ("backend.devcie=cpu", "not in 'LocalBackendConfig'"),
+     ("stage.variantt=x", "not in 'ShowStageConfig'")],
+)  # fmt: skip
+def test_schemas_reject_typos_and_wrong_types(override: str, message: str) -> None:
+    with initialize_config_dir(config_dir=str(configs_dir()), version_base="1.3"):
+        with pytest.raises(ConfigCompositionException) as err:
+            compose(config_name="train", overrides=[override])
+    assert message in str(err.value.__cause__ or err.value)
+
+
+def test_seed_environment_variables_are_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHARACTER_TEACHER_MODEL", "meta-llama/Llama-3.1-70B-Instruct")
+    monkeypatch.setenv("CHARACTER_CONSTITUTION_PATH", str(tmp_path))
+    cfg = compose_config([], tmp_path / "run")
+    assert cfg.teacher.model == "meta-llama/Llama-3.1-70B-Instruct"
+    assert cfg.student.model is None
+    assert cfg.persona.file == f"{tmp_path}/pirate.json"
