@@ -24,6 +24,9 @@ def register_schemas() -> None:
     cs.store(group="schemas", name="lora", node=LoraConfig)
     cs.store(group="schemas", name="local_backend", node=LocalBackendConfig)
     cs.store(group="schemas", name="tinker_backend", node=TinkerBackendConfig)
+    from charlab.stages.pipeline import PipelineConfig
+
+    cs.store(group="schemas", name="pipeline", node=PipelineConfig)
     for spec in all_stages():
         cs.store(group="schemas", name=f"stage_{spec.name}", node=spec.schema or StageConfig)
     _done = True

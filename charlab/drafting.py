@@ -49,6 +49,14 @@ _SCHEMA_EXAMPLE = {
 }
 
 
+class DraftError(ConstitutionError):
+    """Drafting gave up: no reply validated within `max_tries`; `attempts` holds every reply and its error."""
+
+    def __init__(self, message: str, attempts: list[DraftAttempt]):
+        super().__init__(message)
+        self.attempts = attempts
+
+
 @dataclass
 class DraftOptions:
     """How to draft; `None` fields take the defaults of `configs/stage/draft_constitution.yaml`."""
@@ -130,21 +138,32 @@ def extract_json(text: str) -> Any:
             continue
         if isinstance(value, (dict, list)):
             return value
-    for start, char in enumerate(text):
-        if char in "{[":
-            end = _matching_bracket(text, start)
-            if end is not None:
-                try:
-                    value = json.loads(text[start : end + 1])
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(value, (dict, list)):
-                    return value
+    # Scan top-level bracketed spans only: an object that never closes (a cut-off reply) must not yield one of
+    # its inner objects, which would validate as the wrong thing.
+    start = 0
+    while start < len(text):
+        if text[start] not in "{[":
+            start += 1
+            continue
+        end = _matching_bracket(text, start)
+        if end is None:
+            break
+        if end < 0:  # a stray bracket in prose
+            start += 1
+            continue
+        try:
+            value = json.loads(text[start : end + 1])
+        except json.JSONDecodeError:
+            start = end + 1
+            continue
+        if isinstance(value, dict) or (isinstance(value, list) and value and isinstance(value[0], dict)):
+            return value
+        start = end + 1
     raise ConstitutionError("the reply contains no complete JSON object")
 
 
 def _matching_bracket(text: str, start: int) -> Optional[int]:
-    """Index of the bracket closing the one at `start` (string-aware), or None if it never closes."""
+    """Index of the bracket closing the one at `start` (string-aware); None if it never closes, -1 if mismatched."""
     pairs = {"{": "}", "[": "]"}
     stack: list[str] = []
     in_string = escaped = False
@@ -163,7 +182,7 @@ def _matching_bracket(text: str, start: int) -> Optional[int]:
             stack.append(pairs[char])
         elif char in "}]":
             if not stack or stack.pop() != char:
-                return None
+                return -1
             if not stack:
                 return i
     return None
@@ -226,9 +245,10 @@ def draft_constitution(
             continue
         attempts.append(DraftAttempt(reply))
         return Draft(constitution, attempts, getattr(sampler, "model_name", ""))
-    raise ConstitutionError(
+    raise DraftError(
         f"drafting failed: {len(attempts)} replies from {getattr(sampler, 'model_name', 'the model')!r} "
-        f"were not a valid constitution (last error: {attempts[-1].error}); raise max_tries or use a stronger model"
+        f"were not a valid constitution (last error: {attempts[-1].error}); raise max_tries or use a stronger model",
+        attempts,
     )
 
 

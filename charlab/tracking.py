@@ -80,7 +80,7 @@ class WandbTracker:
             name=name,
             config=config,
             mode=mode,
-            reinit="finish_previous",
+            reinit="create_new",  # a pipeline keeps its own run open while each step logs its own,
         )
 
     def log(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:

@@ -21,6 +21,9 @@ class SamplingParams:
     max_new_tokens: int = 256
     stop: list[str] = field(default_factory=list)
     seed: Optional[int] = None
+    # Text the reply is forced to start with (e.g. an opened reasoning block). The model continues it; the
+    # returned `Completion.text` holds only what the model wrote after it.
+    prefill: str = ""
 
 
 @dataclass

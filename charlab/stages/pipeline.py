@@ -1,0 +1,203 @@
+"""`stage=pipeline`: the whole recipe in one run directory, one subfolder per step.
+
+    python -m charlab.train experiment=demo                                   # the offline demo
+    python -m charlab.train stage=pipeline persona=sarcasm 'pipeline.steps=[distill,dpo]'
+    python -m charlab.train stage=pipeline stage.resume=true stage.resume_from=outputs/pirate/pipeline/<run>
+
+Each step is exactly the run the CLI would make: its config is composed from this run's own overrides plus
+`stage=<step>`, the wiring of earlier steps' artifacts (`pipeline.wiring`, e.g. `stage.pairs` of `dpo`
+<- `pairs` of `distill`) and `pipeline.step_overrides`. A finished step (its `meta.json` says completed) is
+never rerun; with `stage.resume=true` an unfinished one continues from what it already wrote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+
+from charlab.errors import CharlabError, ConfigError
+from charlab.registry import StageResult, register_stage
+from charlab.run import Run, write_json
+from charlab.schemas import StageConfig
+from charlab.settings import configs_dir
+
+# overrides of the pipeline itself, which must not reach its steps
+_OWN_PREFIXES = ("stage=", "stage.", "+stage.", "++stage.", "pipeline.", "+pipeline.", "++pipeline.", "hydra.")
+
+
+@dataclass
+class PipelineStageConfig(StageConfig):
+    """`stage=pipeline`: where to resume from (the step list and wiring live under `pipeline`)."""
+
+    name: str = "pipeline"
+    resume_from: Optional[str] = None  # an earlier pipeline run directory to continue in
+
+
+@dataclass
+class PipelineConfig:
+    """`pipeline.*`: which steps run, how artifacts flow between them, and extra overrides per step."""
+
+    steps: list[str] = MISSING
+    wiring: dict[str, dict[str, str]] = field(default_factory=dict)
+    step_overrides: dict[str, list[str]] = field(default_factory=dict)
+    report: bool = True
+
+
+class PipelineStepError(CharlabError):
+    """A step failed; the message says which and how to continue."""
+
+
+def step_dir_name(index: int, step: str) -> str:
+    return f"{index + 1:02d}_{step}"
+
+
+def read_meta(step_dir: Path) -> dict[str, Any]:
+    path = step_dir / "meta.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def task_overrides() -> list[str]:
+    """This run's own command-line overrides, minus those that configure the pipeline itself."""
+    task = list(HydraConfig.get().overrides.task)
+    return [o for o in task if not o.lstrip("~").startswith(_OWN_PREFIXES)]
+
+
+def wired_overrides(step: str, wiring: dict[str, dict[str, str]], artifacts: dict[str, dict[str, str]]) -> list[str]:
+    """`key=<path>` overrides feeding `step` the artifacts of earlier steps (missing sources are skipped)."""
+    overrides = []
+    for key, source in (wiring.get(step) or {}).items():
+        source_step, _, name = source.partition(".")
+        path = artifacts.get(source_step, {}).get(name)
+        if path is not None:
+            overrides.append(f"{key}={path}")
+    return overrides
+
+
+@contextlib.contextmanager
+def _hydra_ready() -> Iterator[None]:
+    """Compose needs an initialised Hydra: inside `python -m charlab.train` it is; from the API/tests it isn't."""
+    if GlobalHydra.instance().is_initialized():
+        yield
+    else:
+        with initialize_config_dir(config_dir=str(configs_dir()), version_base="1.3"):
+            yield
+
+
+@contextlib.contextmanager
+def step_config(overrides: list[str], step_dir: Path) -> Iterator[DictConfig]:
+    """The composed config of one step, with `HydraConfig` pointing at its directory while it runs."""
+    outer_cfg = HydraConfig.instance().cfg  # type: ignore[attr-defined]
+    outer = HydraConfig.get()
+    with _hydra_ready():
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(step_dir)
+        cfg.hydra.job.num = outer.job.get("num", 0) or 0
+    HydraConfig.instance().set_config(cfg)
+    step_dir.mkdir(parents=True, exist_ok=True)
+    log_handler = logging.FileHandler(step_dir / "train.log", encoding="utf-8")
+    log_handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logging.getLogger().addHandler(log_handler)
+    try:
+        yield cfg
+    finally:
+        logging.getLogger().removeHandler(log_handler)
+        log_handler.close()
+        HydraConfig.instance().cfg = outer_cfg  # type: ignore[attr-defined]
+
+
+def _print_estimate(cfg: DictConfig) -> None:
+    """Before a run that costs money (remote generation or training), say how much it will generate and train."""
+    paid = {cfg.teacher.kind, cfg.student.kind, cfg.judge.kind} - {"hf"} or cfg.backend.kind != "local"
+    if not paid:
+        return
+    from charlab.estimate import estimate_tokens
+
+    data = cfg.data
+    estimate = estimate_tokens(
+        prompts=data.generic_prompts + data.persona_prompts,
+        teacher_max_new_tokens=cfg.teacher.max_new_tokens,
+        student_max_new_tokens=cfg.student.max_new_tokens,
+        reflections=data.reflections,
+        interactions=data.interactions,
+        interaction_turns=data.interaction_turns,
+        max_length=data.max_length,
+    )
+    print(f"[charlab] estimate for persona {cfg.persona.name}: {estimate.describe()}")
+
+
+@register_stage(
+    "pipeline", schema=PipelineStageConfig, description="distill -> dpo -> introspect -> sft -> export -> eval"
+)
+def run(cfg: DictConfig, run: Run) -> StageResult:
+    """Run the configured steps in order inside one run directory."""
+    from charlab.train import execute
+
+    steps = list(cfg.pipeline.steps)
+    if not steps:
+        raise ConfigError("pipeline.steps is empty; e.g. pipeline.steps=[distill,dpo]")
+    root = Path(cfg.stage.resume_from).expanduser() if cfg.stage.resume_from else run.dir
+    if cfg.stage.resume_from and not root.is_dir():
+        raise ConfigError(f"stage.resume_from={root} is not a directory")
+    if root != run.dir:
+        run.add_parent("resumed_pipeline", root)
+    _print_estimate(cfg)
+    wiring = OmegaConf.to_container(cfg.pipeline.wiring, resolve=True)
+    step_overrides = OmegaConf.to_container(cfg.pipeline.step_overrides, resolve=True)
+    base = task_overrides() + [f"++logger.group={cfg.persona.name}-pipeline-{root.name}"]
+    artifacts: dict[str, dict[str, str]] = {}
+    state: dict[str, Any] = {"root": str(root), "steps": {}}
+    for index, step in enumerate(steps):
+        step_dir = root / step_dir_name(index, step)
+        meta = read_meta(step_dir)
+        if meta.get("status") == "completed":
+            print(f"[charlab] pipeline: step {step} already finished in {step_dir}; skipping")
+        else:
+            overrides = base + [f"stage={step}", f"++logger.job_type={step}"]
+            overrides += wired_overrides(step, wiring, artifacts) + list(step_overrides.get(step) or [])
+            if meta:  # it started before: continue from what it wrote
+                overrides.append("stage.resume=true")
+            print(f"[charlab] pipeline: step {index + 1}/{len(steps)} {step} -> {step_dir}")
+            try:
+                with step_config(overrides, step_dir) as scfg:
+                    execute(scfg, step_dir)
+            except (CharlabError, Exception) as err:
+                state["steps"][step_dir.name] = {"step": step, "status": "failed", "error": str(err)}
+                write_json(root / "pipeline.json", state)
+                raise PipelineStepError(
+                    f"pipeline step '{step}' failed: {err} -- fix it, then rerun with stage.resume=true "
+                    f"stage.resume_from={root}"
+                ) from err
+            meta = read_meta(step_dir)
+        artifacts[step] = dict(meta.get("artifacts") or {})
+        state["steps"][step_dir.name] = {"step": step, "status": "completed", "artifacts": artifacts[step]}
+        write_json(root / "pipeline.json", state)
+        run.add_parent(step_dir.name, step_dir)
+    summary: dict[str, Any] = {"steps": steps, "root": str(root)}
+    result_artifacts: dict[str, Path] = {"pipeline": root / "pipeline.json"}
+    if cfg.pipeline.report:
+        from charlab.report import write_pipeline_report
+
+        report = write_pipeline_report(root, steps, persona=cfg.persona.name)
+        result_artifacts["report"] = report.path
+        summary.update(report.headline)
+        print(f"[charlab] report: {report.path}")
+    for name in ("adapter",):
+        final = next((artifacts[s][name] for s in reversed(steps) if name in artifacts.get(s, {})), None)
+        if final:
+            result_artifacts[name] = Path(final)
+            print(f"[charlab] final adapter: {final}")
+    metric = summary.get("headline_metric")
+    return StageResult(
+        metric=metric, metric_name=summary.get("headline_metric_name"), artifacts=result_artifacts, summary=summary
+    )

@@ -1,0 +1,318 @@
+"""The local training backend: transformers + PEFT LoRA on this machine (fp32 on CPU, bf16 on GPU).
+
+    backend = LocalBackend.create(model_cfg, lora_cfg, cache_dir, device="auto", seed=0)
+    backend.forward_backward(batch, loss_fn).result(); backend.optim_step(AdamParams(1e-4)).result()
+    backend.save_adapter(run_dir / "adapter")
+
+Speed and memory choices:
+
+* one forward per batch: callers put related sequences (DPO's chosen and rejected) in the same batch;
+* log-probabilities only where the loss mask is set: the decoder runs once, then the output head runs on the
+  trained positions alone, in row chunks that are recomputed in backward (never a [batch, length, vocab]
+  tensor of logits, which for a 49k vocabulary is gigabytes);
+* the reference model is this model with the adapter disabled (no second copy in memory);
+* a sequence list is padded on the right only to its own longest member (callers group by length).
+
+At creation a short sequence is scored both ways (the fast path above and the model's own `logits`); if they
+disagree (an architecture that scales or caps its logits), the backend falls back to the model's forward.
+`init_adapter` merges an earlier adapter into the base weights before the new LoRA is added (SFT starts from
+the DPO model this way).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from charlab.errors import ConfigError
+from charlab.training.backend import AdamParams, LossFn, TokenSequence, done
+from charlab.training.lora import resolve_target_modules
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from charlab.generation.base import Sampler
+    from charlab.schemas import LoraConfig, ModelConfig
+
+log = logging.getLogger("charlab")
+LOGIT_BYTES_PER_CHUNK = 1 << 26  # 64 MiB of fp32 logits per output-head chunk
+STATE_WEIGHTS, STATE_OPTIMIZER = "adapter_state.safetensors", "optimizer.pt"
+
+
+def validate_lora(lora: LoraConfig) -> None:
+    """One-line errors for LoRA shapes that cannot train."""
+    if int(lora.rank) <= 0:
+        raise ConfigError(f"lora.rank={lora.rank} is not allowed; use a positive integer (e.g. 32)")
+    if float(lora.alpha) <= 0:
+        raise ConfigError(f"lora.alpha={lora.alpha} is not allowed; use a positive number (e.g. 2 x rank)")
+    if not 0.0 <= float(lora.dropout) < 1.0:
+        raise ConfigError(f"lora.dropout={lora.dropout} is not allowed; use a value in [0, 1)")
+
+
+class LocalBackend:
+    """A PEFT LoRA model, its AdamW optimizer and the Tinker-shaped training calls (see module docstring)."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        model_name: str,
+        device: str,
+        base_name_or_path: str = "",
+        max_forward_tokens: int = 16384,
+    ):
+        import torch
+
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.device = device
+        self.base_name_or_path = base_name_or_path
+        self.max_forward_tokens = max_forward_tokens
+        self.steps = 0
+        self._hf = model.get_base_model()
+        self._body = self._hf.base_model  # the decoder stack (LlamaModel, Qwen2Model, ...)
+        self._head = self._hf.get_output_embeddings()
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self._pad_id = int(pad or 0)
+        vocab = int(self._head.weight.shape[0])
+        self._chunk_rows = max(64, LOGIT_BYTES_PER_CHUNK // (4 * vocab))
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=0.0)
+        self.fast_logprobs = self._fast_path_agrees()
+
+    # ---- construction -------------------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        model_cfg: ModelConfig,
+        lora_cfg: LoraConfig,
+        cache_dir: Path,
+        device: str = "auto",
+        dtype: str = "auto",
+        seed: int = 0,
+        init_adapter: Optional[str] = None,
+        gradient_checkpointing: bool = False,
+        num_threads: Optional[int] = None,
+    ) -> LocalBackend:
+        """Load the base model, merge `init_adapter` (if any), add a fresh LoRA adapter (seeded)."""
+        import torch
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import PeftModel, get_peft_model
+
+        from charlab.models import load_causal_lm, load_tokenizer, resolve_device
+
+        validate_lora(lora_cfg)
+        if num_threads:
+            torch.set_num_threads(int(num_threads))
+        device = resolve_device(device)
+        tokenizer = load_tokenizer(model_cfg, cache_dir)
+        base = load_causal_lm(model_cfg, cache_dir, device=device, dtype=dtype)
+        if init_adapter:
+            if not (Path(init_adapter) / "adapter_config.json").is_file():
+                raise ConfigError(f"init_adapter '{init_adapter}' is not a PEFT adapter folder (no adapter_config.json)")
+            base = PeftModel.from_pretrained(base, str(init_adapter)).merge_and_unload()
+        targets = resolve_target_modules(base, list(lora_cfg.target_modules), model_cfg.name)
+        if gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.config.use_cache = False
+        torch.manual_seed(seed)  # the LoRA A init and the dropout stream
+        peft_cfg = PeftLoraConfig(
+            r=int(lora_cfg.rank),
+            lora_alpha=float(lora_cfg.alpha),
+            lora_dropout=float(lora_cfg.dropout),
+            target_modules=targets,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(base, peft_cfg)
+        return cls(model, tokenizer, model_cfg.name, device, base_name_or_path=model_cfg.name_or_path)
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.trainable)
+
+    # ---- log-probabilities ----------------------------------------------------------------------------------
+    def _pad(self, batch: Sequence[TokenSequence]) -> tuple[torch.Tensor, Optional[torch.Tensor], list[int]]:
+        import torch
+
+        lengths = [len(s) for s in batch]
+        width = max(lengths)
+        ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, seq in enumerate(batch):
+            ids[i, : len(seq)] = torch.tensor(seq.tokens, dtype=torch.long)
+            attention[i, : len(seq)] = 1
+        # Without padding, no mask: attention then takes its plain causal path.
+        mask = attention.to(self.device) if min(lengths) < width else None
+        return ids.to(self.device), mask, lengths
+
+    def _chunk_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        logits = self._head(hidden).float()
+        cap = getattr(self._hf.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+    def _head_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        import torch
+        from torch.utils.checkpoint import checkpoint
+
+        parts = []
+        for start in range(0, hidden.shape[0], self._chunk_rows):
+            h, t = hidden[start : start + self._chunk_rows], targets[start : start + self._chunk_rows]
+            if torch.is_grad_enabled():  # recompute this chunk's logits in backward instead of keeping them
+                parts.append(checkpoint(self._chunk_logprobs, h, t, use_reentrant=False))
+            else:
+                parts.append(self._chunk_logprobs(h, t))
+        return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+
+    def _forward(self, batch: Sequence[TokenSequence]) -> list[torch.Tensor]:
+        """Per-target log-probabilities (differentiable when grad is enabled) of one padded batch."""
+        import torch
+
+        ids, mask, lengths = self._pad(batch)
+        if not self.fast_logprobs:
+            logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+            full = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+            return [full[i, : n - 1] for i, n in enumerate(lengths)]
+        weights = torch.zeros((len(batch), ids.shape[1] - 1), dtype=torch.bool)
+        for i, seq in enumerate(batch):
+            weights[i, : len(seq) - 1] = torch.tensor(seq.target_weights, dtype=torch.bool)
+        rows, cols = weights.nonzero(as_tuple=True)
+        rows, cols = rows.to(self.device), cols.to(self.device)
+        hidden = self._body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        picked = self._head_logprobs(hidden[rows, cols], ids[rows, cols + 1])
+        full = torch.zeros(weights.shape, dtype=torch.float32, device=self.device).index_put((rows, cols), picked)
+        return [full[i, : n - 1] for i, n in enumerate(lengths)]
+
+    def _fast_path_agrees(self) -> bool:
+        import torch
+
+        probe = self.tokenizer("Hello there, how are you today?", add_special_tokens=False)["input_ids"][:12]
+        if len(probe) < 3:
+            return True
+        seq = TokenSequence(tuple(probe), (0,) + (1,) * (len(probe) - 1))
+        self.fast_logprobs = True
+        with torch.no_grad():
+            fast = self._forward([seq])[0]
+            ids = torch.tensor([probe], device=self.device)
+            logits = self.model(input_ids=ids, use_cache=False).logits.float()
+            slow = torch.log_softmax(logits[0, :-1], dim=-1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+        agrees = bool(torch.allclose(fast, slow, atol=2e-2 if fast.dtype != slow.dtype else 1e-3))
+        if not agrees:
+            log.warning("%s: the head-only log-prob path disagrees with the model's logits; using the slow path", self)
+        return agrees
+
+    def logprobs(self, batch: Sequence[TokenSequence], reference: bool = False) -> list[torch.Tensor]:
+        """Per-target log-probabilities without gradient, in token-budgeted chunks; `reference`: adapter off."""
+        import contextlib
+
+        import torch
+
+        order = sorted(range(len(batch)), key=lambda i: -len(batch[i]))
+        out: list[Optional[torch.Tensor]] = [None] * len(batch)
+        self.model.eval()
+        context = self.model.disable_adapter() if reference else contextlib.nullcontext()
+        with torch.no_grad(), context:
+            start = 0
+            while start < len(order):
+                rows = max(1, self.max_forward_tokens // len(batch[order[start]]))
+                chunk = order[start : start + rows]
+                for i, lp in zip(chunk, self._forward([batch[i] for i in chunk])):
+                    out[i] = lp.detach().cpu()
+                start += rows
+        return out  # type: ignore[return-value]
+
+    # ---- training -------------------------------------------------------------------------------------------
+    def forward_backward(self, batch: list[TokenSequence], loss_fn: LossFn) -> Any:
+        """One forward over the whole batch, `loss_fn`, backward (gradients accumulate until `optim_step`)."""
+        self.model.train()
+        logprobs = self._forward(batch)
+        loss, metrics = loss_fn(batch, logprobs)
+        loss.backward()
+        return done({k: float(v) for k, v in metrics.items()})
+
+    def optim_step(self, params: AdamParams) -> Any:
+        """Clip, step AdamW with this step's hyperparameters, clear gradients."""
+        import torch
+
+        for group in self.optimizer.param_groups:
+            group.update(
+                lr=params.learning_rate,
+                betas=(params.beta1, params.beta2),
+                eps=params.eps,
+                weight_decay=params.weight_decay,
+            )
+        max_norm = params.grad_clip_norm if params.grad_clip_norm > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.steps += 1
+        return done({"grad_norm": float(norm), "lr": params.learning_rate})
+
+    # ---- state ----------------------------------------------------------------------------------------------
+    def save_state(self, folder: Path) -> str:
+        """Adapter weights (safetensors), optimizer state, step count and RNG state into `folder`."""
+        import torch
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        weights = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(self.model).items()}
+        save_file(weights, str(folder / STATE_WEIGHTS))
+        state = {"optimizer": self.optimizer.state_dict(), "steps": self.steps, "rng": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        torch.save(state, folder / STATE_OPTIMIZER)
+        return str(folder)
+
+    def load_state(self, folder: Path) -> None:
+        """Restore adapter weights, optimizer state, step count and RNG state saved by `save_state`."""
+        import torch
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        weights = load_file(str(folder / STATE_WEIGHTS), device=str(self.device))
+        result = set_peft_model_state_dict(self.model, weights)
+        if getattr(result, "unexpected_keys", None):
+            raise ConfigError(f"{folder}: checkpoint does not match this LoRA shape (unexpected {result.unexpected_keys[0]})")
+        state = torch.load(folder / STATE_OPTIMIZER, map_location=self.device, weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.steps = int(state["steps"])
+        torch.set_rng_state(state["rng"].cpu())
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    def save_adapter(self, folder: Path) -> Path:
+        """A standard PEFT folder (what `PeftModel.from_pretrained` and vLLM `--lora-modules` load)."""
+        folder = Path(folder)
+        self.model.save_pretrained(str(folder))
+        config_path = folder / "adapter_config.json"
+        config = json.loads(config_path.read_text())
+        if self.base_name_or_path:  # the hub id, not this machine's cache folder
+            config["base_model_name_or_path"] = self.base_name_or_path
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        return folder
+
+    def sampler(self, batch_size: int = 8) -> Sampler:
+        """`HFSampler` over this model with the adapter as trained so far."""
+        from charlab.generation.hf import HFSampler
+
+        self.model.eval()
+        return HFSampler(self.model, self.tokenizer, self.model_name, batch_size=batch_size, device=self.device)
+
+    def close(self) -> None:
+        self.model = self._hf = self._body = self._head = None  # type: ignore[assignment]
+        self.optimizer = None  # type: ignore[assignment]
+        gc.collect()
+
+    def __repr__(self) -> str:
+        return f"LocalBackend({self.model_name}, {self.device})"
