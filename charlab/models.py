@@ -152,7 +152,10 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def _ensure_folder(target: Path, build: Callable[[Path], Any]) -> Path:
-    """Make `target` exist by calling `build(tmp)` once and renaming `tmp` into place; return `target`."""
+    """Make `target` exist by calling `build(tmp)` once and renaming `tmp` into place; return `target`.
+
+    A folder at `target` without the completion marker (not written by this function) is replaced.
+    """
     if _is_complete(target):
         return target
     with _file_lock(target.parent / f".{target.name}.lock"):

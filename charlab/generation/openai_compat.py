@@ -1,0 +1,213 @@
+"""The `openai` provider: any OpenAI-compatible chat-completions server (OpenAI, vLLM, ...).
+
+Requests go out concurrently through the official async client, at most `max_concurrency` at a time, each
+with its own timeout. Rate limits (429), server errors (5xx), timeouts and dropped connections are retried
+with exponential backoff and jitter (honouring `Retry-After`); problems retrying cannot fix (no key, a
+rejected key, an unknown model, a bad request) stop the call with a one-line `ProviderError`. The key is read
+from the environment variable `api_key_env`, never from a file; a loopback server may run without one.
+
+    sampler = OpenAISampler("Qwen/Qwen3-8B", base_url="http://127.0.0.1:8000/v1", max_concurrency=32)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import random
+from collections.abc import Coroutine
+from typing import Any, Optional, TypeVar
+from urllib.parse import urlparse
+
+from charlab.errors import ProviderError
+from charlab.generation.base import Completion, Message, SamplingParams
+from charlab.generation.text import request_seeds, truncate_at_stop
+
+log = logging.getLogger("charlab")
+T = TypeVar("T")
+OPENAI_URL = "https://api.openai.com/v1"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from sync code, also when the caller already runs an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:  # e.g. inside Streamlit or Jupyter
+        return pool.submit(asyncio.run, coro).result()
+
+
+def is_loopback(url: str) -> bool:
+    """Whether `url` points at this machine (a local test or vLLM server may need no key)."""
+    return (urlparse(url).hostname or "") in LOOPBACK_HOSTS
+
+
+def _one_line(err: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class OpenAISampler:
+    """A `Sampler` over an OpenAI-compatible chat-completions endpoint."""
+
+    def __init__(
+        self,
+        model: str,
+        base_url: Optional[str] = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        max_concurrency: int = 32,
+        timeout_s: float = 120.0,
+        max_retries: int = 6,
+        retry_backoff_s: float = 1.0,
+        retry_backoff_max_s: float = 60.0,
+    ):
+        if not model:
+            raise ProviderError("openai provider: no model name; set <role>.model to a model the server serves")
+        if base_url is not None and not str(base_url).strip():
+            raise ProviderError(
+                "openai provider: base_url is empty; set it to the server's URL (e.g. http://127.0.0.1:8000/v1) "
+                "or leave it null for api.openai.com"
+            )
+        url = str(base_url or OPENAI_URL).rstrip("/")
+        if urlparse(url).scheme not in ("http", "https") or not urlparse(url).hostname:
+            raise ProviderError(f"openai provider: base_url '{url}' is not an http(s) URL like http://host:8000/v1")
+        key = os.environ.get(api_key_env) if api_key_env else None
+        if not key and not is_loopback(url):
+            raise ProviderError(
+                f"openai provider: environment variable {api_key_env or '(api_key_env unset)'} is empty but "
+                f"{url} needs a key; export it (or put it in .env), or point base_url at a local server"
+            )
+        if max_concurrency < 1 or max_retries < 0 or timeout_s <= 0:
+            raise ProviderError(
+                f"openai provider: max_concurrency={max_concurrency}, max_retries={max_retries}, "
+                f"timeout_s={timeout_s} not allowed; use >= 1, >= 0 and > 0"
+            )
+        self.model_name = model
+        self.base_url = url
+        self._api_key = key or "no-key"  # the client insists on some key; a loopback server ignores it
+        self.max_concurrency = int(max_concurrency)
+        self.timeout_s = float(timeout_s)
+        self.max_retries = int(max_retries)
+        self.retry_backoff_s = float(retry_backoff_s)
+        self.retry_backoff_max_s = float(retry_backoff_max_s)
+        self.stats = {"requests": 0, "retries": 0}
+        self._token_field = "max_tokens"  # switched once if the server wants max_completion_tokens
+
+    # ---- public -------------------------------------------------------------------------------------------
+    def sample(self, conversations: list[list[Message]], params: SamplingParams) -> list[Completion]:
+        """One completion per conversation, in order, requested concurrently."""
+        if not conversations:
+            return []
+        return run_sync(self._sample_all(conversations, params))
+
+    def close(self) -> None:
+        """Nothing persistent to free: each call opens and closes its own connection pool."""
+
+    # ---- async core ---------------------------------------------------------------------------------------
+    async def _sample_all(self, conversations: list[list[Message]], params: SamplingParams) -> list[Completion]:
+        from openai import AsyncOpenAI
+
+        client = AsyncOpenAI(api_key=self._api_key, base_url=self.base_url, timeout=self.timeout_s, max_retries=0)
+        gate = asyncio.Semaphore(self.max_concurrency)
+        seeds = request_seeds(params.seed, conversations)
+        tasks = [
+            asyncio.ensure_future(self._request(client, gate, messages, params, seed))
+            for messages, seed in zip(conversations, seeds)
+        ]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:  # one fatal error ends the call: stop the requests still in flight
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        finally:
+            await client.close()
+
+    async def _request(
+        self, client: Any, gate: asyncio.Semaphore, messages: list[Message], params: SamplingParams, seed: Any
+    ) -> Completion:
+        import openai
+
+        body: dict[str, Any] = {"model": self.model_name, "messages": list(messages), "temperature": params.temperature}
+        body["top_p"] = params.top_p
+        if params.stop:
+            body["stop"] = list(params.stop)
+        if seed is not None:
+            body["seed"] = seed
+        if params.prefill:  # vLLM's continuation of a started assistant turn
+            body["messages"] = body["messages"] + [{"role": "assistant", "content": params.prefill}]
+            body["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
+        for attempt in range(self.max_retries + 1):
+            try:
+                async with gate:
+                    self.stats["requests"] += 1
+                    response = await client.chat.completions.create(
+                        **body, **{self._token_field: params.max_new_tokens}
+                    )
+                return self._completion(response, params)
+            except openai.NotFoundError as err:
+                raise ProviderError(await self._unknown_model(client, err)) from None
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
+                raise ProviderError(
+                    f"openai provider: {self.base_url} rejected the key ({err.status_code}): {_one_line(err)}"
+                ) from None
+            except openai.BadRequestError as err:
+                if self._token_field == "max_tokens" and "max_completion_tokens" in str(err):
+                    self._token_field = "max_completion_tokens"
+                    continue
+                raise ProviderError(f"openai provider: {self.base_url} refused the request: {_one_line(err)}") from None
+            except (openai.APIConnectionError, openai.RateLimitError, openai.APIStatusError) as err:
+                status = getattr(err, "status_code", None)
+                if isinstance(err, openai.APIStatusError) and not (status == 429 or status >= 500 or status == 408):
+                    raise ProviderError(f"openai provider: {self.base_url} answered {status}: {_one_line(err)}") from None
+                if attempt == self.max_retries:
+                    raise ProviderError(
+                        f"openai provider: {self.base_url} still failing after {attempt + 1} attempts "
+                        f"({type(err).__name__}: {_one_line(err, 120)}); raise max_retries or check the server"
+                    ) from None
+                self.stats["retries"] += 1
+                delay = self._backoff(attempt, err)
+                log.debug("openai request failed (%s); retry %d in %.2fs", type(err).__name__, attempt + 1, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _backoff(self, attempt: int, err: BaseException) -> float:
+        """Exponential backoff with equal jitter, at least the server's Retry-After (both capped)."""
+        ceiling = min(self.retry_backoff_max_s, self.retry_backoff_s * 2**attempt)
+        delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+        response = getattr(err, "response", None)
+        retry_after = response.headers.get("retry-after") if response is not None else None
+        try:
+            delay = max(delay, min(float(retry_after), self.retry_backoff_max_s)) if retry_after else delay
+        except ValueError:  # an HTTP date instead of seconds: keep our own delay
+            pass
+        return delay
+
+    async def _unknown_model(self, client: Any, err: BaseException) -> str:
+        served = ""
+        try:
+            names = [m.id async for m in client.models.list()]
+            served = f"; it serves: {', '.join(names[:10])}" if names else ""
+        except Exception:  # listing is a courtesy; the 404 is the error
+            pass
+        return (
+            f"openai provider: model '{self.model_name}' not found at {self.base_url} (404){served}; "
+            "check <role>.model and that base_url ends in /v1"
+        )
+
+    def _completion(self, response: Any, params: SamplingParams) -> Completion:
+        if not getattr(response, "choices", None):
+            raise ProviderError(f"openai provider: {self.base_url} returned no choices for model '{self.model_name}'")
+        choice = response.choices[0]
+        text, hit = truncate_at_stop(choice.message.content or "", params.stop)
+        usage = getattr(response, "usage", None)
+        return Completion(
+            text=text,
+            finish_reason="length" if choice.finish_reason == "length" and not hit else "stop",
+            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+        )

@@ -1,0 +1,263 @@
+"""DPO, written once against `TrainingBackend`: pairs -> token sequences, the loss, cached references, eval.
+
+    items, stats = encode_pairs(chat, pairs, max_length=512)
+    train_items, eval_items = split_eval(items, eval_fraction=0.2, seed=0)
+    algorithm = DpoAlgorithm(beta=0.1, nll_coef=0.1, cache_dir=run_dir, cache_key=model_identity)
+    Trainer(backend, algorithm, train_items, eval_items, loop_config, run_dir / "checkpoints").train()
+
+Each pair is a chosen and a rejected reply to the same user prompt, rendered by the one chat format; the
+loss reads summed log-probabilities over the reply's tokens only (the chat format's loss mask). The sigmoid
+loss `-log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r)))` is optionally joined by `nll_coef` times the
+per-token negative log-likelihood of the chosen reply. Chosen and rejected of a micro-batch go through the
+backend as one batch (`[c0, r0, c1, r1, ...]`), so the local backend runs one forward for both. Reference
+log-probabilities are computed once for every pair before training and cached on disk under a key of the
+token ids, loss masks and model identity; the training loop never runs the reference model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from charlab.chat_format import ChatFormat, make_messages
+from charlab.data.records import DpoExample
+from charlab.training.backend import LossFn, TokenSequence, TrainingBackend
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+log = logging.getLogger("charlab")
+
+
+@dataclass(frozen=True)
+class DpoItem:
+    """One encoded preference pair; `index` is its position among the encoded pairs (the cache's key)."""
+
+    index: int
+    chosen: TokenSequence
+    rejected: TokenSequence
+    id: str = ""
+
+    def __len__(self) -> int:
+        return len(self.chosen) + len(self.rejected)
+
+
+@dataclass
+class EncodeStats:
+    """What encoding did to the pairs file."""
+
+    pairs: int = 0
+    kept: int = 0
+    truncated: int = 0  # a reply cut to max_length
+    dropped: list[str] = field(default_factory=list)  # pair ids (or row numbers) with nothing to train on
+
+
+def encode_pairs(chat: ChatFormat, pairs: Sequence[DpoExample], max_length: int) -> tuple[list[DpoItem], EncodeStats]:
+    """Render each pair (user prompt + reply) and cut it to `max_length`; drop pairs left without reply tokens."""
+    stats = EncodeStats(pairs=len(pairs))
+    items: list[DpoItem] = []
+    for row, pair in enumerate(pairs, 1):
+        prompt = make_messages(pair.prompt)
+        encoded = [chat.encode_completion(prompt, reply) for reply in (pair.chosen, pair.rejected)]
+        if any(len(e) > max_length for e in encoded):
+            stats.truncated += 1
+        chosen, rejected = (TokenSequence.from_encoded(e, max_length) for e in encoded)
+        if chosen.num_trained == 0 or rejected.num_trained == 0:
+            stats.dropped.append(pair.id or f"row {row}")
+            continue
+        items.append(DpoItem(len(items), chosen, rejected, pair.id or str(row)))
+    stats.kept = len(items)
+    return items, stats
+
+
+def split_eval(items: list[DpoItem], eval_fraction: float, seed: int) -> tuple[list[DpoItem], list[DpoItem]]:
+    """A seeded held-out split: `round(eval_fraction * n)` items (at least one when the fraction is > 0)."""
+    if eval_fraction <= 0 or len(items) < 2:
+        return list(items), []
+    n_eval = min(len(items) - 1, max(1, round(eval_fraction * len(items))))
+    order = list(range(len(items)))
+    random.Random(f"eval-split:{seed}").shuffle(order)
+    held = set(order[:n_eval])
+    return [it for i, it in enumerate(items) if i not in held], [it for i, it in enumerate(items) if i in held]
+
+
+# ------------------------------------------------------------------------------------------------ the loss
+
+
+def sequence_logprobs(batch: Sequence[TokenSequence], logprobs_list: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Each sequence's summed log-probability over its weighted (trained) targets."""
+    import torch
+
+    sums = []
+    for seq, lp in zip(batch, logprobs_list, strict=True):
+        weights = torch.tensor(seq.target_weights, dtype=lp.dtype, device=lp.device)
+        sums.append((lp * weights).sum())
+    return torch.stack(sums)
+
+
+def dpo_loss(
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+    nll_coef: float = 0.0,
+    chosen_tokens: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean sigmoid DPO loss (+ `nll_coef` x per-token NLL of chosen) over pairs, and its metrics.
+
+    All inputs are per-pair summed log-probabilities; `chosen_tokens` (trained tokens of each chosen reply)
+    normalises the NLL term and is required when `nll_coef` > 0.
+    """
+    import torch.nn.functional as F
+
+    reward_chosen = beta * (chosen - ref_chosen)
+    reward_rejected = beta * (rejected - ref_rejected)
+    margins = reward_chosen - reward_rejected
+    dpo = -F.logsigmoid(margins).mean()
+    nll = (-chosen / chosen_tokens).mean() if chosen_tokens is not None else chosen.new_zeros(())
+    loss = dpo + nll_coef * nll if nll_coef else dpo
+    metrics = {
+        "loss": float(loss.detach()),
+        "dpo_loss": float(dpo.detach()),
+        "nll": float(nll.detach()),
+        "accuracy": float((margins > 0).float().mean()),
+        "margin": float(margins.detach().mean()),
+        "reward_chosen": float(reward_chosen.detach().mean()),
+        "reward_rejected": float(reward_rejected.detach().mean()),
+    }
+    return loss, metrics
+
+
+def interleave(items: Sequence[DpoItem]) -> list[TokenSequence]:
+    """`[c0, r0, c1, r1, ...]`: one batch holds both sides of every pair."""
+    return [seq for item in items for seq in (item.chosen, item.rejected)]
+
+
+def make_loss_fn(items: Sequence[DpoItem], refs: torch.Tensor, beta: float, nll_coef: float, weight: float) -> LossFn:
+    """The loss of one micro-batch of `interleave(items)`; `refs[i]` = (ref chosen, ref rejected) of item i."""
+    import torch
+
+    chosen_tokens = torch.tensor([float(it.chosen.num_trained) for it in items])
+
+    def loss_fn(batch: list[TokenSequence], logprobs_list: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        sums = sequence_logprobs(batch, logprobs_list)
+        ref = refs.to(sums.device, sums.dtype)
+        loss, metrics = dpo_loss(
+            sums[0::2], sums[1::2], ref[:, 0], ref[:, 1], beta, nll_coef, chosen_tokens.to(sums.device, sums.dtype)
+        )
+        return loss * weight, metrics
+
+    return loss_fn
+
+
+# ------------------------------------------------------------------------------------------------ references
+
+
+def reference_key(items: Sequence[DpoItem], model_identity: str) -> str:
+    """A digest of every pair's tokens and masks (data, chat format, max_length) and the model's identity."""
+    h = hashlib.sha256(model_identity.encode())
+    for item in items:
+        for seq in (item.chosen, item.rejected):
+            h.update(json.dumps([seq.tokens, seq.loss_mask]).encode())
+    return h.hexdigest()
+
+
+class DpoAlgorithm:
+    """DPO for `charlab.training.loop.Trainer`: reference sums cached once, one loss per micro-batch."""
+
+    name = "dpo"
+
+    def __init__(
+        self,
+        beta: float,
+        nll_coef: float = 0.0,
+        cache_dir: Optional[Path] = None,
+        model_identity: str = "",
+        extra_cache_dirs: Sequence[Path] = (),
+        eval_batch_size: int = 16,
+    ):
+        self.beta, self.nll_coef = float(beta), float(nll_coef)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.extra_cache_dirs = [Path(p) for p in extra_cache_dirs]
+        self.model_identity = model_identity
+        self.eval_batch_size = eval_batch_size
+        self.refs: Optional[torch.Tensor] = None  # [n_items, 2], indexed by DpoItem.index
+        self.cache_path: Optional[Path] = None
+        self.reference_calls = 0  # how many times reference log-probs were computed (tests: exactly once)
+
+    def item_length(self, item: DpoItem) -> int:
+        return len(item)
+
+    # ---- references, once ------------------------------------------------------------------------------
+    def prepare(self, backend: TrainingBackend, items: list[Any]) -> None:
+        """Reference sums for every item: from the cache when its key matches, else computed and cached."""
+        import torch
+
+        items = sorted(items, key=lambda it: it.index)
+        key = reference_key(items, self.model_identity)
+        name = f"ref_logprobs-{key[:16]}.json"
+        for folder in [d for d in [self.cache_dir, *self.extra_cache_dirs] if d is not None]:
+            path = folder / name
+            if path.is_file():
+                data = json.loads(path.read_text())
+                if data.get("key") == key and len(data["refs"]) == len(items):
+                    self.refs = torch.tensor(data["refs"], dtype=torch.float64)
+                    self.cache_path = path
+                    log.info("reference log-probs: %d pairs from %s", len(items), path)
+                    return
+        self.refs = self._compute(backend, items)
+        if self.cache_dir is not None:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            self.cache_path = self.cache_dir / name
+            tmp = self.cache_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"key": key, "model": self.model_identity, "refs": self.refs.tolist()}))
+            tmp.replace(self.cache_path)
+
+    def _compute(self, backend: TrainingBackend, items: list[DpoItem]) -> torch.Tensor:
+        import torch
+        from tqdm.auto import tqdm
+
+        self.reference_calls += 1
+        refs = torch.zeros((len(items), 2), dtype=torch.float64)
+        order = sorted(range(len(items)), key=lambda i: -len(items[i]))  # similar lengths share a forward
+        chunk = max(1, self.eval_batch_size * 4)
+        with tqdm(total=len(items), desc="reference log-probs", disable=None) as bar:
+            for start in range(0, len(order), chunk):
+                part = [items[i] for i in order[start : start + chunk]]
+                batch = interleave(part)
+                sums = sequence_logprobs(batch, backend.logprobs(batch, reference=True)).double().cpu()
+                for j, item in enumerate(part):
+                    refs[item.index] = sums[2 * j : 2 * j + 2]
+                bar.update(len(part))
+        return refs
+
+    # ---- training and eval -------------------------------------------------------------------------------
+    def _refs(self, items: Sequence[DpoItem]) -> torch.Tensor:
+        if self.refs is None:
+            raise RuntimeError("DpoAlgorithm.prepare must run before training")
+        return self.refs[[it.index for it in items]].float()
+
+    def micro_batch(self, items: list[DpoItem], weight: float) -> tuple[list[TokenSequence], LossFn]:
+        return interleave(items), make_loss_fn(items, self._refs(items), self.beta, self.nll_coef, weight)
+
+    def evaluate(self, backend: TrainingBackend, items: list[Any]) -> dict[str, float]:
+        """DPO metrics of the current weights on `items` (no gradient), averaged over pairs."""
+        import torch
+
+        totals: dict[str, float] = {}
+        for start in range(0, len(items), self.eval_batch_size):
+            part = items[start : start + self.eval_batch_size]
+            batch = interleave(part)
+            with torch.no_grad():
+                loss_fn = make_loss_fn(part, self._refs(part), self.beta, self.nll_coef, 1.0)
+                _, metrics = loss_fn(batch, backend.logprobs(batch))
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + v * len(part)
+        return {k: v / len(items) for k, v in totals.items()}
