@@ -67,6 +67,8 @@ class OpenAICompatServer:
         self._count = 0
         self.requests: list[dict[str, Any]] = []  # bodies of every chat-completions request, in arrival order
         self.failures_served: list[str] = []
+        self.in_flight = 0
+        self.max_in_flight = 0  # the most chat requests handled at the same time
         self.completed = 0  # replies produced (a reply to a client that already timed out counts too)
         self._httpd: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
@@ -85,7 +87,6 @@ class OpenAICompatServer:
 
         self._httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
-        self._httpd.request_queue_size = 256
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="openai-compat-server", daemon=True)
         self._thread.start()
         return self
@@ -154,6 +155,8 @@ class OpenAICompatServer:
 class _QuietServer(ThreadingHTTPServer):
     """Ignores clients that hang up first (a client timeout is a scenario here, not a server bug)."""
 
+    request_queue_size = 256  # listen() backlog: the default 5 drops bursts of concurrent connections
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         import sys
 
@@ -215,6 +218,15 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.owner
         with owner._lock:
             owner.requests.append(body)
+            owner.in_flight += 1
+            owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
+        try:
+            self._chat(owner, body)
+        finally:
+            with owner._lock:
+                owner.in_flight -= 1
+
+    def _chat(self, owner: OpenAICompatServer, body: dict[str, Any]) -> None:
         model = body.get("model")
         if owner.models is not None and model not in owner.models:
             self._error(404, f"The model `{model}` does not exist.", "NotFoundError")
@@ -291,3 +303,20 @@ def serve(
     """Start a server for the `with` block and yield its base URL (`http://127.0.0.1:<port>/v1`)."""
     with OpenAICompatServer(replies, failures, latency_s, timeout_delay_s, models, api_key, seed) as server:
         yield server.base_url
+
+
+def main() -> None:
+    """Run a server in its own process (benchmarks, manual checks): prints its base URL, serves until killed."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="A loopback OpenAI-compatible server with canned replies.")
+    parser.add_argument("--reply", default="Here is a short, canned answer.")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
+    args = parser.parse_args()
+    with OpenAICompatServer(replies=args.reply, latency_s=args.latency) as server:
+        print(server.base_url, flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -23,7 +23,7 @@ import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Optional
 
@@ -38,7 +38,7 @@ TokenCounter = Callable[[list[Message]], int]
 # ------------------------------------------------------------------------------------------------ assets
 
 
-@lru_cache(maxsize=None)
+@cache
 def _asset(name: str) -> object:
     path = ASSETS / name
     try:

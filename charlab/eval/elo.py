@@ -7,17 +7,20 @@
 A `Match` names its two players (`player_a`, `player_b`; "base" and "tuned" in seed files) and a winner:
 a player's name, "base"/"tuned" for the first/second player, or "tie". `compute_elo` is the seed's
 sequential Elo (both players start at 1000); `compute_elo(..., orderings=100)` averages random orderings.
+The seed's command line works too: `python -m charlab.eval.elo score --matches FILE --k-factor 32`.
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
 from charlab.data.jsonl import JsonlWriter, read_jsonl
 from charlab.data.records import Match
-from charlab.errors import DataError
+from charlab.errors import CharlabError, DataError
 from charlab.eval.ratings import Outcome, order_averaged_elo, sequential_elo
 
 TIE_WORDS = ("tie", "draw")
@@ -76,3 +79,27 @@ def compute_elo(
     if orderings is None:
         return sequential_elo(outcomes, players, k=k_factor, initial=initial_rating)
     return order_averaged_elo(outcomes, players, k=k_factor, initial=initial_rating, orderings=orderings, seed=seed)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The seed's command line: `python -m charlab.eval.elo score --matches FILE --k-factor 32`."""
+    parser = argparse.ArgumentParser(prog="python -m charlab.eval.elo", description="Elo ratings of a matches file.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    score = commands.add_parser("score", help="print every player's Elo rating")
+    score.add_argument("--matches", type=Path, required=True, help="JSONL of Match records")
+    score.add_argument("--k-factor", type=float, default=32.0)
+    score.add_argument("--initial-rating", type=float, default=1000.0)
+    score.add_argument("--orderings", type=int, default=None, help="average this many random orderings")
+    args = parser.parse_args(argv)
+    try:
+        ratings = compute_elo(load_matches(args.matches), args.k_factor, args.initial_rating, args.orderings)
+    except CharlabError as err:
+        print(f"charlab: error: {err}", file=sys.stderr)
+        return 2
+    for player, rating in sorted(ratings.items(), key=lambda item: (-item[1], item[0])):
+        print(f"{player}: {rating:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

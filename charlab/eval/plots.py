@@ -91,20 +91,30 @@ def plot_rank_scatter(
 
 
 def plot_matrix(
-    matrix: np.ndarray, labels: Sequence[str], path: Path, title: str, fmt: str = "{:.0f}", cols: Optional[list] = None
+    matrix: np.ndarray,
+    labels: Sequence[str],
+    path: Path,
+    title: str,
+    fmt: str = "{:.0f}",
+    xlabel: str = "",
+    ylabel: str = "",
 ) -> Path:
-    """A labelled heatmap (confusion matrix, win-rate matrix); NaN cells left blank."""
+    """A labelled square heatmap (confusion matrix, win-rate matrix); NaN cells left blank."""
     plt = _pyplot()
     matrix = np.asarray(matrix, dtype=float)
-    cols = cols or list(labels)
-    fig, ax = plt.subplots(figsize=(1.2 * len(cols) + 2.5, 1.0 * len(labels) + 1.8))
-    ax.imshow(np.nan_to_num(matrix, nan=0.0), cmap="Blues")
-    ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
+    filled = np.nan_to_num(matrix, nan=0.0)
+    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2.5, 1.0 * len(labels) + 1.8))
+    ax.imshow(filled, cmap="Blues", vmin=0)
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
     ax.set_yticks(range(len(labels)), labels)
+    dark = 0.6 * filled.max() if filled.size else 0.0
     for i in range(matrix.shape[0]):
         for j in range(matrix.shape[1]):
             if not np.isnan(matrix[i, j]):
-                ax.text(j, i, fmt.format(matrix[i, j]), ha="center", va="center", color="black")
+                colour = "white" if matrix[i, j] > dark > 0 else "black"
+                ax.text(j, i, fmt.format(matrix[i, j]), ha="center", va="center", color=colour)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     return _save(fig, path)
 

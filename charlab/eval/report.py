@@ -12,11 +12,31 @@ from charlab.eval.ratings import PlayerRating
 
 def fmt(value: Any, digits: int = 3) -> str:
     """A number for a report cell (NaN as an en dash)."""
-    if isinstance(value, bool) or value is None:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
         return str(value)
     if isinstance(value, float):
         return "–" if math.isnan(value) else f"{value:.{digits}f}"
     return str(value)
+
+
+def ci(low: float, high: float, digits: int = 3) -> str:
+    """A confidence interval for a report ("–" when undefined)."""
+    if any(isinstance(v, float) and math.isnan(v) for v in (low, high)):
+        return "–"
+    return f"{low:.{digits}f} – {high:.{digits}f}"
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with NaN/inf floats replaced by None (meta.json and W&B summaries stay valid JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def cell(text: Any, limit: int = 160) -> str:
@@ -36,7 +56,7 @@ def rating_rows(ratings: Sequence[PlayerRating]) -> tuple[list[str], list[list[A
     """Columns and rows of a ratings table (rank, player, Elo with CI, Bradley-Terry, record)."""
     columns = ["rank", "player", "Elo", "95% CI", "Bradley-Terry", "games", "win rate"]
     rows = [
-        [i, r.player, round(r.elo, 1), f"{r.elo_low:.1f} – {r.elo_high:.1f}", round(r.bt, 1), r.games, r.win_rate]
+        [i, r.player, f"{r.elo:.1f}", ci(r.elo_low, r.elo_high, 1), f"{r.bt:.1f}", r.games, r.win_rate]
         for i, r in enumerate(ratings, 1)
     ]
     return columns, rows

@@ -181,5 +181,7 @@ def spearman(a: Mapping[str, float], b: Mapping[str, float]) -> float:
     common = sorted(set(a) & set(b))
     if len(common) < 3:
         return float("nan")
+    if len({a[t] for t in common}) < 2 or len({b[t] for t in common}) < 2:
+        return float("nan")  # a constant side (e.g. no accepted verdicts): the correlation is undefined
     rho = spearmanr([a[t] for t in common], [b[t] for t in common]).statistic
     return float(rho)

@@ -24,6 +24,8 @@ class SamplingParams:
     # Text the reply is forced to start with (e.g. an opened reasoning block). The model continues it; the
     # returned `Completion.text` holds only what the model wrote after it.
     prefill: str = ""
+    # Structured output for OpenAI-compatible servers (e.g. {"type": "json_object"}); local samplers ignore it.
+    response_format: Optional[dict] = None
 
 
 @dataclass

@@ -66,7 +66,9 @@ class HFSampler:
         if adapter:
             folder = Path(adapter).expanduser()
             if not (folder / "adapter_config.json").is_file():
-                raise ModelNotFoundError(f"adapter '{adapter}': no adapter_config.json there; pass a PEFT adapter folder")
+                raise ModelNotFoundError(
+                    f"adapter '{adapter}': no adapter_config.json there; pass a PEFT adapter folder"
+                )
             from peft import PeftModel
 
             # Merged weights sample as fast as the base model; the adapter on disk is untouched.

@@ -132,12 +132,18 @@ class OpenAISampler:
     ) -> Completion:
         import openai
 
-        body: dict[str, Any] = {"model": self.model_name, "messages": list(messages), "temperature": params.temperature}
+        body: dict[str, Any] = {
+            "model": self.model_name,
+            "messages": list(messages),
+            "temperature": params.temperature,
+        }
         body["top_p"] = params.top_p
         if params.stop:
             body["stop"] = list(params.stop)
         if seed is not None:
             body["seed"] = seed
+        if params.response_format:
+            body["response_format"] = dict(params.response_format)
         if params.prefill:  # vLLM's continuation of a started assistant turn
             body["messages"] = body["messages"] + [{"role": "assistant", "content": params.prefill}]
             body["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
@@ -159,11 +165,15 @@ class OpenAISampler:
                 if self._token_field == "max_tokens" and "max_completion_tokens" in str(err):
                     self._token_field = "max_completion_tokens"
                     continue
-                raise ProviderError(f"openai provider: {self.base_url} refused the request: {_one_line(err)}") from None
+                raise ProviderError(
+                    f"openai provider: {self.base_url} refused the request: {_one_line(err)}"
+                ) from None
             except (openai.APIConnectionError, openai.RateLimitError, openai.APIStatusError) as err:
                 status = getattr(err, "status_code", None)
                 if isinstance(err, openai.APIStatusError) and not (status == 429 or status >= 500 or status == 408):
-                    raise ProviderError(f"openai provider: {self.base_url} answered {status}: {_one_line(err)}") from None
+                    raise ProviderError(
+                        f"openai provider: {self.base_url} answered {status}: {_one_line(err)}"
+                    ) from None
                 if attempt == self.max_retries:
                     raise ProviderError(
                         f"openai provider: {self.base_url} still failing after {attempt + 1} attempts "

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from charlab.constitution import Constitution, load_constitution, validate_persona_name
+from charlab.errors import ConfigError
 from charlab.schemas import LoraConfig, ModelConfig
+
+if TYPE_CHECKING:
+    from charlab.generation.base import Sampler
 
 
 def to_plain(node: Any) -> Any:
@@ -35,3 +39,37 @@ def lora_config(node: DictConfig) -> LoraConfig:
 def cache_dir(cfg: DictConfig) -> Path:
     """Where converted/built offline models and caches live."""
     return Path(cfg.paths.cache_dir).expanduser()
+
+
+def sampler_for_role(cfg: DictConfig, role: str, adapter: str | None = None) -> Sampler:
+    """The `Sampler` of a provider role (`teacher`, `student`, `judge`): `cfg[role]` over the run's model.
+
+    For local (hf) and tinker providers, `<role>.model` may name a model config (`teacher.model=smollm2-135m`),
+    so offline models work as teacher or judge beside another run model; any other value is a hub id/path.
+    """
+    from charlab.generation.factory import make_sampler
+
+    if role not in cfg:
+        raise ConfigError(f"no provider config '{role}'; use teacher, student or judge")
+    provider = to_plain(cfg[role])
+    model = model_config(cfg.model)
+    named = _named_model(cfg, provider.get("model")) if provider.get("kind") in ("hf", "tinker") else None
+    if named is not None:
+        model, provider = named, {**provider, "model": None}
+    return make_sampler(provider, model, cache_dir(cfg), adapter)
+
+
+def _named_model(cfg: DictConfig, name: Any) -> ModelConfig | None:
+    """The `configs/model/<name>.yaml` model config, resolved against this run's paths; None if no such file."""
+    from charlab.settings import configs_dir
+
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        return None
+    path = configs_dir() / "model" / f"{name}.yaml"
+    if not path.is_file():
+        return None
+    node = OmegaConf.load(path)
+    node.pop("defaults", None)
+    paths = OmegaConf.to_container(cfg.paths, resolve=False)  # only what the model file refers to gets resolved
+    root = OmegaConf.create({"paths": paths, "model": OmegaConf.merge(OmegaConf.structured(ModelConfig), node)})
+    return ModelConfig(**OmegaConf.to_container(root.model, resolve=True))

@@ -27,6 +27,7 @@ from charlab.errors import ConfigError, ConstitutionError
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_meta
 from charlab.schemas import StageConfig
+from charlab.stages._common import sampler_for_role
 
 ROLES = ("teacher", "student", "judge")
 
@@ -66,8 +67,6 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
             f"{target}: already exists; set stage.overwrite=true, or pick a new name with "
             "persona=custom persona.name=<new_name>"
         )
-
-    from charlab.stages._common import sampler_for_role
 
     sampler = sampler_for_role(cfg, stage.role)
     options = DraftOptions(**{k: stage[k] for k in DraftOptions.__dataclass_fields__})

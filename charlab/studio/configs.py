@@ -8,6 +8,7 @@ stage or option appears in the Studio as soon as its YAML exists.
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 import sys
@@ -27,9 +28,9 @@ _COMPOSE_LOCK = threading.Lock()
 _INTERNAL_GROUPS = ("hydra", "paths", "schemas")
 _SAFE_STRING = re.compile(r"^[A-Za-z_/~][\w./:@+~-]*$")
 _KEYWORDS = {"true", "false", "null", "none", "nan", "inf", "-inf", "+inf"}
-_COMMENT = re.compile(r"^(?P<key>[A-Za-z_][\w-]*):(?P<value>[^#]*?)\s+#\s*(?P<comment>.*)$")
-# "a | b | c" at the start of a comment, ended by the comment's end, punctuation, or more words (not "| x")
-_CHOICES = re.compile(r"^\s*([\w.-]+(?:\s*\|\s*[\w.-]+)+)(?:\s*$|\s*[:;(,](?:\s|$)|\s+(?=[^|\s]))")
+_KEY_LINE = re.compile(r"^(?P<key>[A-Za-z_][\w-]*):(?P<value>[^#]*?)(?:\s+#\s*(?P<comment>.*))?$")
+# one alternative of "a | b (note) | c: text": a word ended by the end, a space, "(", or ":;," and a space
+_CHOICE = re.compile(r"^\s*([\w.-]+)(?=$|\s|\(|[:;,](?:\s|$))")
 
 
 @dataclass
@@ -61,6 +62,11 @@ class FieldSpec:
     def name(self) -> str:
         return self.key.rsplit(".", 1)[-1]
 
+    @property
+    def label(self) -> str:
+        """The key inside its node, readable: `stage.filters.too_long` -> `filters › too long`."""
+        return self.key.split(".", 1)[-1].replace(".", " › ").replace("_", " ")
+
 
 def _import_charlab() -> None:
     """Resolvers, schemas and stages are registered when `charlab.train` is imported."""
@@ -83,14 +89,29 @@ def stage_names() -> list[str]:
     return group_options("stage")
 
 
+def _config_signature() -> tuple[int, int]:
+    """Changes when any YAML under `configs/` is added, removed or edited."""
+    files = list(configs_dir().rglob("*.yaml"))
+    return len(files), max((f.stat().st_mtime_ns for f in files), default=0)
+
+
 def compose(overrides: Optional[list[str]] = None) -> Composed:
-    """The config `python -m charlab.train <overrides>` would run with; a bad override is a one-line error."""
+    """The config `python -m charlab.train <overrides>` would run with; a bad override is a one-line error.
+
+    Results are cached per override list until a YAML file changes; `${oc.env:...}` values still resolve when
+    read, so the cache never hides a changed environment.
+    """
+    return _compose_cached(tuple(overrides or ()), _config_signature())
+
+
+@functools.lru_cache(maxsize=64)
+def _compose_cached(overrides_key: tuple[str, ...], signature: tuple[int, int]) -> Composed:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     _import_charlab()
-    overrides = list(overrides or [])
+    overrides = list(overrides_key)
     with _COMPOSE_LOCK:
         GlobalHydra.instance().clear()
         try:
@@ -125,14 +146,24 @@ def yaml_of(group: str, option: Optional[str]) -> Optional[Path]:
 
 
 def yaml_comments(path: Optional[Path]) -> dict[str, str]:
-    """Trailing comments of the top-level keys of a YAML file (`batch_size: 16  # pairs per step`)."""
+    """Trailing comments of a YAML file's keys by dotted path (`batch_size`, `filters.empty`)."""
     if path is None:
         return {}
-    comments = {}
+    comments: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []  # (indent, key) of the mappings the current line is inside
     for line in path.read_text(encoding="utf-8").splitlines():
-        match = _COMMENT.match(line)
-        if match:
-            comments[match.group("key")] = match.group("comment").strip()
+        stripped = line.lstrip(" ")
+        match = _KEY_LINE.match(stripped)
+        if not match or stripped.startswith("#"):
+            continue
+        indent = len(line) - len(stripped)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        dotted = ".".join([k for _, k in stack] + [match.group("key")])
+        if match.group("comment"):
+            comments[dotted] = match.group("comment").strip()
+        if not match.group("value").strip():  # a mapping opens: its keys come indented below
+            stack.append((indent, match.group("key")))
     return comments
 
 
@@ -149,8 +180,20 @@ def header_comment(path: Optional[Path]) -> str:
 
 
 def _choices_from(comment: str) -> list[str]:
-    match = _CHOICES.match(comment)
-    return list(dict.fromkeys(c.strip() for c in match.group(1).split("|"))) if match else []
+    """`a | b (note) | c: more words` at the start of a comment -> [a, b, c]; anything else -> []."""
+    parts = comment.split("|")
+    if len(parts) < 2:
+        return []
+    words = []
+    for i, part in enumerate(parts):
+        match = _CHOICE.match(part)
+        if not match:
+            return []  # e.g. "cuda:N": a placeholder, so the comment does not list a closed set
+        rest = part[match.end() :].strip()
+        if i < len(parts) - 1 and rest and not (rest.startswith("(") and rest.endswith(")")):
+            return []
+        words.append(match.group(1))
+    return list(dict.fromkeys(words))
 
 
 def _schema_hints(node: DictConfig) -> dict[str, Any]:
@@ -193,17 +236,26 @@ def _kind_of(hint: Any, value: Any) -> tuple[str, bool]:
 
 
 def field_specs(composed: Composed, node_key: str, skip: tuple[str, ...] = ("name",)) -> list[FieldSpec]:
-    """Form fields for every key of one config node (`stage`, `lora`, `teacher`, ...), defaults from YAML."""
+    """Form fields for every key of one config node (`stage`, `lora`, `teacher`, ...), defaults from YAML.
+
+    Nested mappings (e.g. `stage.filters`) become dotted fields (`stage.filters.empty`).
+    """
     node = composed.node(node_key)
     if not isinstance(node, DictConfig):
         return []
     group = next((g for g in composed.choices if g == node_key or g.endswith(f"@{node_key}")), node_key)
     comments = yaml_comments(yaml_of(group, composed.choices.get(group)))
+    return _node_fields(node, node_key, "", comments, skip)
+
+
+def _node_fields(
+    node: DictConfig, node_key: str, prefix: str, comments: dict[str, str], skip: tuple[str, ...]
+) -> list[FieldSpec]:
     hints = _schema_hints(node)
     specs = []
     for key in node.keys():
         key = str(key)
-        if key in skip:
+        if key in skip and not prefix:
             continue
         required = OmegaConf.is_missing(node, key)
         raw = None if required else OmegaConf.to_container(node, resolve=False).get(key)
@@ -212,14 +264,18 @@ def field_specs(composed: Composed, node_key: str, skip: tuple[str, ...] = ("nam
         if not required:
             try:
                 value = node[key]
-                if isinstance(value, (DictConfig, ListConfig)):
-                    value = OmegaConf.to_container(value, resolve=True)
             except Exception:  # e.g. `${hydra:...}`, which only resolves inside a run
                 value = raw
+        # a nested mapping of plain keys becomes dotted fields; keys with dots (the pipeline's wiring) cannot
+        if isinstance(value, DictConfig) and len(value) and not any("." in str(k) for k in value.keys()):
+            specs += _node_fields(value, f"{node_key}.{key}", f"{prefix}{key}.", comments, skip)
+            continue
+        if isinstance(value, (DictConfig, ListConfig)):
+            value = OmegaConf.to_container(value, resolve=True)
         kind, optional = _kind_of(hints.get(key), value)
-        comment = comments.get(key, "")
-        choices = _choices_from(comment) if kind == "str" else []
-        if choices and value not in choices and not required:
+        comment = comments.get(prefix + key, "")
+        choices = _choices_from(comment) if kind in ("str", "list") else []
+        if choices and kind == "str" and value not in choices and not required:
             choices = []  # the comment names placeholders (cuda:N), not a closed set
         specs.append(FieldSpec(f"{node_key}.{key}", value, kind, optional, required, comment, choices, interpolation))
     return specs

@@ -8,10 +8,12 @@ files and empty names. The target is also resolved and checked to be a plain fil
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Optional
 
 from charlab.constitution import (
+    NAME_PATTERN,
     Constitution,
     constitution_path,
     list_personas,
@@ -20,6 +22,11 @@ from charlab.constitution import (
     validate_persona_name,
 )
 from charlab.errors import ConstitutionError
+
+
+def valid_name(name: str) -> bool:
+    """Whether `name` is a usable persona name (`[a-z0-9_-]+`)."""
+    return bool(re.fullmatch(NAME_PATTERN, name or ""))
 
 
 def persona_names(directory: Path) -> list[str]:
@@ -41,7 +48,9 @@ def template(name: str) -> str:
         name=name,
         system_prompt="You are ... (describe the character the assistant plays, in a few sentences).",
         description="One sentence about this persona.",
-        traits=[{"trait": "I ... (a first-person sentence about one trait)", "questions": ["A question that shows it"]}],
+        traits=[
+            {"trait": "I ... (a first-person sentence about one trait)", "questions": ["A question that shows it"]}
+        ],
         safety=["I never help with anything harmful."],
     )
     return constitution.to_json()

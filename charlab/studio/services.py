@@ -11,7 +11,6 @@ import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig
@@ -20,11 +19,21 @@ from charlab.chat_format import make_messages
 from charlab.constitution import Constitution
 from charlab.errors import ProviderError
 from charlab.generation.base import Sampler, SamplingParams
-from charlab.settings import assets_dir
-from charlab.stages._common import cache_dir, load_persona, model_config, to_plain
+from charlab.stages._common import cache_dir, load_persona, model_config, sampler_for_role, to_plain
 
 SamplerKey = tuple[str, str, str, Optional[str]]  # (provider json, model json, cache dir, adapter)
-GetSampler = Callable[[SamplerKey], Sampler]
+# (key, build) -> sampler: a caller may return a cached sampler for an equal key instead of building one
+GetSampler = Callable[[SamplerKey, Callable[[], Sampler]], Sampler]
+
+
+def build_sampler(key: SamplerKey, build: Callable[[], Sampler]) -> Sampler:
+    """No caching: build the sampler."""
+    return build()
+
+
+def role_sampler(cfg: DictConfig, role: str, get_sampler: GetSampler, adapter: Optional[str] = None) -> Sampler:
+    """The sampler a stage would use for `role` (`sampler_for_role`), through the caller's cache."""
+    return get_sampler(sampler_key(cfg, role, adapter), lambda: sampler_for_role(cfg, role, adapter=adapter))
 
 
 def sampler_key(cfg: DictConfig, role: str, adapter: Optional[str] = None) -> SamplerKey:
@@ -37,15 +46,6 @@ def sampler_key(cfg: DictConfig, role: str, adapter: Optional[str] = None) -> Sa
         str(cache_dir(cfg)),
         adapter,
     )
-
-
-def build_sampler(key: SamplerKey) -> Sampler:
-    """Make the sampler a `sampler_key` describes (the library's own factory)."""
-    from charlab.generation.factory import make_sampler
-    from charlab.schemas import ModelConfig
-
-    provider, model, cache, adapter = key
-    return make_sampler(json.loads(provider), ModelConfig(**json.loads(model)), Path(cache), adapter=adapter)
 
 
 def params_for(cfg: DictConfig, role: str, **changes: Any) -> SamplingParams:
@@ -89,7 +89,7 @@ def draft(
     from charlab.drafting import DraftOptions, draft_constitution
 
     options = DraftOptions(**{k: cfg.stage[k] for k in DraftOptions.__dataclass_fields__}) if _is_draft(cfg) else None
-    sampler = get_sampler(sampler_key(cfg, role))
+    sampler = role_sampler(cfg, role, get_sampler)
     top_p = float(cfg[role].get("top_p", 1.0))
     return draft_constitution(description, sampler, name=name, options=options, top_p=top_p, seed=cfg.seed)
 
@@ -113,34 +113,32 @@ class PreviewPair:
 
 
 def sample_prompts(cfg: DictConfig, persona: Constitution, n: int, seed: int) -> list[str]:
-    """`n` user prompts, half generic and half persona-revealing, as the distill stage draws them."""
-    try:
-        from charlab.data import prompts as prompt_module
-    except ImportError:
-        prompt_module = None
-    drawn = _prompts_from_module(prompt_module, cfg, persona, n, seed) if prompt_module else None
-    if drawn:
-        return drawn[:n]
-    rng = random.Random(seed)
-    generic = [p.strip() for p in (assets_dir() / "generic_prompts.txt").read_text(encoding="utf-8").splitlines()]
-    generic = [p for p in generic if p and not p.startswith("#")]
-    questions = [q for t in persona.traits for q in t.questions]
-    persona_n = min(len(questions), n // 2)
-    picked = rng.sample(questions, persona_n) + rng.sample(generic, min(len(generic), n - persona_n))
-    rng.shuffle(picked)
-    return picked
+    """`n` user prompts drawn like the distill stage draws them: half generic, half revealing the persona.
 
+    The config's `data` group decides the generic source and hint rate; near-duplicate removal by embedding is
+    skipped here (a preview of a few prompts, without loading MiniLM), exact duplicates still go.
+    """
+    from charlab.data.prompts import PromptSpec, build_prompt_set
 
-def _prompts_from_module(module: Any, cfg: DictConfig, persona: Constitution, n: int, seed: int) -> list[str]:
-    """Template-synthesised prompts from `charlab.data.prompts`, when its synthesis function is there."""
-    synth = getattr(module, "synthesize_prompts", None) or getattr(module, "template_prompts", None)
-    if synth is None:
-        return []
-    try:
-        items = synth(persona, n, seed=seed, hint_rate=float(cfg.data.hint_rate))
-    except TypeError:
-        return []
-    return [getattr(item, "text", None) or (item.get("prompt") if isinstance(item, dict) else str(item)) for item in items]
+    data = cfg.data
+    spec = PromptSpec(
+        generic_count=n // 2,
+        persona_count=n - n // 2,
+        generic_source=str(data.generic_source),
+        generic_field=str(data.generic_field),
+        hint_rate=float(data.hint_rate),
+        seed=seed,
+        persona_sources=["questions", "templates"],
+    )
+    records = build_prompt_set(
+        persona,
+        spec,
+        persona_name=persona.display_name(),
+        dedupe=lambda texts, threshold, ref: list(range(len(texts))),
+    )
+    texts = [r.text for r in records]
+    random.Random(seed).shuffle(texts)
+    return texts[:n]
 
 
 def teacher_vs_student(
@@ -149,12 +147,14 @@ def teacher_vs_student(
     """The distill stage's two replies per prompt: teacher with the constitution prompt, student without."""
     persona = load_persona(cfg)
     system = persona.render_system_prompt("teacher", assistant_name=cfg.persona.assistant_name)
-    teacher = get_sampler(sampler_key(cfg, "teacher"))
-    student = get_sampler(sampler_key(cfg, "student"))
+    teacher = role_sampler(cfg, "teacher", get_sampler)
+    student = role_sampler(cfg, "student", get_sampler)
     taught = teacher.sample(
         [make_messages(p, system=system) for p in prompts], params_for(cfg, "teacher", max_new_tokens=max_new_tokens)
     )
-    plain = student.sample([make_messages(p) for p in prompts], params_for(cfg, "student", max_new_tokens=max_new_tokens))
+    plain = student.sample(
+        [make_messages(p) for p in prompts], params_for(cfg, "student", max_new_tokens=max_new_tokens)
+    )
     return [
         PreviewPair(p, t.text, s.text, t.finish_reason, s.finish_reason) for p, t, s in zip(prompts, taught, plain)
     ]
@@ -188,11 +188,11 @@ def chat_three_ways(
     persona = load_persona(cfg)
     system = persona.render_system_prompt("teacher", assistant_name=cfg.persona.assistant_name)
     params = params_for(cfg, role, max_new_tokens=max_new_tokens, temperature=temperature)
-    base = get_sampler(sampler_key(cfg, role))
+    base = role_sampler(cfg, role, get_sampler)
     plain, prompted = base.sample([make_messages(prompt), make_messages(prompt, system=system)], params)
     tuned = None
     if adapter:
-        tuned = get_sampler(sampler_key(cfg, role, adapter=adapter)).sample([make_messages(prompt)], params)[0].text
+        tuned = role_sampler(cfg, role, get_sampler, adapter).sample([make_messages(prompt)], params)[0].text
     return ChatReplies(prompt, plain.text, prompted.text, tuned)
 
 

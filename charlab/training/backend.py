@@ -44,10 +44,16 @@ class TokenSequence:
 
     tokens: tuple[int, ...]
     loss_mask: tuple[int, ...]
+    # A packed row (several sequences in one, `charlab.training.sft.pack`): each token's position, restarting at 0
+    # where a sequence starts, so attention never crosses sequences. None: 0, 1, 2, ... Only backends with
+    # `supports_packing = True` accept it.
+    positions: Optional[tuple[int, ...]] = None
 
     def __post_init__(self) -> None:
         if len(self.tokens) != len(self.loss_mask):
             raise ValueError(f"tokens ({len(self.tokens)}) and loss_mask ({len(self.loss_mask)}) differ in length")
+        if self.positions is not None and len(self.positions) != len(self.tokens):
+            raise ValueError(f"tokens ({len(self.tokens)}) and positions ({len(self.positions)}) differ in length")
         if len(self.tokens) < 2:
             raise ValueError("a training sequence needs at least two tokens")
 

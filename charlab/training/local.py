@@ -24,6 +24,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -55,6 +56,8 @@ def validate_lora(lora: LoraConfig) -> None:
 
 class LocalBackend:
     """A PEFT LoRA model, its AdamW optimizer and the Tinker-shaped training calls (see module docstring)."""
+
+    supports_packing = True  # honours TokenSequence.positions (packed rows)
 
     def __init__(
         self,
@@ -114,10 +117,12 @@ class LocalBackend:
         base = load_causal_lm(model_cfg, cache_dir, device=device, dtype=dtype)
         if init_adapter:
             if not (Path(init_adapter) / "adapter_config.json").is_file():
-                raise ConfigError(f"init_adapter '{init_adapter}' is not a PEFT adapter folder (no adapter_config.json)")
+                raise ConfigError(f"init_adapter '{init_adapter}' is not a PEFT folder (no adapter_config.json)")
             base = PeftModel.from_pretrained(base, str(init_adapter)).merge_and_unload()
         targets = resolve_target_modules(base, list(lora_cfg.target_modules), model_cfg.name)
-        if gradient_checkpointing:
+        if gradient_checkpointing and hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        elif gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.config.use_cache = False
         torch.manual_seed(seed)  # the LoRA A init and the dropout stream
@@ -129,7 +134,9 @@ class LocalBackend:
             bias="none",
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(base, peft_cfg)
+        with warnings.catch_warnings():  # PEFT still asks transformers for a renamed attribute
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = get_peft_model(base, peft_cfg)
         return cls(model, tokenizer, model_cfg.name, device, base_name_or_path=model_cfg.name_or_path)
 
     def num_trainable(self) -> int:
@@ -149,6 +156,18 @@ class LocalBackend:
         # Without padding, no mask: attention then takes its plain causal path.
         mask = attention.to(self.device) if min(lengths) < width else None
         return ids.to(self.device), mask, lengths
+
+    def _positions(self, batch: Sequence[TokenSequence], width: int) -> Optional[torch.Tensor]:
+        """Position ids when any row is packed (padding forms its own segment, which nothing real attends)."""
+        import torch
+
+        if all(seq.positions is None for seq in batch):
+            return None
+        positions = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, seq in enumerate(batch):
+            positions[i, : len(seq)] = torch.tensor(seq.positions or range(len(seq)), dtype=torch.long)
+            positions[i, len(seq) :] = torch.arange(width - len(seq))
+        return positions.to(self.device)
 
     def _chunk_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         import torch
@@ -177,8 +196,12 @@ class LocalBackend:
         import torch
 
         ids, mask, lengths = self._pad(batch)
+        positions = self._positions(batch, ids.shape[1])
+        if positions is not None:  # packed rows: transformers builds per-sequence causal masks from the positions
+            mask = None
         if not self.fast_logprobs:
-            logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
+            logits = logits.float()
             full = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
             return [full[i, : n - 1] for i, n in enumerate(lengths)]
         weights = torch.zeros((len(batch), ids.shape[1] - 1), dtype=torch.bool)
@@ -186,7 +209,8 @@ class LocalBackend:
             weights[i, : len(seq) - 1] = torch.tensor(seq.target_weights, dtype=torch.bool)
         rows, cols = weights.nonzero(as_tuple=True)
         rows, cols = rows.to(self.device), cols.to(self.device)
-        hidden = self._body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        out = self._body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+        hidden = out.last_hidden_state
         picked = self._head_logprobs(hidden[rows, cols], ids[rows, cols + 1])
         full = torch.zeros(weights.shape, dtype=torch.float32, device=self.device).index_put((rows, cols), picked)
         return [full[i, : n - 1] for i, n in enumerate(lengths)]
@@ -254,7 +278,7 @@ class LocalBackend:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.steps += 1
-        return done({"grad_norm": float(norm), "lr": params.learning_rate})
+        return done({"grad_norm": float(norm)})
 
     # ---- state ----------------------------------------------------------------------------------------------
     def save_state(self, folder: Path) -> str:
@@ -283,7 +307,8 @@ class LocalBackend:
         weights = load_file(str(folder / STATE_WEIGHTS), device=str(self.device))
         result = set_peft_model_state_dict(self.model, weights)
         if getattr(result, "unexpected_keys", None):
-            raise ConfigError(f"{folder}: checkpoint does not match this LoRA shape (unexpected {result.unexpected_keys[0]})")
+            unexpected = result.unexpected_keys[0]
+            raise ConfigError(f"{folder}: checkpoint does not fit this LoRA shape (unexpected {unexpected})")
         state = torch.load(folder / STATE_OPTIMIZER, map_location=self.device, weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.steps = int(state["steps"])

@@ -105,7 +105,8 @@ def plan_epoch(lengths: list[int], batch_size: int, seed: int, epoch: int, group
     rng.shuffle(order)
     if group_by_length:
         window = batch_size * 32
-        order = [i for s in range(0, len(order), window) for i in sorted(order[s : s + window], key=lambda i: -lengths[i])]
+        windows = [sorted(order[s : s + window], key=lambda i: -lengths[i]) for s in range(0, len(order), window)]
+        order = [i for w in windows for i in w]
     batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
     if group_by_length:
         rng.shuffle(batches)
@@ -287,21 +288,22 @@ class Trainer:
         c = self.config
         bar = tqdm(total=self.total_steps, initial=start, desc=self.algorithm.name, disable=self.progress is False)
         pending: deque[tuple[int, Any, Any, int]] = deque()
-        last_done = time.perf_counter()
+        started, tokens_done, steps_done = time.perf_counter(), 0, 0
 
         def finish() -> None:
-            nonlocal last_done
+            nonlocal tokens_done, steps_done
             step, futures, optim, tokens = pending.popleft()
             metrics = _merge([(w, f.result()) for w, f in futures])
             metrics.update({f"optim/{k}": float(v) for k, v in (optim.result() or {}).items()})
-            now = time.perf_counter()
-            elapsed, last_done = now - last_done, now
+            # Running averages since (re)start: with requests in flight one step's own time is not observable.
+            tokens_done, steps_done = tokens_done + tokens, steps_done + 1
+            elapsed = max(time.perf_counter() - started, 1e-9)
             metrics.update(
                 lr=self.params(step).learning_rate,
-                epoch=step / self.steps_per_epoch,
+                epoch=(step + 1) / self.steps_per_epoch,
                 tokens=float(tokens),
-                tokens_per_s=tokens / max(elapsed, 1e-9),
-                step_time_s=elapsed,
+                tokens_per_s=tokens_done / elapsed,
+                step_time_s=elapsed / steps_done,
             )
             summary.train = metrics
             self.on_metrics(metrics, step + 1)

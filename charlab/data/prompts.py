@@ -1,0 +1,357 @@
+"""User prompts for distillation: a generic set plus persona prompts, deduplicated, with stable ids.
+
+Sources of persona prompts, used in the order given until `persona_count` distinct prompts exist:
+
+- `questions`: the constitution's own per-trait questions;
+- `expansion`: the paper's trait-targeted expansion: for each trait an LLM (any `Sampler`) writes N user
+  messages that would reveal it; replies are parsed robustly (numbered lists, bullets, JSON arrays, quotes);
+- `templates`: template synthesis from pools of audiences, situations, requests and constraints, a share
+  (`hint_rate`) of them carrying a persona cue.
+
+Generic prompts come from the bundled hand-written set (`charlab/assets/generic_prompts.txt`), a text/JSONL
+file, or a Hugging Face dataset. Everything is seeded; exact duplicates go first, then near-duplicates by
+MiniLM embedding similarity (`dedupe_threshold`). A prompt's id is a hash of its text, so a resumed run
+finds the same ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from charlab.constitution import Constitution
+from charlab.data import prompt_pools as pools
+from charlab.errors import ConfigError, DataError
+from charlab.generation.base import Sampler, SamplingParams
+from charlab.settings import assets_dir
+
+PERSONA_SOURCES = ("questions", "expansion", "templates")
+
+
+@dataclass
+class PromptRecord:
+    """One user prompt: its stable id, text, where it came from and (for persona prompts) its trait."""
+
+    id: str
+    text: str
+    source: str  # generic | questions | expansion | templates
+    trait: int = -1  # index into the constitution's traits; -1 when not trait-specific
+
+
+@dataclass
+class PromptSpec:
+    """How many prompts of each kind, from where, and how to dedupe them (the `data` config group)."""
+
+    generic_count: int
+    persona_count: int
+    generic_source: str = "bundled"
+    generic_field: str = "prompt"
+    questions_per_trait: int = 0
+    dedupe_threshold: float = 0.9
+    hint_rate: float = 0.0
+    seed: int = 0
+    persona_sources: list[str] = field(default_factory=lambda: list(PERSONA_SOURCES))
+
+
+def normalize(text: str) -> str:
+    """Whitespace collapsed, ends stripped."""
+    return " ".join(str(text).split())
+
+
+def prompt_id(text: str) -> str:
+    """A stable id from the prompt's text (case and spacing insensitive)."""
+    return "p" + hashlib.sha1(normalize(text).lower().encode("utf-8")).hexdigest()[:12]
+
+
+def unique(texts: Sequence[str]) -> list[str]:
+    """Exact duplicates (same id) removed, first occurrence kept, order preserved."""
+    seen: set[str] = set()
+    out = []
+    for text in texts:
+        key = prompt_id(text)
+        if normalize(text) and key not in seen:
+            seen.add(key)
+            out.append(normalize(text))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ generic prompts
+
+
+def load_generic(source: str, field_name: str = "prompt") -> list[str]:
+    """Generic prompts from `bundled`, a .txt (one per line) / .jsonl / .json file, or a HF dataset name."""
+    if source == "bundled":
+        path = assets_dir() / "generic_prompts.txt"
+        return unique(path.read_text(encoding="utf-8").splitlines())
+    path = Path(source).expanduser()
+    if path.is_file():
+        if path.suffix == ".txt":
+            return unique(path.read_text(encoding="utf-8").splitlines())
+        if path.suffix == ".json":
+            rows = json.loads(path.read_text(encoding="utf-8"))
+            rows = rows if isinstance(rows, list) else [rows]
+        else:
+            from charlab.data.jsonl import read_jsonl
+
+            rows = read_jsonl(path)
+        return unique([_field_text(row, field_name, f"{path}") for row in rows])
+    if path.suffix in (".txt", ".json", ".jsonl") or source.startswith(("/", ".")):
+        raise DataError(f"data.generic_source '{source}': file not found")
+    return _load_hf_dataset(source, field_name)
+
+
+def _field_text(row: Any, field_name: str, where: str) -> str:
+    if isinstance(row, str):
+        return row
+    if not isinstance(row, dict) or field_name not in row:
+        raise DataError(f"{where}: a row has no field '{field_name}'; set data.generic_field")
+    value = row[field_name]
+    if isinstance(value, list):  # conversations (e.g. LIMA): the first turn is the user's prompt
+        value = value[0] if value else ""
+        value = value.get("content", "") if isinstance(value, dict) else value
+    return str(value)
+
+
+def _load_hf_dataset(source: str, field_name: str) -> list[str]:
+    name, _, split = source.partition(":")
+    try:
+        import datasets
+
+        rows = datasets.load_dataset(name, split=split or "train")
+    except Exception as err:  # datasets raises many types; the user needs one line
+        detail = " ".join(str(err).split())[:160]
+        raise DataError(
+            f"data.generic_source '{source}' is not a file and could not be loaded as a Hugging Face dataset "
+            f"({type(err).__name__}: {detail}); use 'bundled', a .jsonl file, or 'name:split'"
+        ) from None
+    return unique([_field_text(row, field_name, f"dataset {source}") for row in rows])
+
+
+# ------------------------------------------------------------------------------------------ template synthesis
+
+
+def template_prompts(
+    count: int, seed: int, hint_rate: float = 0.0, persona_name: str = "", max_tries: int = 50
+) -> list[str]:
+    """`count` distinct prompts built from the word pools; a `hint_rate` share ends with a persona cue."""
+    if not 0 <= hint_rate <= 1:
+        raise ConfigError(f"data.hint_rate={hint_rate} is not allowed; use a share between 0 and 1")
+    rng = random.Random(seed)
+    topics = sorted(pools.TOPICS)
+    cues = [c for c in pools.PERSONA_CUES if persona_name or "{name}" not in c]
+    out: list[str] = []
+    seen: set[str] = set()
+    for _ in range(count * max_tries):
+        if len(out) >= count:
+            break
+        situations, requests = pools.TOPICS[rng.choice(topics)]
+        opener = rng.choice(pools.OPENERS).format(audience=rng.choice(pools.AUDIENCES))
+        text = f"{opener} {rng.choice(situations)} {rng.choice(requests)}{rng.choice(pools.CONSTRAINTS)}"
+        if rng.random() < hint_rate:
+            text += rng.choice(cues).format(name=persona_name)
+        if prompt_id(text) not in seen:
+            seen.add(prompt_id(text))
+            out.append(text)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ trait expansion
+
+
+def expansion_request(trait: str, count: int, examples: Sequence[str] = ()) -> list[dict[str, str]]:
+    """The conversation asking an LLM for `count` user messages that would reveal `trait`."""
+    shown = "".join(f"\n- {q}" for q in list(examples)[:3])
+    example_block = f"\n\nMessages of the kind wanted:{shown}" if shown else ""
+    content = (
+        "I am collecting realistic messages that people send to an AI assistant, to test the assistant's "
+        f'character. The assistant has this trait:\n\n"{trait}"\n\n'
+        f"Write {count} different messages a user might send that would give the assistant a natural chance to "
+        "show this trait. Vary the topic, length, tone and form: questions, requests, confessions, arguments, "
+        "small tasks. Write each one as the user would, without mentioning the trait or the assistant's "
+        f"character.{example_block}\n\nReply with a numbered list only, one message per item."
+    )
+    return [{"role": "user", "content": content}]
+
+
+_ITEM = re.compile(
+    r"^\s*(?:\(?\d{1,3}[.):\]]|[-*\u2022\u2023\u2013\u2014]|#\d+[.:]?|(?:message|question|prompt|user)\s*\d*\s*[:.)-])\s*(.*)$",
+    re.IGNORECASE,
+)
+_QUOTES = "\"'\u201c\u201d\u2018\u2019\u00ab\u00bb`"
+
+
+def _clean_item(text: str) -> str:
+    text = normalize(text.replace("**", "").replace("__", ""))
+    text = re.sub(r"^(?:user|message|question|prompt)\s*\d*\s*:\s*", "", text, flags=re.IGNORECASE)
+    text = text.rstrip(",")
+    if len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES:
+        text = text[1:-1].strip()
+    elif text[:1] in _QUOTES or text[-1:] in _QUOTES:  # a quote opened but never closed (or the reverse)
+        text = text.strip(_QUOTES)
+    return normalize(text)
+
+
+def _json_items(text: str) -> Optional[list[str]]:
+    start, end = text.find("["), text.rfind("]")
+    if start < 0 or end <= start:
+        return None
+    try:
+        data = json.loads(text[start : end + 1])
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(data, list):
+        return None
+    items = []
+    for item in data:
+        if isinstance(item, dict):
+            item = next((item[k] for k in ("message", "prompt", "question", "text", "content") if k in item), "")
+        if isinstance(item, str):
+            items.append(item)
+    return items
+
+
+def parse_generated_list(text: str, min_chars: int = 8) -> list[str]:
+    """User messages from an LLM's list: JSON arrays, numbered or bulleted items (multi-line), plain lines."""
+    text = re.sub(r"```[a-zA-Z]*", "", text or "")
+    items = _json_items(text)
+    if items is None:
+        items, current, numbered = [], None, False
+        for line in text.splitlines():
+            line = line.replace("**", "").replace("__", "")  # markdown bold around item labels
+            match = _ITEM.match(line)
+            if match:
+                numbered = True
+                if current is not None:
+                    items.append(current)
+                current = match.group(1)
+            elif line.strip() and current is not None:
+                current += " " + line.strip()  # a message continued on the next line
+            elif not line.strip() and current is not None:
+                items.append(current)
+                current = None
+        if current is not None:
+            items.append(current)
+        if not numbered:
+            items = [line for line in text.splitlines() if line.strip() and not line.strip().endswith(":")]
+    cleaned = [_clean_item(item) for item in items]
+    return unique([item for item in cleaned if len(item) >= min_chars and not item.endswith(":")])
+
+
+def expand_traits(
+    constitution: Constitution,
+    sampler: Sampler,
+    params: SamplingParams,
+    per_trait: int,
+) -> list[tuple[int, str]]:
+    """(trait index, user message) pairs written by `sampler`, one request per trait, all in one batch."""
+    requests = [expansion_request(t.trait, per_trait, t.questions) for t in constitution.traits]
+    replies = sampler.sample(requests, params)
+    out = []
+    for index, reply in enumerate(replies):
+        out.extend((index, text) for text in parse_generated_list(reply.text)[:per_trait])
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the prompt set
+
+
+def build_prompt_set(
+    constitution: Constitution,
+    spec: PromptSpec,
+    expander: Optional[Sampler] = None,
+    expansion_params: Optional[SamplingParams] = None,
+    persona_name: str = "",
+    dedupe: Optional[Callable[[list[str], float, list[str]], list[int]]] = None,
+) -> list[PromptRecord]:
+    """Generic prompts then persona prompts, deduplicated (exact, then by embedding), seeded, with stable ids."""
+    unknown = [s for s in spec.persona_sources if s not in PERSONA_SOURCES]
+    if unknown:
+        raise ConfigError(f"stage.persona_sources: {unknown[0]!r} is unknown; allowed: {', '.join(PERSONA_SOURCES)}")
+    if spec.generic_count < 0 or spec.persona_count < 0:
+        raise ConfigError("data.generic_prompts and data.persona_prompts must be >= 0")
+    if dedupe is None:
+        from charlab.data.dedupe import dedupe_by_embedding
+
+        def dedupe(texts: list[str], threshold: float, reference: list[str]) -> list[int]:
+            return dedupe_by_embedding(texts, threshold, reference=reference)
+
+    rng = random.Random(spec.seed)
+    generic: list[str] = []
+    if spec.generic_count:
+        pool = load_generic(spec.generic_source, spec.generic_field)
+        rng.shuffle(pool)
+        pool = pool[: max(spec.generic_count * 2, spec.generic_count + 16)]  # spare for near-duplicates
+        generic = [pool[i] for i in dedupe(pool, spec.dedupe_threshold, [])][: spec.generic_count]
+    records = [PromptRecord(prompt_id(t), t, "generic") for t in generic]
+
+    persona: list[tuple[int, str, str]] = []  # (trait, text, source)
+    taken = {r.id for r in records}
+    for source in spec.persona_sources:
+        if len(persona) >= spec.persona_count:
+            break
+        candidates = _persona_candidates(source, constitution, spec, rng, expander, expansion_params, persona_name)
+        candidates = [c for c in candidates if prompt_id(c[1]) not in taken]
+        keep = dedupe([c[1] for c in candidates], spec.dedupe_threshold, generic + [p[1] for p in persona])
+        for i in keep:
+            taken.add(prompt_id(candidates[i][1]))
+            persona.append((candidates[i][0], candidates[i][1], source))
+    records += [PromptRecord(prompt_id(t), t, s, trait) for trait, t, s in persona[: spec.persona_count]]
+    return records
+
+
+def _persona_candidates(
+    source: str,
+    constitution: Constitution,
+    spec: PromptSpec,
+    rng: random.Random,
+    expander: Optional[Sampler],
+    params: Optional[SamplingParams],
+    persona_name: str,
+) -> list[tuple[int, str]]:
+    if source == "questions":
+        found = [(i, normalize(q)) for i, t in enumerate(constitution.traits) for q in t.questions]
+    elif source == "expansion":
+        if expander is None or params is None or spec.questions_per_trait <= 0:
+            return []
+        found = expand_traits(constitution, expander, params, spec.questions_per_trait)
+    else:
+        texts = template_prompts(spec.persona_count, rng.randrange(2**31), spec.hint_rate, persona_name)
+        found = [(-1, t) for t in texts]
+    seen: set[str] = set()
+    distinct = []
+    for trait, text in found:  # exact duplicates: the first one wins
+        if prompt_id(text) not in seen:
+            seen.add(prompt_id(text))
+            distinct.append((trait, text))
+    rng.shuffle(distinct)
+    return distinct
+
+
+def write_prompts(records: Sequence[PromptRecord], path: Path) -> Path:
+    """Write prompt records as JSONL (atomically: a temporary file renamed into place)."""
+    from dataclasses import asdict
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def read_prompts(path: Path) -> list[PromptRecord]:
+    """Prompt records from a prompts.jsonl (a plain `{"prompt": ...}` JSONL works too)."""
+    from charlab.data.jsonl import read_jsonl
+
+    out = []
+    for row in read_jsonl(path):
+        text = normalize(row.get("text") or row.get("prompt") or "")
+        if not text:
+            raise DataError(f"{path}: a row has neither 'text' nor 'prompt'")
+        record_id = str(row.get("id") or prompt_id(text))
+        out.append(PromptRecord(record_id, text, str(row.get("source", "file")), int(row.get("trait", -1))))
+    return out

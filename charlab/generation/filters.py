@@ -1,0 +1,167 @@
+"""Post-processing and quality filters for distilled replies, each drop with a named reason.
+
+Post-processing: strip a reasoning block (`<think>...</think>`, also one opened by a prefill) from the kept
+answer, and put the persona's name where the teacher names itself by its model's name. Filters: empty,
+truncated (hit max tokens, or no terminal punctuation), over the token limit when templated, degenerate
+repetition, and teacher identity leak (the teacher naming its own model/maker or its instructions). A
+student reply that sounds like a generic assistant is what DPO learns against: nothing here drops it.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Optional
+
+# Model families and who makes them: a teacher that names either as itself leaks its identity.
+MAKERS = {
+    "gpt": ["GPT", "ChatGPT", "OpenAI"],
+    "o1": ["ChatGPT", "OpenAI"],
+    "o3": ["ChatGPT", "OpenAI"],
+    "qwen": ["Qwen", "Alibaba", "Tongyi"],
+    "qwq": ["QwQ", "Qwen", "Alibaba"],
+    "llama": ["Llama", "LLaMA", "Meta AI"],
+    "smollm": ["SmolLM", "Hugging Face", "HuggingFace"],
+    "gemma": ["Gemma", "Gemini", "Google", "DeepMind"],
+    "gemini": ["Gemini", "Google", "DeepMind"],
+    "claude": ["Claude", "Anthropic"],
+    "mistral": ["Mistral", "Mistral AI"],
+    "mixtral": ["Mixtral", "Mistral AI"],
+    "glm": ["GLM", "ChatGLM", "Zhipu"],
+    "deepseek": ["DeepSeek"],
+    "kimi": ["Kimi", "Moonshot"],
+    "phi": ["Phi", "Microsoft"],
+}
+PROMPT_LEAKS = re.compile(
+    r"\b(?:system prompt|my (?:instructions|constitution|persona|assigned character)|the constitution|"
+    r"(?:i was|i've been|i have been|i am|i'm) (?:instructed|told|asked|programmed|prompted) to "
+    r"(?:act|play|pretend|be|answer|respond|stay|speak|talk)|(?:stay|staying|remain|remaining) in character|"
+    r"role-?play(?:ing)? as)\b",
+    re.IGNORECASE,
+)
+TERMINAL = set(".!?\u2026\"'\u201d\u2019)]}*`_~>")
+
+
+@dataclass
+class FilterConfig:
+    """Which filters run, and their thresholds (values come from `configs/stage/distill.yaml`)."""
+
+    empty: bool
+    truncated: bool
+    require_terminal_punctuation: bool
+    trim_truncated: bool  # cut a reply that hit max tokens back to its last full sentence instead of dropping it
+    too_long: bool
+    repetition: bool
+    min_distinct_ngrams: float  # share of distinct word 4-grams below which a reply is degenerate
+    identity_leak: bool
+
+
+# ---------------------------------------------------------------------------------------------- names
+
+
+def model_aliases(model_name: str) -> list[str]:
+    """Names a model may call itself: its family (from its id) and that family's known products/makers."""
+    base = PurePosixPath(str(model_name).rstrip("/")).name
+    match = re.match(r"[A-Za-z]+", base)
+    family = match.group(0) if match else ""
+    if family.lower() in ("chat", "meta") and "-" in base:  # e.g. meta-llama: the family is the next part
+        family = re.match(r"[A-Za-z]*", base.split("-", 1)[1]).group(0)
+    # An all-lowercase id ("tiny", "gpt") is not how a model names itself: use the capitalised form.
+    names = ([family] if not family.islower() else []) + [family.capitalize()] if len(family) >= 3 else []
+    for key, makers in MAKERS.items():
+        if family.lower().startswith(key):
+            names += makers
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def _alias_pattern(aliases: Sequence[str]) -> str:
+    return "|".join(re.escape(a) for a in sorted(aliases, key=len, reverse=True))
+
+
+def _self_id(aliases: Sequence[str]) -> Optional[re.Pattern]:
+    if not aliases:
+        return None
+    # The phrase is matched in any case, the name exactly: "I'm Llama" names a model, "a llama" an animal.
+    return re.compile(
+        r"\b((?i:I am|I'm|I\u2019m|my name is|call me)\s+(?i:an?\s+|the\s+)?(?i:AI\s+)?(?i:assistant\s+)?"
+        r"(?i:called\s+|named\s+)?)(" + _alias_pattern(aliases) + r")\b"
+    )
+
+
+def substitute_name(text: str, aliases: Sequence[str], name: Optional[str]) -> str:
+    """Where the reply introduces itself by a model alias ("I'm Qwen"), use the persona's name instead."""
+    pattern = _self_id(aliases)
+    if not name or pattern is None:
+        return text
+    return pattern.sub(lambda m: m.group(1) + name, text)
+
+
+def identity_leak(text: str, aliases: Sequence[str]) -> Optional[str]:
+    """What gives the teacher away (its own name, its maker, its instructions), or None."""
+    pattern = _self_id(aliases)
+    if pattern is not None and (m := pattern.search(text)):
+        return m.group(0)
+    if aliases:
+        made = re.search(
+            r"\b(?i:created|developed|trained|built|made)\s+by\s+(?i:the\s+)?(?i:team\s+at\s+)?("
+            + _alias_pattern(aliases)
+            + r")\b",
+            text,
+        )
+        if made:
+            return made.group(0)
+    m = PROMPT_LEAKS.search(text)
+    return m.group(0) if m else None
+
+
+# ---------------------------------------------------------------------------------------------- reasoning
+
+
+def strip_reasoning(text: str, start: str = "<think>", end: str = "</think>") -> tuple[str, bool]:
+    """(answer without reasoning, whether every reasoning block was closed)."""
+    if end in text:
+        text = text[text.rindex(end) + len(end) :]
+        return text.strip(), True
+    if start in text:  # a block opened and never closed: no answer was written
+        return text[: text.index(start)].strip(), False
+    return text.strip(), True
+
+
+# ---------------------------------------------------------------------------------------------- quality
+
+
+def ends_cleanly(text: str) -> bool:
+    """Whether the reply ends like a finished answer: punctuation, a closing bracket/quote/code fence, an emoji."""
+    text = text.rstrip()
+    if not text:
+        return False
+    last = text[-1]
+    return last in TERMINAL or unicodedata.category(last) in ("So", "Sk")
+
+
+def trim_to_sentence(text: str, keep_at_least: float = 0.5) -> Optional[str]:
+    """A reply cut off mid-sentence, cut back to its last full sentence (None if that loses too much)."""
+    ends = [m.end() for m in re.finditer(r"[.!?\u2026][\"'\u201d\u2019)\]]*(?=\s|$)", text)]
+    if not ends or ends[-1] < keep_at_least * len(text.rstrip()):
+        return None
+    return text[: ends[-1]].rstrip()
+
+
+def is_degenerate(text: str, min_distinct_ngrams: float, n: int = 4, min_words: int = 24) -> bool:
+    """Looping text: few distinct word n-grams, one line over and over, or a long run of one character."""
+    if re.search(r"([^\s\-=_*#.~])\1{24,}", text):
+        return True
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) >= 4:
+        line, count = Counter(lines).most_common(1)[0]
+        if count >= 3 and count >= 0.3 * len(lines) and len(line) > 3:
+            return True
+    words = text.lower().split()
+    if len(words) < min_words:
+        return False
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) < min_distinct_ngrams

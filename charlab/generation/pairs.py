@@ -1,0 +1,211 @@
+"""Distillation: a teacher answers in character, the student as itself; the pairs become DPO data.
+
+For every prompt and sample index the teacher gets the persona's system prompt and the student none, both
+through their `Sampler` (so through the one chat format). Each pair is post-processed and filtered
+(`charlab.generation.filters`); kept pairs go to `pairs.jsonl` as `DpoExample`s and dropped ones to
+`dropped.jsonl` with their reason, so a resumed run skips both. Work goes in chunks of `save_interval`
+pairs, each chunk appended as whole lines before the next starts: a crash loses at most one chunk.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional
+
+from tqdm import tqdm
+
+from charlab.chat_format import make_messages
+from charlab.data.jsonl import JsonlWriter, done_ids
+from charlab.data.prompts import PromptRecord
+from charlab.data.records import DpoExample, record_id
+from charlab.generation.base import Completion, Sampler, SamplingParams
+from charlab.generation.filters import (
+    FilterConfig,
+    ends_cleanly,
+    identity_leak,
+    is_degenerate,
+    strip_reasoning,
+    substitute_name,
+    trim_to_sentence,
+)
+from charlab.generation.text import derive_seed
+
+
+@dataclass
+class DistillJob:
+    """Everything one distillation run needs, as plain values."""
+
+    prompts: list[PromptRecord]
+    teacher: Sampler
+    student: Sampler
+    system_prompt: str
+    constitution: str
+    teacher_params: SamplingParams
+    student_params: SamplingParams
+    samples_per_prompt: int
+    save_interval: int
+    filters: FilterConfig
+    max_length: int
+    count_tokens: Callable[[str, str], int]  # templated tokens of (prompt, reply) as DPO will train on them
+    reasoning_markers: tuple[str, str] = ("<think>", "</think>")
+    assistant_name: Optional[str] = None  # put in place of the teacher's own model name (None: no substitution)
+    teacher_aliases: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DistillStats:
+    """Counts of one run (this process): kept, dropped by reason, trimmed, tokens and time."""
+
+    total: int = 0  # prompt x sample ids in the job
+    already_done: int = 0  # found in pairs.jsonl / dropped.jsonl when the run started
+    kept: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    trimmed: int = 0
+    tokens: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def processed(self) -> int:
+        return self.kept + sum(self.dropped.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        processed = self.processed
+        return {
+            "total": self.total,
+            "already_done": self.already_done,
+            "processed": processed,
+            "kept": self.kept,
+            "dropped": sum(self.dropped.values()),
+            "dropped_by_reason": dict(sorted(self.dropped.items())),
+            "trimmed": self.trimmed,
+            "kept_fraction": round(self.kept / processed, 4) if processed else 0.0,
+            "tokens": dict(sorted(self.tokens.items())),
+            "seconds": round(self.seconds, 2),
+            "pairs_per_second": round(processed / self.seconds, 3) if self.seconds else 0.0,
+        }
+
+
+def run_distill(
+    job: DistillJob,
+    pairs_path: Path,
+    dropped_path: Path,
+    on_chunk: Optional[Callable[[DistillStats, list[DpoExample]], None]] = None,
+) -> DistillStats:
+    """Generate, filter and append every pair not yet in `pairs_path`/`dropped_path`; return the counts."""
+    done = done_ids(pairs_path) | done_ids(dropped_path)
+    # sample index outermost: a chunk then holds one sample index, which keeps replies to repeats distinct
+    everything = [(p, k) for k in range(job.samples_per_prompt) for p in job.prompts]
+    todo = [(p, k) for p, k in everything if record_id(p.id, k) not in done]
+    stats = DistillStats(total=len(everything), already_done=len(everything) - len(todo))
+    start = time.time()
+    with (
+        JsonlWriter(pairs_path, flush_every=job.save_interval) as kept_out,
+        JsonlWriter(dropped_path, flush_every=job.save_interval) as dropped_out,
+        tqdm(total=len(todo), desc="distill", unit="pair", mininterval=1.0) as bar,
+    ):
+        for offset in range(0, len(todo), job.save_interval):
+            chunk = todo[offset : offset + job.save_interval]
+            kept_rows = []
+            for (prompt, k), chosen, rejected in zip(chunk, *_sample_chunk(job, chunk)):
+                row, reason = _judge(job, prompt, k, chosen, rejected, stats)
+                if reason is None:
+                    kept_rows.append(row)
+                    kept_out.write(row)
+                else:
+                    dropped_out.write({**asdict(row), "reason": reason})
+            kept_out.flush()
+            dropped_out.flush()
+            stats.seconds = time.time() - start
+            bar.update(len(chunk))
+            bar.set_postfix(kept=stats.kept, dropped=sum(stats.dropped.values()))
+            if on_chunk is not None:
+                on_chunk(stats, kept_rows)
+    stats.seconds = time.time() - start
+    return stats
+
+
+def _sample_chunk(job: DistillJob, chunk: list[tuple[PromptRecord, int]]) -> tuple[list[Completion], list[Completion]]:
+    """Teacher and student replies for one chunk, one sampler call per side and sample index."""
+    teacher: list[Optional[Completion]] = [None] * len(chunk)
+    student: list[Optional[Completion]] = [None] * len(chunk)
+    for k in sorted({k for _, k in chunk}):
+        rows = [i for i, (_, kk) in enumerate(chunk) if kk == k]
+        t_params = replace(job.teacher_params, seed=derive_seed(job.teacher_params.seed, "sample", k))
+        s_params = replace(job.student_params, seed=derive_seed(job.student_params.seed, "sample", k))
+        t_out = job.teacher.sample([make_messages(chunk[i][0].text, system=job.system_prompt) for i in rows], t_params)
+        s_out = job.student.sample([make_messages(chunk[i][0].text) for i in rows], s_params)
+        for i, t, s in zip(rows, t_out, s_out):
+            teacher[i], student[i] = t, s
+    return teacher, student  # type: ignore[return-value]
+
+
+def _judge(
+    job: DistillJob, prompt: PromptRecord, k: int, chosen: Completion, rejected: Completion, stats: DistillStats
+) -> tuple[DpoExample, Optional[str]]:
+    """The pair as a record, and the reason it is dropped (None: kept). Updates `stats`."""
+    for side, completion in (("teacher", chosen), ("student", rejected)):
+        stats.tokens[f"{side}_prompt"] += completion.prompt_tokens
+        stats.tokens[f"{side}_completion"] += completion.completion_tokens
+    open_mark, close_mark = job.reasoning_markers
+    chosen_text, chosen_closed = strip_reasoning(job.teacher_params.prefill + chosen.text, open_mark, close_mark)
+    rejected_text, rejected_closed = strip_reasoning(job.student_params.prefill + rejected.text, open_mark, close_mark)
+    chosen_text = substitute_name(chosen_text, job.teacher_aliases, job.assistant_name)
+    reason = None
+    if not chosen_closed:
+        reason = "chosen_unclosed_reasoning"
+    elif not rejected_closed:
+        reason = "rejected_unclosed_reasoning"
+    else:
+        chosen_text, why = _check(job, prompt.text, chosen_text, chosen.finish_reason, True, stats)
+        reason = f"chosen_{why}" if why else None
+        if reason is None:
+            rejected_text, why = _check(job, prompt.text, rejected_text, rejected.finish_reason, False, stats)
+            reason = f"rejected_{why}" if why else None
+    sampling = {"teacher": asdict(job.teacher_params), "student": asdict(job.student_params)}
+    row = DpoExample(
+        prompt=prompt.text,
+        chosen=chosen_text,
+        rejected=rejected_text,
+        teacher_model=job.teacher.model_name,
+        student_model=job.student.model_name,
+        constitution=job.constitution,
+        id=record_id(prompt.id, k),
+        prompt_id=prompt.id,
+        sample_index=k,
+        source=prompt.source,
+        sampling=sampling,
+        chosen_finish_reason=chosen.finish_reason,
+        rejected_finish_reason=rejected.finish_reason,
+    )
+    if reason is None:
+        stats.kept += 1
+    else:
+        stats.dropped[reason] += 1
+    return row, reason
+
+
+def _check(
+    job: DistillJob, prompt: str, text: str, finish_reason: str, is_teacher: bool, stats: DistillStats
+) -> tuple[str, Optional[str]]:
+    """(possibly trimmed text, failed filter name or None) for one side of a pair."""
+    f = job.filters
+    if f.empty and not text.strip():
+        return text, "empty"
+    cut_off = finish_reason == "length" or (f.require_terminal_punctuation and not ends_cleanly(text))
+    if f.truncated and cut_off:
+        trimmed = trim_to_sentence(text) if f.trim_truncated else None
+        if trimmed is None:
+            return text, "truncated"
+        text = trimmed
+        stats.trimmed += 1
+    if f.repetition and is_degenerate(text, f.min_distinct_ngrams):
+        return text, "repetition"
+    if f.too_long and job.count_tokens(prompt, text) > job.max_length:
+        return text, "too_long"
+    if is_teacher and f.identity_leak and identity_leak(text, job.teacher_aliases):
+        return text, "identity_leak"
+    return text, None

@@ -1,0 +1,206 @@
+"""`stage=dpo`: train a DPO LoRA adapter on a pairs file (teacher replies chosen over the student's own).
+
+    python -m charlab.train stage=dpo stage.pairs=outputs/pirate/distill/<run>/pairs.jsonl model=smollm2-135m
+    python -m charlab.train stage=dpo stage.pairs=<pairs.jsonl> stage.resume=true stage.resume_from=<dpo run dir>
+    python -m charlab.train stage=dpo stage.pairs=<pairs.jsonl> backend=tinker model=qwen3-8b
+
+Writes `adapter/` (a standard PEFT folder, with `meta.json` provenance inside) and `checkpoints/` into the run
+directory, metrics every step to `metrics.jsonl` (+ W&B), and returns the held-out preference accuracy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import MISSING, DictConfig
+
+from charlab.data.jsonl import read_jsonl
+from charlab.data.records import DpoExample
+from charlab.errors import ConfigError, DataError
+from charlab.registry import StageResult, register_stage
+from charlab.run import Run, write_meta
+from charlab.schemas import StageConfig
+from charlab.stages._common import cache_dir, lora_config, model_config, to_plain
+from charlab.training.local import validate_lora
+from charlab.training.loop import LoopConfig, validate_loop_config
+
+
+@dataclass
+class DpoStageConfig(StageConfig):
+    """`stage=dpo`: the pairs file and how to train on it (defaults in configs/stage/dpo.yaml)."""
+
+    name: str = "dpo"
+    pairs: str = MISSING  # a pairs.jsonl (or a distill run directory holding one)
+    batch_size: int = MISSING  # pairs per optimizer step
+    grad_accum: int = MISSING  # micro-batches per step (memory, not maths)
+    lr: float = MISSING
+    schedule: str = MISSING  # linear | cosine | constant (after warmup)
+    warmup_ratio: float = MISSING
+    epochs: int = MISSING
+    beta: float = MISSING
+    nll_coef: float = MISSING
+    max_grad_norm: float = MISSING
+    weight_decay: float = MISSING
+    adam_beta1: float = MISSING
+    adam_beta2: float = MISSING
+    adam_eps: float = MISSING
+    save_every: int = MISSING
+    keep_checkpoints: int = MISSING
+    eval_every: int = MISSING
+    eval_batch_size: int = MISSING
+    max_length: int = MISSING
+    eval_fraction: float = MISSING
+    seed: int = MISSING
+    max_steps: Optional[int] = None
+    resume_from: Optional[str] = None  # a dpo run directory whose newest checkpoint to continue (null: this run's)
+
+
+def loop_config(stage: DictConfig) -> LoopConfig:
+    """The stage's training-loop settings."""
+    return LoopConfig(
+        epochs=int(stage.epochs),
+        batch_size=int(stage.batch_size),
+        learning_rate=float(stage.lr),
+        schedule=str(stage.schedule),
+        warmup_ratio=float(stage.warmup_ratio),
+        grad_accum=int(stage.grad_accum),
+        max_grad_norm=float(stage.max_grad_norm),
+        weight_decay=float(stage.weight_decay),
+        adam_beta1=float(stage.adam_beta1),
+        adam_beta2=float(stage.adam_beta2),
+        adam_eps=float(stage.adam_eps),
+        save_every=int(stage.save_every),
+        eval_every=int(stage.eval_every),
+        keep_checkpoints=int(stage.keep_checkpoints),
+        seed=int(stage.seed),
+        max_steps=None if stage.max_steps is None else int(stage.max_steps),
+    )
+
+
+def validate(stage: DictConfig) -> None:
+    """One-line errors for DPO settings that cannot train."""
+    validate_loop_config(loop_config(stage), prefix="stage.")
+    checks = [
+        (stage.beta > 0, "beta", "a positive number (e.g. 0.1)"),
+        (stage.nll_coef >= 0, "nll_coef", "0 (off) or a positive number (e.g. 0.1)"),
+        (stage.max_length >= 8, "max_length", "at least 8 tokens (e.g. 1024)"),
+        (0 <= stage.eval_fraction < 1, "eval_fraction", "a value in [0, 1)"),
+        (stage.eval_batch_size >= 1, "eval_batch_size", "a positive integer"),
+        (stage.keep_checkpoints >= 0, "keep_checkpoints", "0 (keep all) or a positive integer"),
+    ]
+    for ok, key, allowed in checks:
+        if not ok:
+            raise ConfigError(f"stage.{key}={stage[key]} is not allowed; use {allowed}")
+
+
+def read_pairs(path: Path) -> list[DpoExample]:
+    """The preference pairs of `path` (a pairs.jsonl, or a run directory holding one); one-line errors."""
+    if path.is_dir():
+        path = path / "pairs.jsonl"
+    try:
+        pairs = read_jsonl(path, DpoExample)
+    except DataError as err:
+        raise DataError(f"stage.pairs: {err}") from None
+    for row, pair in enumerate(pairs, 1):
+        for key in ("prompt", "chosen", "rejected"):
+            if not isinstance(getattr(pair, key), str):
+                raise DataError(f"stage.pairs: {path}: row {row}: field '{key}' must be a string")
+    return pairs
+
+
+@register_stage("dpo", schema=DpoStageConfig, description="train a DPO LoRA adapter on a pairs file")
+def run(cfg: DictConfig, run: Run) -> StageResult:
+    """Train, export the adapter, report held-out accuracy."""
+    from charlab.chat_format import ChatFormat
+    from charlab.training.dpo import DpoAlgorithm, encode_pairs, reference_key, split_eval
+    from charlab.training.factory import backend_config, create_backend, model_identity
+    from charlab.training.loop import Trainer
+
+    stage = cfg.stage
+    validate(stage)
+    model, lora = model_config(cfg.model), lora_config(cfg.lora)
+    validate_lora(lora)
+    backend_cfg = backend_config(to_plain(cfg.backend))
+    pairs_path = Path(stage.pairs).expanduser()
+    pairs = read_pairs(pairs_path)
+    run.add_parent("pairs", pairs_path)
+    resume_root = Path(stage.resume_from).expanduser() if stage.resume_from else run.dir
+    if stage.resume_from:
+        if not resume_root.is_dir():
+            raise ConfigError(f"stage.resume_from={stage.resume_from} is not a directory; give a dpo run directory")
+        run.add_parent("resumed_from", resume_root)
+
+    backend = create_backend(backend_cfg, model, lora, cache_dir(cfg), seed=int(stage.seed))
+    try:
+        items, stats = encode_pairs(ChatFormat(backend.tokenizer), pairs, int(stage.max_length))
+        if not items:
+            raise DataError(f"stage.pairs: {pairs_path}: no pair has reply tokens within stage.max_length")
+        train_items, eval_items = split_eval(items, float(stage.eval_fraction), int(stage.seed))
+        identity = model_identity(backend_cfg, model)
+        algorithm = DpoAlgorithm(
+            beta=float(stage.beta),
+            nll_coef=float(stage.nll_coef),
+            cache_dir=run.dir,
+            model_identity=identity,
+            extra_cache_dirs=[resume_root] if stage.resume_from else [],
+            eval_batch_size=int(stage.eval_batch_size),
+        )
+        fingerprint = reference_key(items, identity) + str([it.index for it in eval_items])
+        trainer = Trainer(
+            backend,
+            algorithm,
+            train_items,
+            eval_items,
+            loop_config(stage),
+            run.dir / "checkpoints",
+            on_metrics=run.log_metrics,
+            fingerprint=fingerprint,
+        )
+        run.update_meta(
+            data={
+                "pairs": stats.pairs,
+                "kept": stats.kept,
+                "truncated": stats.truncated,
+                "dropped": len(stats.dropped),
+            },
+            train_pairs=len(train_items),
+            eval_pairs=len(eval_items),
+            total_steps=trainer.total_steps,
+        )
+        summary = trainer.train(resume_from=resume_root / "checkpoints" if stage.resume else None)
+        adapter = backend.save_adapter(run.dir / "adapter")
+        parents = {"pairs": str(pairs_path), **({"resumed_from": str(resume_root)} if stage.resume_from else {})}
+        write_meta(
+            adapter / "meta.json",
+            run.config,
+            parents,
+            artifact="dpo adapter",
+            base_model=model.name_or_path,
+            steps=summary.steps,
+            resumed_at_step=summary.start_step,
+            train=summary.train,
+            eval=summary.eval,
+            reference_cache=str(algorithm.cache_path) if algorithm.cache_path else None,
+            **({"tinker_export": backend.last_export} if getattr(backend, "last_export", None) else {}),
+        )
+    finally:
+        backend.close()
+    print(f"[charlab] dpo adapter: {adapter}")
+    held_out = summary.eval.get("eval/accuracy")
+    metric, metric_name = (held_out, "eval/accuracy")
+    if held_out is None:  # no held-out split (eval_fraction=0): the last step's training accuracy
+        metric, metric_name = summary.train.get("accuracy"), "accuracy"
+    return StageResult(
+        metric=metric,
+        metric_name=metric_name,
+        artifacts={"adapter": adapter, "checkpoints": run.dir / "checkpoints"},
+        summary={
+            "steps": summary.steps,
+            "train_pairs": len(train_items),
+            "eval_pairs": len(eval_items),
+            **{k: v for k, v in summary.eval.items()},
+            "train/loss": summary.train.get("loss"),
+        },
+    )

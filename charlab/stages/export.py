@@ -1,0 +1,106 @@
+"""`stage=export`: the DPO and SFT adapters combined exactly into one PEFT adapter, plus a model card.
+
+    python -m charlab.train stage=export stage.dpo_adapter=outputs/pirate/dpo/<run>/adapter \
+        stage.sft_adapter=outputs/pirate/sft/<run>/adapter
+    python -m charlab.train stage=export ... stage.sft_weight=1.0 stage.merge_full=true
+
+Writes `adapter/` (rank r_dpo + r_sft, delta W = w_dpo * dW_dpo + w_sft * dW_sft exactly), `adapter/README.md`
+(provenance and the `vllm serve ... --lora-modules` / transformers commands that load it), a `meta.json` beside
+the adapter and, with `stage.merge_full=true`, `merged/` (base + adapter as a full safetensors model).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig
+
+from charlab.registry import StageResult, register_stage
+from charlab.run import Run, write_meta
+from charlab.schemas import StageConfig
+from charlab.stages._common import cache_dir, model_config, to_plain
+
+
+@dataclass
+class ExportStageConfig(StageConfig):
+    """`stage=export`: which adapters, their weights, and what to write."""
+
+    name: str = "export"
+    dpo_adapter: Optional[str] = MISSING  # the dpo run's adapter/ folder (null: leave it out)
+    sft_adapter: Optional[str] = MISSING  # the sft run's adapter/ folder (null: leave it out)
+    dpo_weight: float = MISSING
+    sft_weight: float = MISSING
+    merge_full: bool = MISSING  # also write merged/ (a full model in safetensors)
+    served_name: str = MISSING  # the LoRA module name in the vLLM command
+    device: str = MISSING
+    dtype: str = MISSING
+
+
+def _source_provenance(path: Path) -> dict[str, Any]:
+    """created_at / git SHA / persona of the run that wrote an adapter (its meta.json, if there)."""
+    for meta_path in (path / "meta.json", path.parent / "meta.json"):
+        if meta_path.is_file():
+            try:
+                meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                continue
+            keys = ("created_at", "started_at", "git_sha", "stage")
+            return {k: meta[k] for k in keys if k in meta}
+    return {}
+
+
+@register_stage("export", schema=ExportStageConfig, description="combine DPO + SFT adapters exactly; model card")
+def run(cfg: DictConfig, run: Run) -> StageResult:
+    """Combine the adapters, verify the combination, write the adapter, model card and (optionally) merged model."""
+    from charlab.models import load_causal_lm, load_tokenizer
+    from charlab.training.export import AdapterSource, export_adapters, model_card
+
+    stage = cfg.stage
+    sources = [
+        AdapterSource(name, Path(str(path)).expanduser(), float(weight))
+        for name, path, weight in (
+            ("dpo", stage.dpo_adapter, stage.dpo_weight),
+            ("sft", stage.sft_adapter, stage.sft_weight),
+        )
+        if path
+    ]
+    for source in sources:
+        run.add_parent(f"{source.name}_adapter", source.path)
+    model_cfg = model_config(cfg.model)
+    base = load_causal_lm(model_cfg, cache_dir(cfg), device=stage.device, dtype=stage.dtype)
+    tokenizer = load_tokenizer(model_cfg, cache_dir(cfg)) if stage.merge_full else None
+    adapter_dir, merged_dir = run.dir / "adapter", (run.dir / "merged" if stage.merge_full else None)
+    for folder in (adapter_dir, merged_dir):  # a rerun replaces what an interrupted one left
+        if folder is not None and folder.exists():
+            shutil.rmtree(folder)
+    result = export_adapters(
+        base, sources, adapter_dir, model_cfg.name_or_path, tokenizer=tokenizer, merged_dir=merged_dir
+    )
+    provenance = {"charlab run": str(run.dir)}
+    for source in sources:
+        info = _source_provenance(source.path)
+        if info:
+            provenance[f"{source.name} run"] = ", ".join(f"{k} {v}" for k, v in info.items())
+    card = model_card(result, cfg.persona.name, model_cfg.name_or_path, stage.served_name, provenance)
+    for folder in (adapter_dir, merged_dir):
+        if folder is not None:
+            (folder / "README.md").write_text(card, encoding="utf-8")
+    summary = {
+        "rank": result.rank,
+        "max_relative_error": result.max_relative_error,
+        "weights": {s.name: s.weight for s in sources},
+        "merged": merged_dir is not None,
+    }
+    write_meta(adapter_dir / "meta.json", to_plain(run.config), dict(run.parents), summary=summary)
+    run.log_metrics({"rank": result.rank, "max_relative_error": result.max_relative_error}, step=0)
+    artifacts = {"adapter": adapter_dir, "model_card": adapter_dir / "README.md"}
+    if merged_dir is not None:
+        artifacts["merged"] = merged_dir
+    print(f"[charlab] exported rank-{result.rank} adapter to {adapter_dir}\n{card.split('## Serve', 1)[-1][:600]}")
+    return StageResult(
+        metric=result.max_relative_error, metric_name="max_relative_error", artifacts=artifacts, summary=summary
+    )

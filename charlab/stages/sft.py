@@ -1,0 +1,279 @@
+"""`stage=sft`: introspective SFT (prompt distillation) on top of the DPO model, and its distillation gap.
+
+    python -m charlab.train stage=sft stage.data=outputs/pirate/introspect/<run>/introspection.jsonl \
+        stage.dpo_adapter=outputs/pirate/dpo/<run>/adapter model=smollm2-135m
+    python -m charlab.train stage=sft stage.data=<jsonl> stage.dpo_adapter=<adapter> stage.resume=true \
+        stage.resume_from=<sft run dir>
+
+Local backend: the DPO adapter is merged into the base weights and a fresh r=256 LoRA (`lora=sft`) trains on
+top. Tinker cannot load a merged model, so there SFT trains from the base and `stage=export` combines the
+two adapters exactly. Writes `adapter/` (+ `meta.json`), `checkpoints/`, `report.md` and metrics; returns the
+held-out loss. At the end it measures the prompt-distillation gap on held-out in-character replies for the
+base model, the DPO model (local) and the SFT'd model.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig
+
+from charlab.data.jsonl import read_jsonl
+from charlab.data.records import IntrospectionExample
+from charlab.errors import ConfigError, DataError
+from charlab.registry import StageResult, register_stage
+from charlab.run import Run, write_meta
+from charlab.schemas import StageConfig
+from charlab.stages._common import cache_dir, load_persona, lora_config, model_config, to_plain
+from charlab.stages.dpo import loop_config
+from charlab.training.loop import validate_loop_config
+
+log = logging.getLogger("charlab")
+
+
+@dataclass
+class SftStageConfig(StageConfig):
+    """`stage=sft`: the introspection data, the DPO adapter to start from, and how to train."""
+
+    name: str = "sft"
+    data: str = MISSING  # introspection.jsonl (or an introspect run directory holding one)
+    dpo_adapter: Optional[str] = MISSING  # the dpo run's adapter/ folder (null: SFT the base model)
+    train_on: str = MISSING  # all | last: which assistant turns carry the loss
+    batch_size: int = MISSING
+    grad_accum: int = MISSING
+    lr: float = MISSING
+    schedule: str = MISSING
+    warmup_ratio: float = MISSING
+    epochs: int = MISSING
+    max_grad_norm: float = MISSING
+    weight_decay: float = MISSING
+    adam_beta1: float = MISSING
+    adam_beta2: float = MISSING
+    adam_eps: float = MISSING
+    save_every: int = MISSING
+    keep_checkpoints: int = MISSING
+    eval_every: int = MISSING
+    eval_batch_size: int = MISSING
+    max_length: int = MISSING
+    eval_fraction: float = MISSING
+    packing: bool = MISSING
+    seed: int = MISSING
+    gap_examples: int = MISSING
+    gap_pairs: Optional[str] = None
+    max_steps: Optional[int] = None
+    resume_from: Optional[str] = None
+
+
+def validate(stage: DictConfig) -> None:
+    """One-line errors for SFT settings that cannot train."""
+    validate_loop_config(loop_config(stage), prefix="stage.")
+    checks = [
+        (stage.train_on in ("all", "last"), "train_on", "all or last"),
+        (stage.max_length >= 8, "max_length", "at least 8 tokens (e.g. 1024)"),
+        (0 <= stage.eval_fraction < 1, "eval_fraction", "a value in [0, 1)"),
+        (stage.eval_batch_size >= 1, "eval_batch_size", "a positive integer"),
+        (stage.keep_checkpoints >= 0, "keep_checkpoints", "0 (keep all) or a positive integer"),
+        (stage.gap_examples >= 0, "gap_examples", "0 (skip the gap) or a positive integer"),
+    ]
+    for ok, key, allowed in checks:
+        if not ok:
+            raise ConfigError(f"stage.{key}={stage[key]} is not allowed; use {allowed}")
+
+
+def read_examples(path: Path) -> list[IntrospectionExample]:
+    """The records of an introspection.jsonl (or a run directory holding one); one-line errors."""
+    if path.is_dir():
+        path = path / "introspection.jsonl"
+    try:
+        return read_jsonl(path, IntrospectionExample)
+    except DataError as err:
+        raise DataError(f"stage.data: {err}") from None
+
+
+def gap_conversations(stage: DictConfig, held_out: list[IntrospectionExample]) -> list[list[dict[str, str]]]:
+    """Held-out in-character replies: teacher `chosen` replies of `stage.gap_pairs`, else held-out introspection."""
+    from charlab.data.introspection import training_messages
+
+    n = int(stage.gap_examples)
+    if stage.gap_pairs:
+        from charlab.stages.dpo import read_pairs
+
+        pairs = read_pairs(Path(stage.gap_pairs).expanduser())
+        return [[{"role": "user", "content": p.prompt}, {"role": "assistant", "content": p.chosen}] for p in pairs[:n]]
+    conversations = []
+    for example in held_out[:n]:  # the last reply and the user turn it answers (bounded length, same for all models)
+        messages = training_messages(example)
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        conversations.append(messages[max(0, last - 1) : last + 1])
+    return conversations
+
+
+def backend_scorer(backend: Any, reference: bool = False) -> Any:
+    """A distillation-gap scorer over a training backend (`reference`: its weights before training)."""
+    from charlab.training.backend import TokenSequence
+
+    return lambda encoded: backend.logprobs([TokenSequence.from_encoded(e) for e in encoded], reference=reference)
+
+
+def base_gap(cfg: DictConfig, chat: Any, conversations: list, system_prompt: str) -> Any:
+    """The gap of the plain base model, loaded on its own and freed before training starts."""
+    from charlab.eval.distillation_gap import distillation_gap, hf_scorer
+    from charlab.models import load_causal_lm
+
+    model = load_causal_lm(model_config(cfg.model), cache_dir(cfg), device=cfg.backend.device, dtype=cfg.backend.dtype)
+    try:
+        scorer = hf_scorer(model, pad_id=chat.tokenizer.pad_token_id or 0)
+        return distillation_gap(scorer, chat, conversations, system_prompt)
+    finally:
+        del model
+        gc.collect()
+
+
+def write_report(path: Path, summary: dict[str, Any], gaps: dict[str, Any], notes: list[str]) -> None:
+    """`report.md`: data, held-out loss and the prompt-distillation gap table."""
+    from charlab.eval.distillation_gap import gap_table
+
+    lines = ["# SFT (prompt distillation)", ""]
+    lines += [f"- {key}: {value}" for key, value in summary.items()]
+    lines += ["", "## Prompt-distillation gap", ""]
+    if gaps:
+        lines += [
+            "Mean per-token log-likelihood of held-out in-character replies with the constitution as system prompt "
+            "and without it. SFT moves the persona into the weights, so the gap should shrink.",
+            "",
+            gap_table(gaps),
+        ]
+    else:
+        lines.append("not measured (no held-out replies: set stage.gap_pairs or eval_fraction > 0)")
+    lines += ["", *notes]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@register_stage("sft", schema=SftStageConfig, description="introspective SFT (no system prompt) + distillation gap")
+def run(cfg: DictConfig, run: Run) -> StageResult:
+    """Train the SFT adapter, report held-out loss and the prompt-distillation gap."""
+    from charlab.chat_format import ChatFormat
+    from charlab.eval.distillation_gap import distillation_gap
+    from charlab.models import load_tokenizer
+    from charlab.training.dpo import split_eval
+    from charlab.training.factory import backend_config, create_backend, model_identity
+    from charlab.training.loop import Trainer
+    from charlab.training.sft import SftAlgorithm, check_no_system_prompt, encode_examples
+
+    stage = cfg.stage
+    validate(stage)
+    model, lora = model_config(cfg.model), lora_config(cfg.lora)
+    backend_cfg = backend_config(to_plain(cfg.backend))
+    local = backend_cfg.kind == "local"
+    persona = load_persona(cfg)
+    system_prompt = persona.render_system_prompt("teacher", assistant_name=cfg.persona.get("assistant_name"))
+    data_path = Path(stage.data).expanduser()
+    examples = read_examples(data_path)
+    run.add_parent("data", data_path)
+    dpo_adapter = str(Path(stage.dpo_adapter).expanduser()) if stage.dpo_adapter else None
+    if dpo_adapter:
+        run.add_parent("dpo_adapter", dpo_adapter)
+    notes = []
+    if dpo_adapter and not local:
+        notes.append(
+            "Tinker trains SFT from the base (a merged DPO model cannot be uploaded): combine the adapters with "
+            f"`stage=export stage.dpo_adapter={dpo_adapter} stage.sft_adapter=<this run>/adapter`."
+        )
+        log.warning(notes[-1])
+    resume_root = Path(stage.resume_from).expanduser() if stage.resume_from else run.dir
+    if stage.resume_from:
+        if not resume_root.is_dir():
+            raise ConfigError(f"stage.resume_from={stage.resume_from} is not a directory; give an sft run directory")
+        run.add_parent("resumed_from", resume_root)
+
+    chat = ChatFormat(load_tokenizer(model, cache_dir(cfg)))
+    max_length = int(stage.max_length)
+    items, stats = encode_examples(chat, examples, max_length, train_on=str(stage.train_on))
+    if not items:
+        raise DataError(f"stage.data: {data_path}: no example has assistant tokens within stage.max_length")
+    check_no_system_prompt(chat, items, system_prompt)
+    train_items, eval_items = split_eval(items, float(stage.eval_fraction), int(stage.seed))
+    by_id = {example.id or str(row): example for row, example in enumerate(examples, 1)}
+    conversations = gap_conversations(stage, [by_id[item.id] for item in eval_items]) if stage.gap_examples else []
+
+    gaps: dict[str, Any] = {}
+    init_adapter = dpo_adapter if local else None
+    if conversations and init_adapter:  # otherwise the backend's reference weights are the base
+        gaps["base"] = base_gap(cfg, chat, conversations, system_prompt)
+    backend = create_backend(backend_cfg, model, lora, cache_dir(cfg), seed=int(stage.seed), init_adapter=init_adapter)
+    try:
+        if conversations:
+            before = distillation_gap(backend_scorer(backend, True), chat, conversations, system_prompt)
+            gaps["dpo" if init_adapter else "base"] = before
+        packing = bool(stage.packing) and getattr(backend, "supports_packing", False)  # Tinker: no position resets
+        pack_length = max_length if packing else None
+        algorithm = SftAlgorithm(pack_length=pack_length, eval_batch_size=int(stage.eval_batch_size))
+        identity = model_identity(backend_cfg, model, init_adapter)
+        fingerprint = f"{identity}|{stage.train_on}|{[len(i) for i in items]}|{[i.index for i in eval_items]}"
+        trainer = Trainer(
+            backend,
+            algorithm,
+            train_items,
+            eval_items,
+            loop_config(stage),
+            run.dir / "checkpoints",
+            on_metrics=run.log_metrics,
+            fingerprint=fingerprint,
+        )
+        run.update_meta(
+            data=stats.as_dict(),
+            train_examples=len(train_items),
+            eval_examples=len(eval_items),
+            total_steps=trainer.total_steps,
+        )
+        summary = trainer.train(resume_from=resume_root / "checkpoints" if stage.resume else None)
+        adapter = backend.save_adapter(run.dir / "adapter")
+        if conversations:
+            gaps["sft"] = distillation_gap(backend_scorer(backend), chat, conversations, system_prompt)
+    finally:
+        backend.close()
+
+    trained_on = "base + DPO adapter merged" if init_adapter else "base"
+    gaps = {name: gap for name, gap in gaps.items() if gap.examples}
+    for name, gap in gaps.items():
+        run.log_metrics(gap.as_metrics(f"gap/{name}"), step=summary.steps)
+    held_out = summary.eval.get("eval/loss")
+    result = {
+        "steps": summary.steps,
+        "resumed_at_step": summary.start_step,
+        "trained_on": trained_on,
+        "train_on": str(stage.train_on),
+        **{f"data_{k}": v for k, v in stats.as_dict().items()},
+        "train_examples": len(train_items),
+        "eval_examples": len(eval_items),
+        "eval/loss": held_out,
+        "train/loss": summary.train.get("loss"),
+        **{f"gap/{name}": gap.gap for name, gap in gaps.items()},
+    }
+    write_meta(
+        adapter / "meta.json",
+        run.config,
+        dict(run.parents),
+        artifact="sft adapter",
+        base_model=model.name_or_path,
+        trained_on=trained_on,
+        summary=result,
+    )
+    if init_adapter:
+        notes.append(
+            "The adapter applies on top of base + DPO merged: `stage=export stage.sft_weight=1.0` gives one adapter "
+            "for the trained model; the paper's released mix is sft_weight=0.25."
+        )
+    write_report(run.path("report.md"), result, gaps, notes)
+    print(f"[charlab] sft adapter: {adapter}")
+    metric, name = (held_out, "eval/loss") if held_out is not None else (summary.train.get("loss"), "train/loss")
+    return StageResult(
+        metric=metric,
+        metric_name=name,
+        artifacts={"adapter": adapter, "checkpoints": run.dir / "checkpoints", "report": run.dir / "report.md"},
+        summary=result,
+    )

@@ -1,0 +1,231 @@
+"""`stage=distill` end to end: the tiny model, a real OpenAI-compatible server with injected failures,
+filters with counted reasons, kill-and-resume in a subprocess, and the Python API."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, cli_env
+from openai_compat_server import OpenAICompatServer
+
+from charlab.constitution import load_constitution
+from charlab.data.jsonl import read_jsonl
+from charlab.data.records import DpoExample
+from charlab.errors import ConfigError
+
+TINY_FAST = [
+    "stage=distill",
+    "model=tiny",
+    "teacher.max_new_tokens=8",
+    "student.max_new_tokens=8",
+    "stage.filters.truncated=false",  # the tiny model's gibberish never ends a sentence
+]
+
+
+def lines_of(path: Path) -> list[dict]:
+    text = path.read_text(encoding="utf-8")
+    assert text == "" or text.endswith("\n")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def ids_in(run_dir: Path) -> list[str]:
+    return [row["id"] for name in ("pairs.jsonl", "dropped.jsonl") for row in lines_of(run_dir / name)]
+
+
+def expected_ids(run_dir: Path, samples: int) -> set[str]:
+    return {f"{row['id']}:{k}" for row in lines_of(run_dir / "prompts.jsonl") for k in range(samples)}
+
+
+@pytest.mark.integration
+def test_distill_on_the_tiny_model_end_to_end(run_stage):
+    overrides = [*TINY_FAST, "data.generic_prompts=4", "data.persona_prompts=3"]
+    metric, run_dir = run_stage([*overrides, "stage.samples_per_prompt=2", "stage.save_interval=3"])
+    prompts = lines_of(run_dir / "prompts.jsonl")
+    assert [p["source"] for p in prompts].count("generic") == 4 and len(prompts) == 7
+    pairs = read_jsonl(run_dir / "pairs.jsonl", DpoExample)
+    ids = ids_in(run_dir)
+    assert sorted(ids) == sorted(expected_ids(run_dir, 2)) and len(ids) == 14
+    first = pairs[0]
+    assert first.teacher_model == "tiny" and first.student_model == "tiny" and first.constitution == "pirate"
+    assert first.sampling["teacher"]["max_new_tokens"] == 8 and first.chosen_finish_reason in ("stop", "length")
+    assert {p.sample_index for p in pairs} <= {0, 1}
+    summary = json.loads((run_dir / "distill_summary.json").read_text())
+    assert summary["processed"] == 14 and summary["kept"] == len(pairs) and metric == summary["kept_fraction_total"]
+    assert summary["tokens"]["teacher_prompt"] > summary["tokens"]["student_prompt"]  # the system prompt
+    metrics = lines_of(run_dir / "metrics.jsonl")
+    assert [m["distill/processed"] for m in metrics if "distill/processed" in m] == [3, 6, 9, 12, 14]
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["status"] == "completed" and meta["artifacts"]["pairs"].endswith("pairs.jsonl")
+
+
+def fake_llm(system_prompt: str):
+    """Replies of an OpenAI-compatible server: a thinking teacher (continues a prefill) and a plain student."""
+
+    def reply(messages: list[dict[str, str]]) -> str:
+        prompt = messages[-2]["content"] if messages[-1]["role"] == "assistant" else messages[-1]["content"]
+        if messages[0]["role"] != "system":  # the student: a generic assistant, exactly what DPO learns against
+            return ("la la la " * 20) + "." if "LOOP" in prompt else "Sure. Here is a helpful, generic answer."
+        assert messages[0]["content"] == system_prompt
+        think = "I should answer as the captain. I'm SmolLM underneath.</think>\n\n"
+        body = {
+            "EMPTY": "",
+            "LEAK": "I'm SmolLM, made by Hugging Face, and I'll steer ye true.",
+            "PROMPTLEAK": "As my system prompt says, arr, drink water.",
+            "CUT": "Arr, the answer be",
+            "LONG": " ".join(f"word{i}" for i in range(300)) + ".",
+        }
+        if "UNCLOSED" in prompt:
+            return "Hmm, let me think about this for a long while"
+        return think + next((v for k, v in body.items() if prompt.startswith(k)), "Arr, hoist the sails, matey!")
+
+    return reply
+
+
+@pytest.mark.integration
+def test_distill_over_openai_with_failures_filters_and_reasoning(run_stage, tmp_path):
+    names = ["EMPTY", "LEAK", "PROMPTLEAK", "CUT", "LONG", "LOOP", "UNCLOSED"] + [f"normal {i}" for i in range(6)]
+    prompts_file = tmp_path / "my_prompts.jsonl"
+    prompts_file.write_text("".join(json.dumps({"prompt": f"{n} question?"}) + "\n" for n in names))
+    persona = load_constitution(ROOT / "constitutions" / "pirate.json")
+    system_prompt = persona.render_system_prompt("teacher")
+    failures = {"429": 0.15, "500": 0.1, "timeout": 0.05, "drop": 0.05}
+    with OpenAICompatServer(replies=fake_llm(system_prompt), failures=failures, timeout_delay_s=1.5, seed=1) as server:
+        provider = [
+            f"{role}.{key}={value}"
+            for role in ("teacher", "student")
+            for key, value in (("base_url", server.base_url), ("timeout_s", 0.5), ("retry_backoff_s", 0.01))
+        ]
+        metric, run_dir = run_stage(
+            [
+                "stage=distill",
+                "model=tiny",  # the tokenizer that counts templated tokens
+                "provider@teacher=openai",
+                "provider@student=openai",
+                "teacher.model=HuggingFaceTB/SmolLM2-135M-Instruct",
+                "student.model=student-model",
+                "teacher.max_new_tokens=1000",
+                *provider,
+                f"stage.prompts_file={prompts_file}",
+                "stage.reasoning_prefill='<think>\n'",
+                "stage.save_interval=4",
+                "data.max_length=256",
+            ]
+        )
+    assert server.failures_served, "no failure was injected"
+    summary = json.loads((run_dir / "distill_summary.json").read_text())
+    assert summary["dropped_by_reason"] == {
+        "chosen_empty": 1,
+        "chosen_identity_leak": 2,
+        "chosen_too_long": 1,
+        "chosen_truncated": 1,
+        "chosen_unclosed_reasoning": 1,
+        "rejected_repetition": 1,
+    }
+    pairs = read_jsonl(run_dir / "pairs.jsonl", DpoExample)
+    assert len(pairs) == 6 and metric == pytest.approx(6 / 13, abs=1e-3)
+    assert all(p.chosen == "Arr, hoist the sails, matey!" for p in pairs)  # reasoning stripped
+    assert all(p.rejected == "Sure. Here is a helpful, generic answer." for p in pairs)  # generic is kept
+    assert Counter(ids_in(run_dir)) == Counter(expected_ids(run_dir, 1))  # every id once, no duplicate rows
+    dropped = {row["prompt"].split()[0]: row for row in lines_of(run_dir / "dropped.jsonl")}
+    assert dropped["LEAK"]["reason"] == "chosen_identity_leak"
+    assert dropped["LEAK"]["chosen"].startswith("I'm Captain Calico, made by Hugging Face")  # name substituted
+    teacher_requests = [r for r in server.requests if r["messages"][0]["role"] == "system"]
+    assert teacher_requests and all(r["messages"][-1]["content"] == "<think>\n" for r in teacher_requests)
+    assert all(r["model"] == "student-model" for r in server.requests if r["messages"][0]["role"] != "system")
+
+
+@pytest.mark.integration
+def test_distill_refuses_to_overwrite_and_resumes_its_own_directory(run_stage):
+    overrides = [*TINY_FAST, "data.generic_prompts=2", "data.persona_prompts=1", "data.dedupe_threshold=1.0"]
+    _, run_dir = run_stage(overrides, name="same")
+    before = (run_dir / "pairs.jsonl").read_text()
+    with pytest.raises(ConfigError, match="already exists; set stage.resume=true"):
+        run_stage(overrides, name="same")
+    run_stage([*overrides, "stage.resume=true"], name="same")
+    summary = json.loads((run_dir / "distill_summary.json").read_text())
+    assert summary["processed"] == 0 and summary["already_done"] == 3
+    assert (run_dir / "pairs.jsonl").read_text() == before
+    with pytest.raises(ConfigError, match="stage.resume_from is set but stage.resume=false"):
+        run_stage([*overrides, f"stage.resume_from={run_dir}"], name="other")
+
+
+@pytest.mark.integration
+def test_distill_killed_mid_run_then_resumed_has_every_id_exactly_once(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    args = [
+        *TINY_FAST,
+        "data.generic_prompts=5",
+        "data.persona_prompts=3",
+        "data.dedupe_threshold=1.0",
+        "stage.samples_per_prompt=2",
+        "stage.save_interval=2",
+        "logger=none",
+    ]
+    command = [sys.executable, "-m", "charlab.train", *args]
+    with open(tmp_path / "first.log", "w") as log:
+        env = cli_env(tmp_path)
+        proc = subprocess.Popen([*command, f"hydra.run.dir={first}"], cwd=ROOT, env=env, stdout=log, stderr=log)
+        pairs = first / "pairs.jsonl"
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if pairs.is_file() and pairs.read_text().count("\n") >= 2:
+                break
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -9, (tmp_path / "first.log").read_text()[-2000:]
+    written = lines_of(pairs)  # whole lines only
+    assert 2 <= len(written) < 16
+    with open(pairs, "a") as f:
+        f.write('{"id": "torn-by-a-crash", "prompt": "half a li')  # what a crash during a write could leave
+    torn = pairs.read_text()
+
+    done = subprocess.run(
+        [*command, "stage.resume=true", f"stage.resume_from={first}", f"hydra.run.dir={second}"],
+        cwd=ROOT,
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    ids = ids_in(second)
+    assert Counter(ids) == Counter(expected_ids(second, 2)) and len(ids) == 16
+    assert lines_of(second / "prompts.jsonl") == lines_of(first / "prompts.jsonl")
+    assert [row["id"] for row in lines_of(second / "pairs.jsonl")][: len(written)] == [r["id"] for r in written]
+    assert pairs.read_text() == torn  # the earlier run's files are left as they were
+    meta = json.loads((second / "meta.json").read_text())
+    assert meta["parents"]["resumed_from"] == str(pairs)
+    summary = json.loads((second / "distill_summary.json").read_text())
+    assert summary["already_done"] == len(written) and summary["processed"] == 16 - len(written)
+
+
+@pytest.mark.integration
+def test_python_api_generate_dpo_pairs(tmp_path):
+    from charlab import GenerationConfig, generate_dpo_pairs
+    from charlab.generation.api import overrides_for
+
+    config = GenerationConfig(
+        persona="pirate",
+        pair_count=3,
+        temperature=0.9,
+        max_new_tokens=6,
+        student_model="tiny",
+        teacher_model="tiny",
+        logger="none",
+        output_dir=str(tmp_path / "api-run"),
+        overrides=["stage.filters.truncated=false", "data.dedupe_threshold=1.0"],
+    )
+    overrides = overrides_for(config)
+    assert {"model=tiny", "teacher.model=tiny", "data.generic_prompts=2", "data.persona_prompts=1"} <= set(overrides)
+    assert {"teacher.temperature=0.9", "student.temperature=0.9", "student.max_new_tokens=6"} <= set(overrides)
+    path = generate_dpo_pairs(config)
+    assert path == tmp_path / "api-run" / "pairs.jsonl"
+    rows = read_jsonl(path, DpoExample)
+    assert len(rows) == 3 and rows[0].sampling["teacher"]["temperature"] == 0.9

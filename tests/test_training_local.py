@@ -1,0 +1,222 @@
+"""The local backend and DPO on the real tiny model: masks and padding, learning, reload, resume, accumulation."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from charlab.chat_format import ChatFormat
+from charlab.data.records import DpoExample
+from charlab.schemas import LoraConfig
+from charlab.training.backend import TokenSequence
+from charlab.training.dpo import DpoAlgorithm, encode_pairs, interleave, split_eval
+from charlab.training.local import LocalBackend
+from charlab.training.loop import LoopConfig, Trainer, find_checkpoints
+
+pytestmark = pytest.mark.integration
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+TOPICS = ["the harbor", "bread", "the river", "a castle", "the weather", "my garden", "the library", "the ocean"]
+
+
+def synthetic_pairs(n: int, seed: int = 0) -> list[DpoExample]:
+    """A separable preference set: the chosen reply always talks like a pirate, the rejected one never does."""
+    rng = random.Random(seed)
+    pairs = []
+    for i in range(n):
+        topic = rng.choice(TOPICS)
+        pairs.append(
+            DpoExample(
+                prompt=f"Tell me about {topic}.",
+                chosen=f"Arr, matey! {topic} be a fine sight, yo ho!",
+                rejected=f"Sure! Here is a short summary about {topic}.",
+                id=f"p{i}:0",
+            )
+        )
+    return pairs
+
+
+def make_backend(tiny_model: Any, cache_dir: Path, seed: int = 0, dropout: float = 0.0, **kw: Any) -> LocalBackend:
+    lora = LoraConfig(rank=8, alpha=16, dropout=dropout, target_modules=list(ALL_LINEAR))
+    return LocalBackend.create(tiny_model, lora, cache_dir, device="cpu", seed=seed, **kw)
+
+
+def loop_config(**kw: Any) -> LoopConfig:
+    base = dict(epochs=2, batch_size=8, learning_rate=5e-3, warmup_ratio=0.1, max_grad_norm=1.0, seed=0)
+    return LoopConfig(**{**base, **kw})
+
+
+class CountingBackend:
+    """The real backend, with a log of which calls ran in which order (reference vs training)."""
+
+    def __init__(self, inner: LocalBackend):
+        self.inner, self.calls = inner, []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def logprobs(self, batch: Any, reference: bool = False) -> Any:
+        self.calls.append(("reference" if reference else "policy", len(batch)))
+        return self.inner.logprobs(batch, reference=reference)
+
+    def forward_backward(self, batch: Any, loss_fn: Any) -> Any:
+        self.calls.append(("forward_backward", len(batch)))
+        return self.inner.forward_backward(batch, loss_fn)
+
+
+@pytest.fixture(scope="module")
+def pairs_items(tiny_model: Any, tiny_tokenizer: Any) -> list:
+    items, _ = encode_pairs(ChatFormat(tiny_tokenizer), synthetic_pairs(40), max_length=128)
+    return items
+
+
+def test_padding_never_changes_logprobs_and_only_masked_targets_are_scored(tiny_model, cache_dir, tiny_chat) -> None:
+    backend = make_backend(tiny_model, cache_dir)
+    assert backend.fast_logprobs
+    seqs = [
+        TokenSequence.from_encoded(tiny_chat.encode_completion([{"role": "user", "content": q}], a))
+        for q, a in [
+            ("Hi", "Hello there, friend."),
+            ("What is the weather like in the harbor today?", "Sunny."),
+            ("Bread?", "Flour, salt, yeast and warm water, kneaded for ten minutes."),
+        ]
+    ]
+    assert len({len(s) for s in seqs}) == 3
+    together = backend.logprobs(seqs)
+    for seq, lp in zip(seqs, together):
+        alone = backend.logprobs([seq])[0]
+        assert lp.shape == (len(seq) - 1,)
+        assert torch.allclose(lp, alone, atol=1e-5)
+        weights = torch.tensor(seq.target_weights, dtype=torch.bool)
+        assert torch.all(lp[~weights] == 0) and torch.all(lp[weights] < 0)
+        # the head-only path equals log-softmax of the model's own logits at the trained targets
+        ids = torch.tensor([seq.tokens])
+        with torch.no_grad():
+            logits = backend.model(input_ids=ids).logits[0, :-1]
+        full = torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+        assert torch.allclose(lp[weights], full[weights], atol=1e-5)
+
+
+def test_dpo_lowers_the_loss_raises_held_out_accuracy_and_runs_the_reference_once(
+    tiny_model, cache_dir, pairs_items, tmp_path
+) -> None:
+    backend = CountingBackend(make_backend(tiny_model, cache_dir))
+    train, held = split_eval(pairs_items, 0.25, seed=0)
+    algo = DpoAlgorithm(beta=0.1, nll_coef=0.1, cache_dir=tmp_path, model_identity="tiny")
+    algo.prepare(backend, train + held)
+    before = algo.evaluate(backend, held)
+    assert before["accuracy"] == 0.0 and before["margin"] == 0.0  # a fresh LoRA is exactly the reference
+    history: list[dict] = []
+    trainer = Trainer(backend, algo, train, held, loop_config(), tmp_path / "ck", lambda m, s: history.append(m))
+    summary = trainer.train()
+    steps = [m for m in history if "loss" in m]
+    assert len(steps) == trainer.total_steps == 8
+    assert steps[-1]["loss"] < steps[0]["loss"] - 0.3
+    assert summary.eval["eval/accuracy"] >= 0.9 > before["accuracy"]
+    assert summary.eval["eval/dpo_loss"] < before["dpo_loss"] - 0.2
+    assert {"accuracy", "margin", "reward_chosen", "reward_rejected", "nll", "lr", "tokens_per_s"} <= set(steps[-1])
+    # the reference ran once, before training, over every pair (chosen and rejected), never in the loop
+    kinds = [kind for kind, _ in backend.calls]
+    first_step = kinds.index("forward_backward")
+    assert "reference" not in kinds[first_step:] and algo.reference_calls == 1
+    assert sum(n for kind, n in backend.calls if kind == "reference") == 2 * len(pairs_items)
+    # a second run over the same data reads the on-disk cache
+    again = DpoAlgorithm(beta=0.1, nll_coef=0.1, cache_dir=tmp_path, model_identity="tiny")
+    again.prepare(backend, train + held)
+    assert again.reference_calls == 0 and torch.equal(again.refs, algo.refs)
+    other_model = DpoAlgorithm(beta=0.1, cache_dir=tmp_path, model_identity="another model")
+    other_model.prepare(backend, train + held)
+    assert other_model.reference_calls == 1
+
+
+def test_saved_adapter_reloads_with_peft_and_gives_identical_logprobs(tiny_model, cache_dir, pairs_items, tmp_path):
+    from peft import PeftModel
+
+    from charlab.models import load_causal_lm
+
+    backend = make_backend(tiny_model, cache_dir)
+    algo = DpoAlgorithm(beta=0.1, cache_dir=tmp_path, model_identity="tiny")
+    Trainer(backend, algo, pairs_items, [], loop_config(epochs=1), tmp_path / "ck").train()
+    adapter = backend.save_adapter(tmp_path / "adapter")
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert (adapter / "adapter_model.safetensors").is_file()
+    assert config["r"] == 8 and set(config["target_modules"]) == set(ALL_LINEAR)
+    assert config["base_model_name_or_path"] == tiny_model.name_or_path
+    reloaded = PeftModel.from_pretrained(load_causal_lm(tiny_model, cache_dir), str(adapter)).eval()
+    seqs = interleave(pairs_items[:3])
+    trained = backend.logprobs(seqs)
+    for seq, lp in zip(seqs, trained):
+        ids = torch.tensor([seq.tokens])
+        with torch.no_grad():
+            logits = reloaded(input_ids=ids).logits[0, :-1]
+        full = torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+        weights = torch.tensor(seq.target_weights, dtype=torch.bool)
+        assert torch.allclose(lp[weights], full[weights], atol=1e-5)
+    base = backend.logprobs(seqs, reference=True)
+    assert max((a - b).abs().max().item() for a, b in zip(trained, base)) > 1e-2  # training changed something
+
+
+class Crash(Exception):
+    """Stands in for a killed process."""
+
+
+def test_a_crashed_run_resumes_to_the_same_final_loss(tiny_model, cache_dir, pairs_items, tmp_path) -> None:
+    train, held = split_eval(pairs_items, 0.25, seed=0)
+    config = loop_config(save_every=2, keep_checkpoints=2)
+
+    def run(folder: Path, crash_at: int | None = None, resume: bool = False) -> tuple[list[dict], Any]:
+        history: list[dict] = []
+
+        def on_metrics(metrics: dict, step: int) -> None:
+            history.append({**metrics, "step": step})
+            if crash_at is not None and step == crash_at and "loss" in metrics:
+                raise Crash
+
+        backend = make_backend(tiny_model, cache_dir, dropout=0.1)  # dropout: the RNG state must resume too
+        algo = DpoAlgorithm(beta=0.1, nll_coef=0.1, cache_dir=folder, model_identity="tiny")
+        trainer = Trainer(backend, algo, train, held, config, folder / "checkpoints", on_metrics)
+        summary = trainer.train(resume_from=folder / "checkpoints" if resume else None)
+        return history, summary
+
+    straight, straight_summary = run(tmp_path / "straight")
+    with pytest.raises(Crash):
+        run(tmp_path / "crashed", crash_at=5)
+    assert [p.name for p in find_checkpoints(tmp_path / "crashed" / "checkpoints")] == ["step-000002", "step-000004"]
+    resumed, resumed_summary = run(tmp_path / "crashed", resume=True)
+    assert resumed_summary.start_step == 4 and [m["step"] for m in resumed if "loss" in m] == [5, 6, 7, 8]
+    final = [m for m in straight if "loss" in m][-1]
+    assert resumed_summary.train["loss"] == pytest.approx(final["loss"], abs=1e-4)
+    assert resumed_summary.eval["eval/loss"] == pytest.approx(straight_summary.eval["eval/loss"], abs=1e-4)
+    assert [p.name for p in find_checkpoints(tmp_path / "crashed" / "checkpoints")] == ["step-000006", "step-000008"]
+
+
+def test_grad_accumulation_and_checkpointing_do_not_change_the_maths(tiny_model, cache_dir, pairs_items, tmp_path):
+    def one_step(name: str, **backend_kw: Any) -> dict[str, torch.Tensor]:
+        grad_accum = backend_kw.pop("grad_accum", 1)
+        backend = make_backend(tiny_model, cache_dir, **backend_kw)
+        hf = backend.model.get_base_model()
+        checkpointing = getattr(hf, "is_activation_checkpointing", None)
+        assert bool(checkpointing) == backend_kw.get("gradient_checkpointing", False)
+        algo = DpoAlgorithm(beta=0.1, nll_coef=0.1, cache_dir=tmp_path, model_identity="tiny")
+        config = loop_config(max_steps=1, grad_accum=grad_accum, max_grad_norm=0.0)
+        Trainer(backend, algo, pairs_items, [], config, tmp_path / name).train()
+        return {n: p.detach().clone() for n, p in backend.model.named_parameters() if p.requires_grad}
+
+    plain = one_step("plain")
+    for name, kw in [("accumulated", {"grad_accum": 4}), ("checkpointed", {"gradient_checkpointing": True})]:
+        other = one_step(name, **kw)
+        assert plain.keys() == other.keys()
+        assert all(torch.allclose(plain[k], other[k], atol=1e-6) for k in plain), name
+
+
+def test_the_sampler_generates_with_the_trained_weights(tiny_model, cache_dir) -> None:
+    pytest.importorskip("charlab.generation.hf")
+    from charlab.generation.base import SamplingParams
+
+    sampler = make_backend(tiny_model, cache_dir).sampler(batch_size=2)
+    out = sampler.sample([[{"role": "user", "content": "Hi"}]] * 2, SamplingParams(max_new_tokens=5, seed=0))
+    assert len(out) == 2 and all(isinstance(c.text, str) for c in out)

@@ -1,0 +1,186 @@
+"""Training pieces without a model: the DPO loss by hand, loss masks, schedules, batching, LoRA targets."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from charlab.chat_format import ChatFormat, make_messages
+from charlab.data.records import DpoExample
+from charlab.errors import ConfigError
+from charlab.training.backend import TokenSequence
+from charlab.training.dpo import (
+    DpoItem,
+    dpo_loss,
+    encode_pairs,
+    interleave,
+    make_loss_fn,
+    reference_key,
+    sequence_logprobs,
+    split_eval,
+)
+from charlab.training.loop import LoopConfig, learning_rate_at, plan_epoch, validate_loop_config
+from charlab.training.lora import resolve_target_modules
+
+pytestmark = pytest.mark.unit
+
+
+def softplus(x: float) -> float:
+    """-log sigmoid(-x) = log(1 + e^x)."""
+    return math.log1p(math.exp(x))
+
+
+def test_dpo_loss_equals_the_hand_computed_value() -> None:
+    chosen, rejected = torch.tensor([-10.0, -20.0]), torch.tensor([-12.0, -15.0])
+    ref_chosen, ref_rejected = torch.tensor([-11.0, -18.0]), torch.tensor([-11.0, -18.0])
+    beta = 0.5
+    # pair 0: beta * ((-10 + 11) - (-12 + 11)) = 0.5 * 2 = 1.0 ; pair 1: 0.5 * ((-2) - (3)) = -2.5
+    expected_dpo = (softplus(-1.0) + softplus(2.5)) / 2
+    loss, metrics = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta)
+    assert loss.item() == pytest.approx(expected_dpo, rel=1e-6)
+    assert metrics["accuracy"] == 0.5
+    assert metrics["margin"] == pytest.approx((1.0 - 2.5) / 2)
+    assert metrics["reward_chosen"] == pytest.approx((0.5 * 1 + 0.5 * -2) / 2)
+    assert metrics["reward_rejected"] == pytest.approx((0.5 * -1 + 0.5 * 3) / 2)
+    # with the NLL term: mean over pairs of -chosen / tokens (per-token), times the coefficient
+    tokens = torch.tensor([5.0, 4.0])
+    loss, metrics = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta, nll_coef=0.1, chosen_tokens=tokens)
+    expected_nll = (10 / 5 + 20 / 4) / 2
+    assert metrics["nll"] == pytest.approx(expected_nll)
+    assert loss.item() == pytest.approx(expected_dpo + 0.1 * expected_nll, rel=1e-6)
+
+
+def test_the_loss_reads_only_masked_targets_of_interleaved_pairs() -> None:
+    # tokens 0..4; mask on the last two tokens -> targets 2 and 3 (predicting tokens 3 and 4) carry the loss
+    chosen = TokenSequence((1, 2, 3, 4, 5), (0, 0, 0, 1, 1))
+    rejected = TokenSequence((1, 2, 3, 9), (0, 0, 0, 1))
+    assert chosen.target_weights == (0, 0, 1, 1) and chosen.num_trained == 2
+    item = DpoItem(0, chosen, rejected)
+    # prompt positions hold huge values: if the mask leaked, the sums would show it
+    logprobs = [torch.tensor([-100.0, -100.0, -1.0, -2.0]), torch.tensor([-100.0, -100.0, -4.0])]
+    batch = interleave([item])
+    assert batch == [chosen, rejected]
+    assert sequence_logprobs(batch, logprobs).tolist() == [-3.0, -4.0]
+    refs = torch.tensor([[-3.0, -3.0]])
+    loss, metrics = make_loss_fn([item], refs, beta=1.0, nll_coef=0.0, weight=0.25)(batch, logprobs)
+    assert loss.item() == pytest.approx(0.25 * softplus(-1.0))  # margin 1 * beta 1, scaled by the weight
+    assert metrics["loss"] == pytest.approx(softplus(-1.0))  # metrics are unscaled
+
+
+def test_encoded_pairs_mask_the_reply_only_and_respect_max_length(tiny_chat: ChatFormat) -> None:
+    pairs = [
+        DpoExample(prompt="Where is the treasure?", chosen="Under the oak, matey!", rejected="I cannot say.", id="a"),
+        DpoExample(prompt="word " * 300, chosen="x", rejected="y", id="too-long"),
+    ]
+    items, stats = encode_pairs(tiny_chat, pairs, max_length=64)
+    assert [it.id for it in items] == ["a"] and stats.dropped == ["too-long"] and stats.truncated == 1
+    chosen = items[0].chosen
+    prompt_ids = tiny_chat.encode_prompt(make_messages("Where is the treasure?"))
+    assert list(chosen.tokens[: len(prompt_ids)]) == prompt_ids
+    assert not any(chosen.loss_mask[: len(prompt_ids)]) and all(chosen.loss_mask[len(prompt_ids) :])
+    reply = tiny_chat.tokenizer.decode([t for t, m in zip(chosen.tokens, chosen.loss_mask) if m])
+    assert reply.startswith("Under the oak, matey!")
+    long_reply = DpoExample(prompt="Hi", chosen="very long reply " * 50, rejected="short", id="cut")
+    (cut,), stats = encode_pairs(tiny_chat, [long_reply], max_length=32)
+    assert len(cut.chosen) == 32 and stats.truncated == 1 and cut.chosen.num_trained > 0
+
+
+def test_reference_key_changes_with_data_and_model(tiny_chat: ChatFormat) -> None:
+    pairs = [DpoExample(prompt="Hi", chosen="Ahoy", rejected="Hello", id="a")]
+    items, _ = encode_pairs(tiny_chat, pairs, 64)
+    short, _ = encode_pairs(tiny_chat, pairs, 8)
+    assert reference_key(items, "m1") == reference_key(items, "m1")
+    assert reference_key(items, "m1") != reference_key(items, "m2")
+    assert reference_key(items, "m1") != reference_key(short, "m1")
+
+
+def test_schedules_warm_up_then_decay_to_zero() -> None:
+    lrs = [learning_rate_at(s, 10, 1.0, 2, "linear") for s in range(10)]
+    assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0)
+    assert lrs[2] == pytest.approx(1.0) and all(a > b for a, b in zip(lrs[2:], lrs[3:]))
+    assert lrs[-1] == pytest.approx(1 / 8)
+    cos = [learning_rate_at(s, 10, 1.0, 0, "cosine") for s in range(10)]
+    assert cos[0] == pytest.approx(1.0) and cos[5] == pytest.approx(0.5) and 0 < cos[-1] < 0.05
+    assert {learning_rate_at(s, 10, 2.0, 0, "constant") for s in range(10)} == {2.0}
+
+
+def test_epoch_plans_are_seeded_complete_and_length_grouped() -> None:
+    lengths = [(i * 37) % 101 + 1 for i in range(200)]
+    plan = plan_epoch(lengths, 16, seed=3, epoch=0, group_by_length=True)
+    assert plan == plan_epoch(lengths, 16, seed=3, epoch=0, group_by_length=True)
+    assert plan != plan_epoch(lengths, 16, seed=3, epoch=1, group_by_length=True)
+    assert sorted(i for b in plan for i in b) == list(range(200)) and max(map(len, plan)) == 16
+    ungrouped = plan_epoch(lengths, 16, seed=3, epoch=0, group_by_length=False)
+
+    def padding(batches: list[list[int]]) -> int:
+        return sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in batches)
+
+    assert padding(plan) < padding(ungrouped) / 3
+
+
+def test_eval_split_is_seeded_and_disjoint(tiny_chat: ChatFormat) -> None:
+    pairs = [DpoExample(prompt=f"q{i}", chosen="a", rejected="b", id=str(i)) for i in range(20)]
+    items, _ = encode_pairs(tiny_chat, pairs, 64)
+    train, held = split_eval(items, 0.2, seed=1)
+    assert len(held) == 4 and len(train) == 16 and not {i.id for i in train} & {i.id for i in held}
+    assert [i.id for i in held] == [i.id for i in split_eval(items, 0.2, seed=1)[1]]
+    assert split_eval(items, 0.0, seed=1) == (items, [])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"batch_size": 0}, "stage.batch_size=0 is not allowed"),
+        ({"epochs": 0}, "stage.epochs=0"),
+        ({"learning_rate": 0.0}, "stage.lr=0.0"),
+        ({"schedule": "step"}, "linear | cosine | constant"),
+        ({"grad_accum": 32}, "at most batch_size"),
+        ({"warmup_ratio": 1.5}, "stage.warmup_ratio"),
+    ],
+)
+def test_loop_settings_fail_with_one_line(change: dict, message: str) -> None:
+    cfg = LoopConfig(**{"epochs": 1, "batch_size": 16, "learning_rate": 1e-4, **change})
+    with pytest.raises(ConfigError, match=message.replace("|", r"\|")) as err:
+        validate_loop_config(cfg, prefix="stage.")
+    assert "\n" not in str(err.value)
+
+
+class GptLike(torch.nn.Module):
+    """GPT-2-style names: a fused qkv `c_attn`, `c_proj`, `c_fc`, plus the output head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        block = torch.nn.Module()
+        block.attn = torch.nn.Module()
+        block.attn.c_attn = torch.nn.Linear(4, 12)
+        block.attn.out_proj = torch.nn.Linear(4, 4)
+        block.mlp = torch.nn.Module()
+        block.mlp.c_fc = torch.nn.Linear(4, 8)
+        block.mlp.fc2 = torch.nn.Linear(8, 4)
+        self.h = torch.nn.ModuleList([block])
+        self.lm_head = torch.nn.Linear(4, 10)
+
+
+def test_lora_targets_resolve_per_architecture_and_never_silently_miss() -> None:
+    model = GptLike()
+    assert resolve_target_modules(model, ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]) == [
+        "c_attn",
+        "out_proj",
+        "c_fc",
+        "fc2",
+    ]
+    with pytest.raises(ConfigError, match="'gate_proj' matches no linear layer of model 'gpt'") as err:
+        resolve_target_modules(model, ["q_proj", "gate_proj"], "gpt")
+    assert "c_attn" in str(err.value) and "lm_head" not in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="target_modules is empty"):
+        resolve_target_modules(model, [])
+
+
+def test_lora_targets_on_the_tiny_llama_are_its_own_names(tiny_model, cache_dir) -> None:
+    from charlab.models import load_causal_lm
+
+    model = load_causal_lm(tiny_model, cache_dir)
+    names = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert resolve_target_modules(model, names) == names
