@@ -51,6 +51,7 @@ class PipelineConfig:
     wiring: dict[str, dict[str, str]] = field(default_factory=dict)
     step_overrides: dict[str, list[str]] = field(default_factory=dict)
     report: bool = True
+    metric_step: str = MISSING  # whose headline metric the pipeline returns (what sweeps optimise)
 
 
 class PipelineStepError(CharlabError):
@@ -174,8 +175,9 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
             except (CharlabError, Exception) as err:
                 state["steps"][step_dir.name] = {"step": step, "status": "failed", "error": str(err)}
                 write_json(root / "pipeline.json", state)
+                first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
                 raise PipelineStepError(
-                    f"pipeline step '{step}' failed: {err} -- fix it, then rerun with stage.resume=true "
+                    f"pipeline step '{step}' failed: {first_line} -- fix it, then rerun with stage.resume=true "
                     f"stage.resume_from={root}"
                 ) from err
             meta = read_meta(step_dir)
@@ -197,7 +199,14 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         if final:
             result_artifacts[name] = Path(final)
             print(f"[charlab] final adapter: {final}")
-    metric = summary.get("headline_metric")
+    metric_meta = (
+        read_meta(root / step_dir_name(steps.index(cfg.pipeline.metric_step), cfg.pipeline.metric_step))
+        if (cfg.pipeline.metric_step in steps)
+        else {}
+    )
     return StageResult(
-        metric=metric, metric_name=summary.get("headline_metric_name"), artifacts=result_artifacts, summary=summary
+        metric=metric_meta.get("metric"),
+        metric_name=f"{cfg.pipeline.metric_step}/{metric_meta.get('metric_name')}" if metric_meta else None,
+        artifacts=result_artifacts,
+        summary=summary,
     )

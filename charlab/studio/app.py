@@ -9,9 +9,13 @@ Every page reads `configs/` through Hydra's compose API and the run directories 
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 import streamlit as st
+
+from charlab.studio import ui
 
 HERE = Path(__file__).parent
 PAGES = [
@@ -33,4 +37,10 @@ pages = [
     for i, (path, title, icon) in enumerate(PAGES)
 ]
 navigation = st.navigation(pages)
-navigation.run()
+try:
+    navigation.run()
+except Exception as err:  # a bug or an unforeseen input: one line for the user, the traceback for the log
+    if os.environ.get("CHARLAB_STUDIO_DEBUG"):
+        raise
+    logging.getLogger("charlab.studio").exception("page %s failed", navigation.title)
+    st.error(f"This page hit a problem: {ui.error_text(err)}", icon=":material/error:")

@@ -111,7 +111,7 @@ def field_widget(spec: configs.FieldSpec, key: str) -> Any:
         if spec.kind == "int":
             return int(st.number_input(label, value=int(spec.value), step=1, key=wkey, help=help_text))
         value = float(spec.value)
-        step = 10 ** math.floor(math.log10(abs(value))) if value else 0.01  # lr 1e-4 steps by 1e-4, beta 0.1 by 0.1
+        step = 10.0 ** math.floor(math.log10(abs(value))) if value else 0.01  # lr 1e-4 steps by 1e-4, beta 0.1 by 0.1
         return float(st.number_input(label, value=value, step=step, format="%g", key=wkey, help=help_text))
     if spec.choices:
         return st.selectbox(label, spec.choices, index=spec.choices.index(spec.value), key=wkey, help=help_text)

@@ -11,7 +11,8 @@ Speed and memory choices:
   trained positions alone, in row chunks that are recomputed in backward (never a [batch, length, vocab]
   tensor of logits, which for a 49k vocabulary is gigabytes);
 * the reference model is this model with the adapter disabled (no second copy in memory);
-* a sequence list is padded on the right only to its own longest member (callers group by length).
+* a sequence list is padded on the right only to its own longest member (callers group by length), and
+  needs no attention mask (causal attention never lets a real token see the padding after it).
 
 At creation a short sequence is scored both ways (the fast path above and the model's own `logits`); if they
 disagree (an architecture that scales or caps its logits), the backend falls back to the model's forward.
@@ -66,7 +67,7 @@ class LocalBackend:
         model_name: str,
         device: str,
         base_name_or_path: str = "",
-        max_forward_tokens: int = 16384,
+        max_forward_tokens: int = 8192,
     ):
         import torch
 
@@ -143,31 +144,17 @@ class LocalBackend:
         return sum(p.numel() for p in self.trainable)
 
     # ---- log-probabilities ----------------------------------------------------------------------------------
-    def _pad(self, batch: Sequence[TokenSequence]) -> tuple[torch.Tensor, Optional[torch.Tensor], list[int]]:
+    def _pad(self, batch: Sequence[TokenSequence]) -> tuple[torch.Tensor, list[int]]:
+        """Right-padded ids. No attention mask is needed: under causal attention a real token only sees the
+        tokens before it, which are all real, and padded positions are never read. Without a mask, attention
+        takes its fused causal kernel (no [batch, heads, length, length] weights in memory)."""
         import torch
 
         lengths = [len(s) for s in batch]
-        width = max(lengths)
-        ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        ids = torch.full((len(batch), max(lengths)), self._pad_id, dtype=torch.long)
         for i, seq in enumerate(batch):
             ids[i, : len(seq)] = torch.tensor(seq.tokens, dtype=torch.long)
-            attention[i, : len(seq)] = 1
-        # Without padding, no mask: attention then takes its plain causal path.
-        mask = attention.to(self.device) if min(lengths) < width else None
-        return ids.to(self.device), mask, lengths
-
-    def _positions(self, batch: Sequence[TokenSequence], width: int) -> Optional[torch.Tensor]:
-        """Position ids when any row is packed (padding forms its own segment, which nothing real attends)."""
-        import torch
-
-        if all(seq.positions is None for seq in batch):
-            return None
-        positions = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, seq in enumerate(batch):
-            positions[i, : len(seq)] = torch.tensor(seq.positions or range(len(seq)), dtype=torch.long)
-            positions[i, len(seq) :] = torch.arange(width - len(seq))
-        return positions.to(self.device)
+        return ids.to(self.device), lengths
 
     def _chunk_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         import torch
@@ -191,17 +178,33 @@ class LocalBackend:
                 parts.append(self._chunk_logprobs(h, t))
         return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
 
-    def _forward(self, batch: Sequence[TokenSequence]) -> list[torch.Tensor]:
-        """Per-target log-probabilities (differentiable when grad is enabled) of one padded batch."""
+    def _positions(self, batch: Sequence[TokenSequence], width: int) -> Optional[torch.Tensor]:
+        """Position ids when a row is packed (restarting at 0 per packed sequence), else None (0, 1, 2, ...).
+
+        Padding after a row's last token continues its last sequence's count, so it never starts a new one.
+        """
         import torch
 
-        ids, mask, lengths = self._pad(batch)
+        if all(seq.positions is None for seq in batch):
+            return None
+        positions = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, seq in enumerate(batch):
+            own = torch.tensor(seq.positions if seq.positions is not None else range(len(seq)), dtype=torch.long)
+            positions[i, : len(seq)] = own
+            positions[i, len(seq) :] = own[-1] + 1 + torch.arange(width - len(seq))
+        return positions.to(self.device)
+
+    def _forward(self, batch: Sequence[TokenSequence]) -> list[torch.Tensor]:
+        """Per-target log-probabilities (differentiable when grad is enabled) of one right-padded batch.
+
+        Packed rows carry position ids; from them transformers builds per-sequence causal masks.
+        """
+        import torch
+
+        ids, lengths = self._pad(batch)
         positions = self._positions(batch, ids.shape[1])
-        if positions is not None:  # packed rows: transformers builds per-sequence causal masks from the positions
-            mask = None
         if not self.fast_logprobs:
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
-            logits = logits.float()
+            logits = self.model(input_ids=ids, position_ids=positions, use_cache=False).logits.float()
             full = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
             return [full[i, : n - 1] for i, n in enumerate(lengths)]
         weights = torch.zeros((len(batch), ids.shape[1] - 1), dtype=torch.bool)
@@ -209,8 +212,7 @@ class LocalBackend:
             weights[i, : len(seq) - 1] = torch.tensor(seq.target_weights, dtype=torch.bool)
         rows, cols = weights.nonzero(as_tuple=True)
         rows, cols = rows.to(self.device), cols.to(self.device)
-        out = self._body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
-        hidden = out.last_hidden_state
+        hidden = self._body(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
         picked = self._head_logprobs(hidden[rows, cols], ids[rows, cols + 1])
         full = torch.zeros(weights.shape, dtype=torch.float32, device=self.device).index_put((rows, cols), picked)
         return [full[i, : n - 1] for i, n in enumerate(lengths)]
