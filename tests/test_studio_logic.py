@@ -204,6 +204,8 @@ def test_run_directories_are_found_with_their_metrics_report_and_adapters(tmp_pa
     text, images = split_report("# Elo\n![curve](elo.png)\n| a | b |\n")
     assert images == ["elo.png"] and "elo.png" not in text and "| a | b |" in text
     assert list_runs(tmp_path / "missing") == []
+    stopped = make_run(root, "pirate", "sft", status="failed", error="KeyboardInterrupt: ")
+    assert next(r for r in list_runs(root) if r.dir == stopped).status == "stopped"
 
 
 @pytest.mark.unit

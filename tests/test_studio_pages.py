@@ -168,6 +168,19 @@ def test_training_form_has_every_dpo_and_lora_setting_from_the_yaml(studio: dict
         assert at.number_input(key="trainsftsftlora.rank").value == 256
 
 
+def test_every_stage_yaml_gets_a_form_on_the_training_or_evaluation_page(studio: dict[str, Path]) -> None:
+    shown = []
+    for page, key in (("train", "trainstage"), ("evaluate", "evalstage")):
+        at = open_page(page)
+        for stage in at.selectbox(key=key).options:
+            at.selectbox(key=key).set_value(stage).run()
+            assert not at.exception and not at.error, (stage, texts(at.error))
+            missing = texts(at.warning)
+            assert missing.startswith("Fill in: stage.") or f"python -m charlab.train stage={stage}" in texts(at.code)
+            shown.append(stage)
+    assert sorted(shown) == sorted(_stages())
+
+
 def test_launch_a_tiny_run_and_see_it_listed(studio: dict[str, Path]) -> None:
     at = open_page("train")
     at.selectbox(key="trainstage").set_value("show").run()
@@ -201,6 +214,21 @@ def test_runs_page_explains_a_failed_run_with_its_log_tail(studio: dict[str, Pat
     assert "The run failed: DataError: pairs.jsonl: file is empty" in texts(at.error)
     assert "loading pairs" in texts(at.code)
     assert not at.exception
+
+
+def test_runs_page_gives_serving_and_export_commands_for_an_adapter(studio: dict[str, Path]) -> None:
+    run = make_run(studio["runs"], "pirate", "dpo", metric=0.9, metric_name="eval/accuracy")
+    (run / "adapter").mkdir()
+    (run / "adapter" / "adapter_config.json").write_text(json.dumps({"r": 32, "base_model_name_or_path": "x"}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "loss": 1 / i}) + "\n" for i in range(1, 6)))
+    at = open_page("runs")
+    code = texts(at.code)
+    assert f"--max-lora-rank 32 \\\n    --lora-modules pirate-dpo={run / 'adapter'}" in code
+    assert f'PeftModel.from_pretrained(base, "{run / "adapter"}")' in code
+    if "export" in _stages():
+        assert f"stage=export persona=pirate stage.dpo_adapter={run / 'adapter'}" in code
+    assert "loss · last 0.2" in texts(at.caption)  # the metrics tab's chart
+    assert "eval/accuracy = 0.9" in list(at.dataframe[0].value["metric"])
 
 
 def test_runs_page_on_an_empty_folder_says_so(studio: dict[str, Path]) -> None:

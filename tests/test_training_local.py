@@ -158,6 +158,10 @@ def test_saved_adapter_reloads_with_peft_and_gives_identical_logprobs(tiny_model
         assert torch.allclose(lp[weights], full[weights], atol=1e-5)
     base = backend.logprobs(seqs, reference=True)
     assert max((a - b).abs().max().item() for a, b in zip(trained, base)) > 1e-2  # training changed something
+    # SFT's start: the adapter merged into the base weights, a fresh LoRA on top (so reference = merged model)
+    merged = make_backend(tiny_model, cache_dir, init_adapter=str(adapter))
+    for a, b in zip(merged.logprobs(seqs, reference=True), trained):
+        assert torch.allclose(a, b, atol=1e-4)
 
 
 class Crash(Exception):

@@ -12,24 +12,19 @@ never rerun; with `stage.resume=true` an unfinished one continues from what it a
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+from omegaconf import MISSING, DictConfig, OmegaConf
 
+from charlab.compose import run_overrides
 from charlab.errors import CharlabError, ConfigError
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_json
 from charlab.schemas import StageConfig
-from charlab.settings import configs_dir
 
 # overrides of the pipeline itself, which must not reach its steps
 _OWN_PREFIXES = ("stage=", "stage.", "+stage.", "++stage.", "pipeline.", "+pipeline.", "++pipeline.", "hydra.")
@@ -84,39 +79,6 @@ def wired_overrides(step: str, wiring: dict[str, dict[str, str]], artifacts: dic
     return overrides
 
 
-@contextlib.contextmanager
-def _hydra_ready() -> Iterator[None]:
-    """Compose needs an initialised Hydra: inside `python -m charlab.train` it is; from the API/tests it isn't."""
-    if GlobalHydra.instance().is_initialized():
-        yield
-    else:
-        with initialize_config_dir(config_dir=str(configs_dir()), version_base="1.3"):
-            yield
-
-
-@contextlib.contextmanager
-def step_config(overrides: list[str], step_dir: Path) -> Iterator[DictConfig]:
-    """The composed config of one step, with `HydraConfig` pointing at its directory while it runs."""
-    outer_cfg = HydraConfig.instance().cfg  # type: ignore[attr-defined]
-    outer = HydraConfig.get()
-    with _hydra_ready():
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(step_dir)
-        cfg.hydra.job.num = outer.job.get("num", 0) or 0
-    HydraConfig.instance().set_config(cfg)
-    step_dir.mkdir(parents=True, exist_ok=True)
-    log_handler = logging.FileHandler(step_dir / "train.log", encoding="utf-8")
-    log_handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-    logging.getLogger().addHandler(log_handler)
-    try:
-        yield cfg
-    finally:
-        logging.getLogger().removeHandler(log_handler)
-        log_handler.close()
-        HydraConfig.instance().cfg = outer_cfg  # type: ignore[attr-defined]
-
-
 def _print_estimate(cfg: DictConfig) -> None:
     """Before a run that costs money (remote generation or training), say how much it will generate and train."""
     paid = {cfg.teacher.kind, cfg.student.kind, cfg.judge.kind} - {"hf"} or cfg.backend.kind != "local"
@@ -142,8 +104,6 @@ def _print_estimate(cfg: DictConfig) -> None:
 )
 def run(cfg: DictConfig, run: Run) -> StageResult:
     """Run the configured steps in order inside one run directory."""
-    from charlab.train import execute
-
     steps = list(cfg.pipeline.steps)
     if not steps:
         raise ConfigError("pipeline.steps is empty; e.g. pipeline.steps=[distill,dpo]")
@@ -170,8 +130,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
                 overrides.append("stage.resume=true")
             print(f"[charlab] pipeline: step {index + 1}/{len(steps)} {step} -> {step_dir}")
             try:
-                with step_config(overrides, step_dir) as scfg:
-                    execute(scfg, step_dir)
+                run_overrides(overrides, step_dir)
             except (CharlabError, Exception) as err:
                 state["steps"][step_dir.name] = {"step": step, "status": "failed", "error": str(err)}
                 write_json(root / "pipeline.json", state)

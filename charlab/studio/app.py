@@ -17,7 +17,7 @@ import streamlit as st
 
 from charlab.studio import ui
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parent
 PAGES = [
     ("views/home.py", "Home", ":material/home:"),
     ("views/constitution.py", "Constitution", ":material/history_edu:"),

@@ -32,6 +32,8 @@ def streamlit_argv(address: str, port: int, headless: bool, extra: list[str]) ->
         "true" if headless else "false",
         "--browser.gatherUsageStats",
         "false",
+        "--client.toolbarMode",
+        "minimal",  # no "Deploy" button: the Studio runs on the user's own machine
         *extra,
     ]
 

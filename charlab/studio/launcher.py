@@ -156,8 +156,8 @@ def stop(launch: Launch, grace_s: float = 10.0) -> bool:
 
 def run_of(launch: Launch, runs_root: Path) -> Optional[RunInfo]:
     """The run directory this launch made (None until its `meta.json` exists)."""
-    if launch.run_dir:
-        return load_run(Path(launch.run_dir))
+    if launch.run_dir is not None:  # "" once known that the run never made one (e.g. a bad override)
+        return load_run(Path(launch.run_dir)) if launch.run_dir else None
     match = _RUN_DIR_LINE.findall(_read(Path(launch.log)))
     if match:
         run = load_run(Path(match[-1]))
@@ -172,6 +172,9 @@ def run_of(launch: Launch, runs_root: Path) -> Optional[RunInfo]:
                 launch.run_dir = str(run.dir)
                 launch.save()
             return run
+    if poll(launch) is not None:
+        launch.run_dir = ""
+        launch.save()
     return None
 
 

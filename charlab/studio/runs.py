@@ -44,7 +44,11 @@ class RunInfo:
 
     @property
     def status(self) -> str:
-        return str(self.meta.get("status") or "unknown")
+        """completed | running | failed | stopped (interrupted, e.g. by the Studio's stop button) | unknown."""
+        status = str(self.meta.get("status") or "unknown")
+        if status == "failed" and str(self.meta.get("error", "")).startswith("KeyboardInterrupt"):
+            return "stopped"
+        return status
 
     @property
     def started_at(self) -> str:

@@ -1,7 +1,7 @@
-"""Streamlit widgets the pages share: error boxes, config forms, group pickers, run pickers, live progress.
+"""Streamlit widgets the pages share: error boxes, config forms, group, persona and run pickers.
 
-Page modules stay small by composing these; everything that is not drawing lives in the plain modules
-(`configs`, `runs`, `launcher`, `editor`, `services`).
+Page modules stay small by composing these (and `live` for runs); everything that is not drawing lives in the
+plain modules (`configs`, `runs`, `launcher`, `editor`, `services`).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from typing import Any, Optional
 import streamlit as st
 
 from charlab.errors import CharlabError
-from charlab.studio import configs, launcher
-from charlab.studio.runs import RunInfo, list_runs, log_file, numeric_series, read_metrics, tail
+from charlab.studio import configs
+from charlab.studio.runs import RunInfo, list_runs
 
 REQUIRED = "???"  # a required key the user has not filled in yet (OmegaConf's own marker)
-STATUS_ICONS = {"completed": "✓", "running": "●", "failed": "✗"}  # plain glyphs: every font has them
+STATUS_ICONS = {"completed": "✓", "running": "●", "failed": "✗", "stopped": "■"}  # plain glyphs: every font has them
 
 
 # ---------------------------------------------------------------------------------------------- basics
@@ -107,18 +107,21 @@ def field_widget(spec: configs.FieldSpec, key: str) -> Any:
     wkey = f"{key}{spec.key}"
     if spec.kind == "bool":
         return st.checkbox(label, value=bool(spec.value), key=wkey, help=help_text)
-    if spec.kind in ("int", "float") and not (spec.optional and spec.value is None) and not spec.required:
-        if spec.kind == "int":
-            return int(st.number_input(label, value=int(spec.value), step=1, key=wkey, help=help_text))
-        value = float(spec.value)
-        step = 10.0 ** math.floor(math.log10(abs(value))) if value else 0.01  # lr 1e-4 steps by 1e-4, beta 0.1 by 0.1
-        return float(st.number_input(label, value=value, step=step, format="%g", key=wkey, help=help_text))
-    if spec.choices:
-        return st.selectbox(label, spec.choices, index=spec.choices.index(spec.value), key=wkey, help=help_text)
     if spec.kind == "list":
         value = [str(v) for v in spec.value or []]
         options = list(dict.fromkeys(spec.choices + value))
         return st.multiselect(label, options, default=value, key=wkey, help=help_text, accept_new_options=True)
+    number = isinstance(spec.value, (int, float)) and not isinstance(spec.value, bool)
+    if spec.kind == "int" and number:
+        return int(st.number_input(label, value=int(spec.value), step=1, key=wkey, help=help_text))
+    if spec.kind == "float" and number:
+        value = float(spec.value)
+        step = 10.0 ** math.floor(math.log10(abs(value))) if value else 0.01  # lr 1e-4 steps by 1e-4, beta 0.1 by 0.1
+        return float(st.number_input(label, value=value, step=step, format="%g", key=wkey, help=help_text))
+    if spec.choices:
+        index = spec.choices.index(spec.value) if spec.value in spec.choices else None
+        choice = st.selectbox(label, spec.choices, index=index, key=wkey, help=help_text, placeholder="choose one")
+        return REQUIRED if choice is None and spec.required else choice
     shown = "" if spec.value is None else str(spec.value)
     placeholder = "required" if spec.required else ("null" if spec.optional else None)
     text = st.text_input(label, value=shown, key=wkey, help=help_text, placeholder=placeholder)
@@ -244,96 +247,6 @@ def path_choice(label: str, candidates: list[Path], key: str, help: Optional[str
     return choice
 
 
-# ---------------------------------------------------------------------------------------------- runs
-
-
-def metrics_charts(directory: Path, limit: int = 6) -> None:
-    """Line charts of the numeric metrics in `metrics.jsonl` (one per metric, by step)."""
-    import pandas as pd
-
-    series = numeric_series(read_metrics(directory))
-    if not series:
-        st.caption("No metrics logged yet.")
-        return
-    names = sorted(series, key=lambda n: (not n.startswith(("loss", "train/loss", "eval")), n))[:limit]
-    cols = st.columns(min(3, len(names)))
-    for i, name in enumerate(names):
-        points = series[name]
-        frame = pd.DataFrame(points, columns=["step", name]).set_index("step")
-        with cols[i % len(cols)]:
-            st.caption(f"{name} · last {points[-1][1]:.4g}")
-            if len(points) > 1:
-                st.line_chart(frame, height=180)
-
-
-def run_status(run: RunInfo) -> None:
-    """Status line, the error of a failed run and the tail of its log."""
-    icon = STATUS_ICONS.get(run.status, "•")
-    st.markdown(f"**{icon} {run.status}** · {run.persona} / {run.stage} · `{run.dir}`")
-    if run.status == "failed":
-        st.error(f"The run failed: {run.error or 'see the log below'}", icon=":material/cancel:")
-        log = log_file(run.dir)
-        if log is not None:
-            st.code(tail(log, 25) or "(empty log)", language="text")
-
-
-def launch_button(overrides: list[str], key: str, label: str = "Launch", disabled: bool = False) -> None:
-    """The exact command, and a button that starts it as a subprocess."""
-    st.markdown("**Command** (the Studio runs exactly this, from the project root):")
-    st.code(configs.command_line(overrides), language="bash")
-    if st.button(label, type="primary", key=f"{key}launch", disabled=disabled):
-        with shown_errors("Could not start the run: "):
-            started = launcher.launch(overrides, runs_root())
-            st.session_state[f"{key}last_launch"] = started.id
-            st.success(f"Started (process {started.pid}). Progress appears below.")
-
-
-def launches_panel(key: str, stages: Optional[tuple[str, ...]] = None, limit: int = 5) -> None:
-    """Recent launches with live progress (refreshed every 2 s) and a stop button."""
-
-    @st.fragment(run_every=2.0)
-    def _live() -> None:
-        root = runs_root()
-        shown = 0
-        for item in launcher.list_launches(root):
-            if stages and not any(f"stage={s}" in item.overrides for s in stages):
-                continue
-            shown += 1
-            if shown > limit:
-                break
-            _launch_card(item, root, key)
-        if not shown:
-            st.caption("Nothing launched from here yet.")
-
-    _live()
-
-
-def _launch_card(item: launcher.Launch, root: Path, key: str) -> None:
-    code = launcher.poll(item)
-    run = launcher.run_of(item, root)
-    status = "running" if code is None else ("stopped" if item.stopped else ("finished" if code == 0 else "failed"))
-    icon = {
-        "running": ":material/pending:",
-        "finished": ":material/check_circle:",
-        "stopped": ":material/stop_circle:",
-        "failed": ":material/cancel:",
-    }[status]
-    with st.container(border=True):
-        top = st.columns([6, 1])
-        top[0].markdown(f"{icon} **{status}** · `{item.command}`")
-        if code is None and top[1].button("Stop", key=f"{key}stop{item.id}", icon=":material/stop:"):
-            launcher.stop(item)
-            st.rerun()
-        if run is not None:
-            st.caption(f"run directory: {run.dir}")
-            metrics_charts(run.dir)
-        if code not in (None, 0) and not item.stopped:
-            st.error("The run failed. The end of its output:", icon=":material/cancel:")
-        if code != 0 or run is None:
-            # the console (progress bars, the one-line error of a failed run) as the CLI user would see it
-            st.code(tail(Path(item.log), 15 if code else 6) or "(no output yet)", language="text")
-
-
 def empty_runs_message(root: Path) -> None:
     st.info(
         f"No runs yet in `{root}`. Launch one on the Training or Evaluation page, or from a shell: "
@@ -344,24 +257,6 @@ def empty_runs_message(root: Path) -> None:
 
 def all_runs() -> list[RunInfo]:
     return list_runs(runs_root())
-
-
-def export_command(run: RunInfo, adapter: Path) -> Optional[str]:
-    """`stage=export` with this adapter in the export stage's matching input (dpo_adapter for a DPO run, ...)."""
-    if "export" not in configs.stage_names():
-        return None
-    try:
-        composed = configs.compose(["stage=export"])
-    except CharlabError:
-        return None
-    keys = [s.key for s in configs.field_specs(composed, "stage") if "adapter" in s.name]
-    key = next((k for k in keys if run.stage in k.rsplit(".", 1)[-1]), keys[0] if keys else None)
-    if key is None:
-        return None
-    overrides = ["stage=export", *configs.persona_overrides(run.persona), configs.override(key, str(adapter))]
-    others = [k for k in keys if k != key]
-    command = configs.command_line(overrides)
-    return command + "".join(f" \\\n    {k}=/path/to/other/adapter" for k in others)
 
 
 def provider_overrides(

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from charlab.errors import ConfigError
+from charlab.settings import safe_path_part
 
 _PLAIN = re.compile(r"^[A-Za-z0-9_./:+@-]+$")
 
@@ -100,6 +101,8 @@ def run_dpo_training(config: TrainingConfig) -> Path:
 
     overrides = config.to_overrides()
     output_dir = None
+    if config.save_name and safe_path_part(config.save_name) != config.save_name:
+        raise ConfigError(f"save_name '{config.save_name}' must be a plain folder name (letters, digits, _ . -)")
     if config.save_name:
         cfg, _ = compose(overrides)
         root = Path(OmegaConf.select(cfg, "paths.output_root"))

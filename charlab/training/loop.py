@@ -224,6 +224,7 @@ class Trainer:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.on_metrics = on_metrics or (lambda metrics, step: None)
         self.progress = progress
+        self._resumed_train: dict[str, float] = {}  # the last step's metrics, from a checkpoint
         lengths = [algorithm.item_length(item) for item in train_items]
         self.plan = [
             batch
@@ -256,6 +257,7 @@ class Trainer:
                 "(pairs, max_length, eval split, batch_size, grad_accum, epochs or seed differ)"
             )
         self.backend.load_state(checkpoint / "state")
+        self._resumed_train = dict(state.get("train") or {})
         log.info("resumed from %s (step %d of %d)", checkpoint, state["step"], self.total_steps)
         return int(state["step"])
 
@@ -284,7 +286,7 @@ class Trainer:
 
         self.algorithm.prepare(self.backend, self.train_items + self.eval_items)
         start = self.resume(resume_from) if resume_from is not None else 0
-        summary = TrainSummary(steps=self.total_steps, start_step=start)
+        summary = TrainSummary(steps=self.total_steps, start_step=start, train=self._resumed_train)
         c = self.config
         bar = tqdm(total=self.total_steps, initial=start, desc=self.algorithm.name, disable=self.progress is False)
         pending: deque[tuple[int, Any, Any, int]] = deque()

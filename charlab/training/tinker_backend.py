@@ -53,6 +53,8 @@ def _tinker() -> Any:
 def to_datum(seq: TokenSequence) -> Any:
     """A `tinker.Datum` for next-token training on `seq` (targets shifted by one, weights = loss mask)."""
     tinker = _tinker()
+    if seq.positions is not None:
+        raise ValueError("backend=tinker cannot train packed rows (TokenSequence.positions); pack only locally")
     n = len(seq) - 1
     return tinker.Datum(
         model_input=tinker.ModelInput.from_ints(list(seq.tokens[:-1])),
@@ -73,6 +75,8 @@ def api_key_from_env(env_var: str) -> str:
 
 class TinkerBackend:
     """A Tinker LoRA training client behind the `TrainingBackend` calls (see module docstring)."""
+
+    supports_packing = False  # a Datum is one sequence; Tinker has no per-segment positions
 
     def __init__(
         self,

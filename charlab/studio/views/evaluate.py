@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from charlab.studio import configs, forms, ui
+from charlab.studio import configs, forms, live, ui
 from charlab.studio.runs import plots_of, report_of, split_report
 
 EVAL_STAGES = ("classifier", "revealed", "elo")
@@ -20,9 +20,9 @@ with launch_tab:
     stages = [s for s in configs.stage_names() if s in EVAL_STAGES]
     overrides = forms.stage_form(stages, key="eval", training=False)
     if overrides is not None:
-        ui.launch_button(overrides, key="eval")
+        live.launch_button(overrides, key="eval")
     st.subheader("Launched evaluations")
-    ui.launches_panel("eval", stages=EVAL_STAGES)
+    live.launches_panel("eval", stages=EVAL_STAGES)
 
 with results_tab:
     root = ui.runs_root()
@@ -32,7 +32,7 @@ with results_tab:
     else:
         run = ui.run_picker(runs, "Evaluation run", key="eval_run", root=root)
         if run is not None:
-            ui.run_status(run)
+            live.run_status(run)
             headline = {run.metric_name: run.metric} if run.metric is not None else {}
             numbers = {**headline, **{k: v for k, v in run.summary.items() if isinstance(v, (int, float))}}
             if numbers:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 import yaml
 
-from charlab.studio import configs, ui
+from charlab.studio import configs, live, ui
 from charlab.studio.runs import (
     adapter_info,
     find_adapters,
@@ -57,7 +57,7 @@ if run is None:
 
 overview, metrics, config, log, adapters = st.tabs(["Overview", "Metrics", "Config", "Log", "Adapters"])
 with overview:
-    ui.run_status(run)
+    live.run_status(run)
     if run.summary:
         st.markdown("**Summary**")
         st.json(run.summary, expanded=True)
@@ -68,9 +68,9 @@ with overview:
     if run.meta.get("command"):
         overrides = [str(a) for a in run.meta["command"][1:]]
         st.markdown("**Command that made it**")
-        st.code(configs.command_line(overrides), language="bash")
+        st.code(configs.command_line(overrides), language="bash", wrap_lines=True)
 with metrics:
-    ui.metrics_charts(run.dir, limit=12)
+    live.metrics_charts(run.dir, limit=12)
 with config:
     st.code(yaml.safe_dump(run.config, sort_keys=False), language="yaml")
 with log:
@@ -84,10 +84,10 @@ with adapters:
         info = adapter_info(run, folder)
         st.markdown(f"**{info.name}** · rank {info.rank or '?'} · `{info.path}`")
         st.markdown("Serve with vLLM (OpenAI-compatible API):")
-        st.code(vllm_command(info), language="bash")
+        st.code(vllm_command(info), language="bash", wrap_lines=True)
         st.markdown("Load with transformers + PEFT:")
         st.code(transformers_snippet(info), language="python")
-        export = ui.export_command(run, info.path)
+        export = live.export_command(run, info.path)
         if export:
             st.markdown("Export (combine with the other stage's adapter, optionally merge):")
-            st.code(export, language="bash")
+            st.code(export, language="bash", wrap_lines=True)

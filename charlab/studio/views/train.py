@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from charlab.studio import configs, forms, ui
+from charlab.studio import configs, forms, live, ui
 
 EVAL_STAGES = ("classifier", "revealed", "elo")
 ORDER = ("dpo", "sft", "distill", "introspect", "export", "pipeline")
@@ -20,6 +20,6 @@ stages.sort(key=lambda s: (ORDER.index(s) if s in ORDER else len(ORDER), s))
 overrides = forms.stage_form(stages, key="train", training=True)
 st.divider()
 if overrides is not None:
-    ui.launch_button(overrides, key="train")
+    live.launch_button(overrides, key="train")
 st.subheader("Launched runs")
-ui.launches_panel("train", stages=tuple(stages))
+live.launches_panel("train", stages=tuple(stages))

@@ -1,0 +1,69 @@
+"""Compose the exact config `python -m charlab.train <overrides>` would get, from Python.
+
+The pipeline (one step at a time), the Python API (`generate_dpo_pairs`, `run_dpo_training`, ...) and the
+Studio use this instead of the `@hydra.main` entry point (which parses `sys.argv`). Works inside a running
+Hydra app too: Hydra's global state and `HydraConfig` are restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Optional
+
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.initialize import get_gh_backup, restore_gh_from_backup
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from charlab.settings import configs_dir, register_resolvers
+
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+
+
+@contextlib.contextmanager
+def composed(overrides: list[str], output_dir: Optional[Path] = None, job_num: int = 0) -> Iterator[DictConfig]:
+    """The composed config; while inside, `HydraConfig` points at `output_dir` (default: Hydra's `run.dir`)
+    and the stage log goes to `<output_dir>/train.log`."""
+    import charlab.train  # noqa: F401  (resolvers, schemas and stages are registered on import)
+
+    register_resolvers()
+    backup = get_gh_backup()
+    previous = HydraConfig.instance().cfg  # type: ignore[attr-defined]
+    handler: Optional[logging.Handler] = None
+    try:
+        from hydra.core.global_hydra import GlobalHydra
+
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(configs_dir()), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+        out = Path(output_dir) if output_dir is not None else Path(str(OmegaConf.select(cfg, "hydra.run.dir")))
+        out = out.expanduser().resolve()
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(out)
+            cfg.hydra.job.num = job_num
+        HydraConfig.instance().set_config(cfg)
+        out.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(out / "train.log", encoding="utf-8")
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logging.getLogger().addHandler(handler)
+        if logging.getLogger().level > logging.INFO or logging.getLogger().level == logging.NOTSET:
+            logging.getLogger("charlab").setLevel(logging.INFO)
+        yield cfg
+    finally:
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+        restore_gh_from_backup(backup)
+        HydraConfig.instance().cfg = previous  # type: ignore[attr-defined]
+
+
+def run_overrides(overrides: list[str], output_dir: Optional[Path] = None) -> tuple[Optional[float], Path]:
+    """Run one stage exactly as the CLI would; returns (its headline metric, its run directory)."""
+    from charlab.train import execute
+
+    with composed(overrides, output_dir) as cfg:
+        run_dir = Path(cfg.hydra.runtime.output_dir)
+        return execute(cfg, run_dir), run_dir
