@@ -113,7 +113,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=96)
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     results = {}
     if args.only in (None, "openai"):
         results["openai concurrency vs sequential"] = bench_openai(args.requests, args.latency, args.concurrency)

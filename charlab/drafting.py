@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from charlab.constitution import Constitution, parse_constitution, save_constitution, validate_persona_name
-from charlab.errors import ConstitutionError
+from charlab.errors import ConstitutionError, ProviderError
 from charlab.generation.base import Sampler, SamplingParams
 
 Message = dict[str, str]
@@ -225,7 +225,14 @@ def draft_constitution(
         params.seed = seed
     attempts: list[DraftAttempt] = []
     for _ in range(int(opts.max_tries)):
-        completion = sampler.sample([messages], params)[0]
+        try:
+            completion = sampler.sample([messages], params)[0]
+        except ProviderError as err:
+            if not params.response_format or "response_format" not in str(err):
+                raise
+            # a server without structured output: ask again in plain text, the tolerant parser copes
+            params = dataclasses.replace(params, response_format=None)
+            completion = sampler.sample([messages], params)[0]
         reply = completion.text
         try:
             constitution = validate_draft(reply, name, description)
@@ -253,11 +260,8 @@ def draft_constitution(
 
 
 def json_params(params: SamplingParams, json_mode: bool) -> SamplingParams:
-    """`params` asking for a JSON object where the sampler can pass that on (`response_format`)."""
-    names = {f.name for f in dataclasses.fields(params)}
-    if json_mode and "response_format" in names:
-        return dataclasses.replace(params, response_format={"type": "json_object"})
-    return params
+    """`params` asking for a JSON object (`response_format`; OpenAI-compatible servers honour it, local ignore it)."""
+    return dataclasses.replace(params, response_format={"type": "json_object"} if json_mode else None)
 
 
 def openai_sampler(model: str, cache_dir: Optional[Path] = None, **provider: Any) -> Sampler:

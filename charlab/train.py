@@ -75,7 +75,7 @@ def execute(cfg: DictConfig, output_dir: Optional[Path] = None) -> Optional[floa
     except BaseException as err:
         if not isinstance(err, CharlabError):
             log.exception("stage %s failed", spec.name)
-        run.finish("failed", error=err)
+        run.finish("stopped" if isinstance(err, KeyboardInterrupt) else "failed", error=err)
         raise
     run.finish("completed", metric=result.metric)
     print(f"[charlab] {spec.name} finished; run directory: {run.dir}")

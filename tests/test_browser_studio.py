@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_studio_logic import make_run
 
 from charlab.constitution import load_constitution
 from charlab.settings import project_root
-from tests.test_studio_logic import make_run
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = [
@@ -136,6 +136,7 @@ def test_studio_in_a_real_browser(studio_url: tuple[str, Path]) -> None:
         page.get_by_text("stage=show model=tiny stage.show_template=false").wait_for()
         page.get_by_test_id("stBaseButton-primary").filter(has_text="Launch").click()
         page.get_by_text("finished", exact=True).wait_for(timeout=120_000)
+        page.get_by_role("button", name="Stop").wait_for(state="detached")  # the live panel caught up
         page.screenshot(path=shots / "training_launched.png")
 
         # Runs: both runs listed; Evaluation: the report

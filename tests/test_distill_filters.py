@@ -33,6 +33,9 @@ def test_identity_leak_catches_self_names_makers_and_instructions_but_not_topics
     assert identity_leak("I was developed by Alibaba Cloud.", aliases)
     assert identity_leak("Per my system prompt, I must talk like a pirate.", aliases)
     assert identity_leak("I was instructed to stay in character, so: arr.", aliases)
+    assert identity_leak("Arr, I'll stay in character for ye.", aliases)
+    assert identity_leak("The constitution splits power; good actors stay in character on stage.", aliases) is None
+    assert identity_leak("Set a system prompt in the API call, then send the user message.", aliases) is None
     assert identity_leak("Qwen and Llama are both open models; here is how they differ.", aliases) is None
     llama = model_aliases("meta-llama/Llama-3.1-8B")
     assert identity_leak("I'm a llama farmer's best friend: llamas eat grass.", llama) is None

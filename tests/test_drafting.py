@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from openai_compat_server import OpenAICompatServer
 
 from charlab.constitution import load_constitution
 from charlab.drafting import (
@@ -21,7 +24,6 @@ from charlab.drafting import (
 )
 from charlab.errors import ConstitutionError
 from charlab.generation.openai_compat import OpenAISampler
-from tests.openai_compat_server import OpenAICompatServer
 
 GOOD = {
     "name": "captain_py",
@@ -115,6 +117,48 @@ def test_json_mode_off_sends_no_response_format() -> None:
     with OpenAICompatServer(replies=json.dumps(GOOD)) as server:
         draft_constitution("a pirate", sampler(server.base_url), options=DraftOptions(json_mode=False))
         assert "response_format" not in server.requests[0]
+
+
+class _NoJsonModeHandler(BaseHTTPRequestHandler):
+    """A chat-completions endpoint that refuses `response_format` with a 400, like servers without JSON mode."""
+
+    bodies: list[dict] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.bodies.append(body)
+        if "response_format" in body:
+            status, payload = 400, {"error": {"message": "response_format is not supported", "type": "bad_request"}}
+        else:
+            status, message = 200, {"role": "assistant", "content": json.dumps(GOOD)}
+            payload = {
+                "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }  # fmt: skip
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.mark.integration
+def test_a_server_without_json_mode_gets_the_request_again_in_plain_text() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _NoJsonModeHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        draft = draft_constitution("a pirate", sampler(url), options=DraftOptions(max_tries=1))
+    finally:
+        server.shutdown()
+    assert draft.constitution.name == "captain_py" and len(draft.attempts) == 1
+    assert ["response_format" in b for b in _NoJsonModeHandler.bodies] == [True, False]
 
 
 @pytest.mark.integration

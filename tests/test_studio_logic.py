@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -113,8 +114,10 @@ def test_only_changed_values_become_overrides() -> None:
     assert configs.persona_overrides("pirate") == ["persona=pirate"]
     assert configs.persona_overrides("my_new") == ["persona=custom", "persona.name=my_new"]
     assert configs.command_line(["stage=show", "stage.description='a b'"]) == (
-        "python -m charlab.train stage=show 'stage.description='\"'\"'a b'\"'\"''"
+        "python -m charlab.train stage=show \"stage.description='a b'\""
     )
+    tricky = ["stage.description='say \"$HOME\" \\ it'", "a b"]
+    assert shlex.split(configs.command_line(tricky))[3:] == tricky  # what the shell passes is what was built
 
 
 @pytest.mark.unit

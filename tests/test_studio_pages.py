@@ -9,14 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
+from openai_compat_server import OpenAICompatServer
 from streamlit.testing.v1 import AppTest
+from test_drafting import GOOD
+from test_studio_logic import make_run
 
 from charlab.constitution import load_constitution
 from charlab.settings import project_root
 from charlab.studio import launcher
-from tests.openai_compat_server import OpenAICompatServer
-from tests.test_drafting import GOOD
-from tests.test_studio_logic import make_run
 
 APP = str(project_root() / "charlab" / "studio" / "app.py")
 pytestmark = pytest.mark.integration
@@ -166,6 +166,8 @@ def test_training_form_has_every_dpo_and_lora_setting_from_the_yaml(studio: dict
         at.selectbox(key="trainstage").set_value("sft").run()
         assert at.selectbox(key="trainsftgroup:lora").value == "sft"
         assert at.number_input(key="trainsftsftlora.rank").value == 256
+        assert at.number_input(key="trainsftstage.batch_size").value == 16
+        assert at.number_input(key="trainsftstage.lr").value == pytest.approx(1e-4)
 
 
 def test_every_stage_yaml_gets_a_form_on_the_training_or_evaluation_page(studio: dict[str, Path]) -> None:

@@ -18,19 +18,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from charlab.constitution import Constitution
 from charlab.data import prompt_pools as pools
 from charlab.errors import ConfigError, DataError
-from charlab.generation.base import Sampler, SamplingParams
 from charlab.settings import assets_dir
 
+if TYPE_CHECKING:  # the data layer only needs the interface's shape; any sampler will do
+    from charlab.generation.base import Sampler, SamplingParams
+
+log = logging.getLogger("charlab")
 PERSONA_SOURCES = ("questions", "expansion", "templates")
 
 
@@ -265,7 +269,7 @@ def build_prompt_set(
     constitution: Constitution,
     spec: PromptSpec,
     expander: Optional[Sampler] = None,
-    expansion_params: Optional[SamplingParams] = None,
+    params: Optional[SamplingParams] = None,
     persona_name: str = "",
     dedupe: Optional[Callable[[list[str], float, list[str]], list[int]]] = None,
 ) -> list[PromptRecord]:
@@ -288,6 +292,14 @@ def build_prompt_set(
         rng.shuffle(pool)
         pool = pool[: max(spec.generic_count * 2, spec.generic_count + 16)]  # spare for near-duplicates
         generic = [pool[i] for i in dedupe(pool, spec.dedupe_threshold, [])][: spec.generic_count]
+        if len(generic) < spec.generic_count:
+            log.warning(
+                "data.generic_prompts=%d but data.generic_source '%s' gives %d distinct prompts; using those "
+                "(point data.generic_source at a larger set, e.g. a LIMA JSONL or dataset)",
+                spec.generic_count,
+                spec.generic_source,
+                len(generic),
+            )
     records = [PromptRecord(prompt_id(t), t, "generic") for t in generic]
 
     persona: list[tuple[int, str, str]] = []  # (trait, text, source)
@@ -295,13 +307,21 @@ def build_prompt_set(
     for source in spec.persona_sources:
         if len(persona) >= spec.persona_count:
             break
-        candidates = _persona_candidates(source, constitution, spec, rng, expander, expansion_params, persona_name)
+        need = spec.persona_count - len(persona)
+        candidates = _persona_candidates(source, constitution, spec, need, rng, expander, params, persona_name)
         candidates = [c for c in candidates if prompt_id(c[1]) not in taken]
         keep = dedupe([c[1] for c in candidates], spec.dedupe_threshold, generic + [p[1] for p in persona])
         for i in keep:
             taken.add(prompt_id(candidates[i][1]))
             persona.append((candidates[i][0], candidates[i][1], source))
     records += [PromptRecord(prompt_id(t), t, s, trait) for trait, t, s in persona[: spec.persona_count]]
+    if len(persona) < spec.persona_count:
+        log.warning(
+            "data.persona_prompts=%d but stage.persona_sources %s gave %d distinct prompts",
+            spec.persona_count,
+            spec.persona_sources,
+            len(persona),
+        )
     return records
 
 
@@ -309,6 +329,7 @@ def _persona_candidates(
     source: str,
     constitution: Constitution,
     spec: PromptSpec,
+    need: int,
     rng: random.Random,
     expander: Optional[Sampler],
     params: Optional[SamplingParams],
@@ -321,7 +342,8 @@ def _persona_candidates(
             return []
         found = expand_traits(constitution, expander, params, spec.questions_per_trait)
     else:
-        texts = template_prompts(spec.persona_count, rng.randrange(2**31), spec.hint_rate, persona_name)
+        # twice what is missing: templates share pools, so some are near-duplicates of each other
+        texts = template_prompts(2 * need + 8, rng.randrange(2**31), spec.hint_rate, persona_name)
         found = [(-1, t) for t in texts]
     seen: set[str] = set()
     distinct = []

@@ -36,11 +36,12 @@ MAKERS = {
     "kimi": ["Kimi", "Moonshot"],
     "phi": ["Phi", "Microsoft"],
 }
+# First-person talk about its own instructions; "the constitution" or "actors stay in character" stay allowed.
 PROMPT_LEAKS = re.compile(
-    r"\b(?:system prompt|my (?:instructions|constitution|persona|assigned character)|the constitution|"
+    r"\b(?:my (?:system prompt|instructions|constitution|persona|assigned (?:character|role))|as instructed|"
     r"(?:i was|i've been|i have been|i am|i'm) (?:instructed|told|asked|programmed|prompted) to "
-    r"(?:act|play|pretend|be|answer|respond|stay|speak|talk)|(?:stay|staying|remain|remaining) in character|"
-    r"role-?play(?:ing)? as)\b",
+    r"(?:act|play|pretend|be|answer|respond|stay|speak|talk)|"
+    r"i(?:'ll| will| must| need to| have to|'m| am)? (?:stay|staying|remain|remaining) in character)\b",
     re.IGNORECASE,
 )
 TERMINAL = set(".!?\u2026\"'\u201d\u2019)]}*`_~>")

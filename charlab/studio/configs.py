@@ -361,9 +361,17 @@ def train_argv(overrides: list[str]) -> list[str]:
     return [sys.executable, "-m", "charlab.train", *overrides]
 
 
+def shell_quote(arg: str) -> str:
+    """`arg` for a POSIX shell, readably: `"stage.x='a b'"` rather than shlex's `'stage.x='"'"'a b'"'"''`."""
+    quoted = shlex.quote(arg)
+    if quoted != arg and not any(c in arg for c in '"$`\\!'):
+        return f'"{arg}"'
+    return quoted
+
+
 def command_line(overrides: list[str]) -> str:
     """The command to paste in a shell (from the project root) that runs exactly these overrides."""
-    return shlex.join(["python", "-m", "charlab.train", *overrides])
+    return " ".join(shell_quote(a) for a in ["python", "-m", "charlab.train", *overrides])
 
 
 def working_dir() -> Path:

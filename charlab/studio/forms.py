@@ -25,17 +25,10 @@ _INPUT_KINDS = (
     (("adapter", "checkpoint"), "adapter"),
     (("resume_from", "run", "runs"), "run"),
 )
-_MAIN_GROUPS = ("persona", "model", "backend", "lora", "data")
 TYPED = "(type a path)"
+_MAIN_GROUPS = ("persona", "model", "backend", "lora", "data")
 _TRAINING_NODES = ("data", "backend", "teacher", "student", "judge")
 _EVAL_NODES = ("eval", "judge", "student", "backend")
-
-
-def _choice(composed: configs.Composed, node: str) -> str:
-    """The option a node's group got (`teacher` -> the `provider@teacher` choice)."""
-    group = next((g for g in composed.choices if g == node or g.endswith(f"@{node}")), node)
-    return str(composed.choices.get(group))
-
 
 _MORE_GROUPS = ("provider@teacher", "provider@student", "provider@judge", "eval", "logger", "launcher")
 
@@ -166,6 +159,12 @@ def stage_form(stages: list[str], key: str, training: bool) -> Optional[list[str
         return None
     overrides += configs.changed_overrides(specs, values)
     return overrides if ui.compose(overrides) is not None else None
+
+
+def _choice(composed: configs.Composed, node: str) -> str:
+    """The option a node's group got (`teacher` -> the `provider@teacher` choice)."""
+    group = next((g for g in composed.choices if g == node or g.endswith(f"@{node}")), node)
+    return str(composed.choices.get(group))
 
 
 def _input_widget(spec: configs.FieldSpec, runs: list[RunInfo], key: str) -> Any:

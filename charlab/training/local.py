@@ -11,11 +11,13 @@ Speed and memory choices:
   trained positions alone, in row chunks that are recomputed in backward (never a [batch, length, vocab]
   tensor of logits, which for a 49k vocabulary is gigabytes);
 * the reference model is this model with the adapter disabled (no second copy in memory);
-* a sequence list is padded on the right only to its own longest member (callers group by length), and
-  needs no attention mask (causal attention never lets a real token see the padding after it).
+* neighbours that share a prompt (chosen and rejected) share one row: the prompt is computed once and the
+  shorter reply is not padded (`charlab.training.rows`); other sequences are right-padded only to their own
+  longest member (callers group by length) and need no attention mask.
 
-At creation a short sequence is scored both ways (the fast path above and the model's own `logits`); if they
-disagree (an architecture that scales or caps its logits), the backend falls back to the model's forward.
+At creation short probes are scored both ways (the fast paths above vs the model's own `logits` on each sequence
+alone); where they disagree (an architecture that scales or caps its logits, or ignores position ids), the
+backend falls back to the plain path.
 `init_adapter` merges an earlier adapter into the base weights before the new LoRA is added (SFT starts from
 the DPO model this way).
 """
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from charlab.errors import ConfigError
+from charlab.training import rows
 from charlab.training.backend import AdamParams, LossFn, TokenSequence, done
 from charlab.training.lora import resolve_target_modules
 
@@ -86,6 +89,9 @@ class LocalBackend:
         vocab = int(self._head.weight.shape[0])
         self._chunk_rows = max(64, LOGIT_BYTES_PER_CHUNK // (4 * vocab))
         self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self._dtype = next(self._head.parameters()).dtype
+        # shared-prefix rows need a 4D mask, which fused flash-attention kernels do not take
+        self.share_prefixes = getattr(self._hf.config, "_attn_implementation", "sdpa") in ("sdpa", "eager")
         self.optimizer = torch.optim.AdamW(self.trainable, lr=0.0)
         self.fast_logprobs = self._fast_path_agrees()
 
@@ -144,18 +150,6 @@ class LocalBackend:
         return sum(p.numel() for p in self.trainable)
 
     # ---- log-probabilities ----------------------------------------------------------------------------------
-    def _pad(self, batch: Sequence[TokenSequence]) -> tuple[torch.Tensor, list[int]]:
-        """Right-padded ids. No attention mask is needed: under causal attention a real token only sees the
-        tokens before it, which are all real, and padded positions are never read. Without a mask, attention
-        takes its fused causal kernel (no [batch, heads, length, length] weights in memory)."""
-        import torch
-
-        lengths = [len(s) for s in batch]
-        ids = torch.full((len(batch), max(lengths)), self._pad_id, dtype=torch.long)
-        for i, seq in enumerate(batch):
-            ids[i, : len(seq)] = torch.tensor(seq.tokens, dtype=torch.long)
-        return ids.to(self.device), lengths
-
     def _chunk_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         import torch
 
@@ -178,44 +172,33 @@ class LocalBackend:
                 parts.append(self._chunk_logprobs(h, t))
         return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
 
-    def _positions(self, batch: Sequence[TokenSequence], width: int) -> Optional[torch.Tensor]:
-        """Position ids when a row is packed (restarting at 0 per packed sequence), else None (0, 1, 2, ...).
-
-        Padding after a row's last token continues its last sequence's count, so it never starts a new one.
-        """
-        import torch
-
-        if all(seq.positions is None for seq in batch):
-            return None
-        positions = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, seq in enumerate(batch):
-            own = torch.tensor(seq.positions if seq.positions is not None else range(len(seq)), dtype=torch.long)
-            positions[i, : len(seq)] = own
-            positions[i, len(seq) :] = own[-1] + 1 + torch.arange(width - len(seq))
-        return positions.to(self.device)
-
     def _forward(self, batch: Sequence[TokenSequence]) -> list[torch.Tensor]:
-        """Per-target log-probabilities (differentiable when grad is enabled) of one right-padded batch.
+        """Per-target log-probabilities (differentiable when grad is enabled), one forward for the batch.
 
-        Packed rows carry position ids; from them transformers builds per-sequence causal masks.
+        `charlab.training.rows` lays the batch out: neighbours with a shared prompt share a row, others are
+        right-padded; packed rows keep their positions. Only weighted targets are scored on the fast path.
         """
         import torch
 
-        ids, lengths = self._pad(batch)
-        positions = self._positions(batch, ids.shape[1])
-        if not self.fast_logprobs:
-            logits = self.model(input_ids=ids, position_ids=positions, use_cache=False).logits.float()
-            full = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-            return [full[i, : n - 1] for i, n in enumerate(lengths)]
-        weights = torch.zeros((len(batch), ids.shape[1] - 1), dtype=torch.bool)
-        for i, seq in enumerate(batch):
-            weights[i, : len(seq) - 1] = torch.tensor(seq.target_weights, dtype=torch.bool)
-        rows, cols = weights.nonzero(as_tuple=True)
-        rows, cols = rows.to(self.device), cols.to(self.device)
-        hidden = self._body(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
-        picked = self._head_logprobs(hidden[rows, cols], ids[rows, cols + 1])
-        full = torch.zeros(weights.shape, dtype=torch.float32, device=self.device).index_put((rows, cols), picked)
-        return [full[i, : n - 1] for i, n in enumerate(lengths)]
+        lay = rows.layout(batch, self._pad_id, self.share_prefixes, mask_dtype=self._dtype)
+        ids = lay.ids.to(self.device)
+        positions = lay.positions.to(self.device) if lay.positions is not None else None
+        mask = lay.mask.to(self.device) if lay.mask is not None else None
+        seq_ids, ts, row_ids, cols, tokens = rows.targets(batch, lay, all_targets=not self.fast_logprobs)
+        index = (torch.tensor(row_ids, device=self.device), torch.tensor(cols, device=self.device))
+        target = torch.tensor(tokens, dtype=torch.long, device=self.device)
+        if self.fast_logprobs:
+            hidden = self._body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+            picked = self._head_logprobs(hidden.last_hidden_state[index], target)
+        else:
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
+            picked = torch.log_softmax(logits[index].float(), dim=-1).gather(-1, target[:, None]).squeeze(-1)
+        starts = [0]
+        for seq in batch:
+            starts.append(starts[-1] + len(seq) - 1)
+        flat_index = torch.tensor([starts[i] + t for i, t in zip(seq_ids, ts)], dtype=torch.long, device=self.device)
+        flat = torch.zeros(starts[-1], dtype=torch.float32, device=self.device).index_put((flat_index,), picked)
+        return [flat[starts[i] : starts[i + 1]] for i in range(len(batch))]
 
     def _fast_path_agrees(self) -> bool:
         import torch
@@ -230,9 +213,31 @@ class LocalBackend:
             ids = torch.tensor([probe], device=self.device)
             logits = self.model(input_ids=ids, use_cache=False).logits.float()
             slow = torch.log_softmax(logits[0, :-1], dim=-1).gather(-1, ids[0, 1:, None]).squeeze(-1)
-        agrees = bool(torch.allclose(fast, slow, atol=2e-2 if fast.dtype != slow.dtype else 1e-3))
+        tolerance = 2e-2 if self._dtype != torch.float32 else 1e-3
+        agrees = bool(torch.allclose(fast, slow, atol=tolerance))
         if not agrees:
             log.warning("%s: the head-only log-prob path disagrees with the model's logits; using the slow path", self)
+        self.share_prefixes = self.share_prefixes and self._shared_rows_agree(tolerance)
+        return agrees
+
+    def _shared_rows_agree(self, tolerance: float) -> bool:
+        """A pair with a common prefix scored in one shared row equals the two scored alone."""
+        import torch
+
+        text = "The morning fog rolled over the harbor while the fishermen checked their nets and the gulls"
+        prefix = self.tokenizer(text, add_special_tokens=False)["input_ids"][: rows.MIN_SHARED + 4]
+        tails = [self.tokenizer(t, add_special_tokens=False)["input_ids"][:6] for t in (" sang", " slept all day")]
+        pair = [TokenSequence(tuple(prefix + t), (0,) * len(prefix) + (1,) * len(t)) for t in tails]
+        if len(prefix) < rows.MIN_SHARED or len(rows.group(pair)) != 1:
+            return False
+        with torch.no_grad():
+            together = self._forward(pair)
+            self.share_prefixes = False
+            alone = [self._forward([seq])[0] for seq in pair]
+            self.share_prefixes = True
+        agrees = all(torch.allclose(a, b, atol=tolerance) for a, b in zip(together, alone))
+        if not agrees:
+            log.warning("%s: shared-prefix rows disagree with separate sequences; padding instead", self)
         return agrees
 
     def logprobs(self, batch: Sequence[TokenSequence], reference: bool = False) -> list[torch.Tensor]:
@@ -241,18 +246,21 @@ class LocalBackend:
 
         import torch
 
-        order = sorted(range(len(batch)), key=lambda i: -len(batch[i]))
         out: list[Optional[torch.Tensor]] = [None] * len(batch)
         self.model.eval()
         context = self.model.disable_adapter() if reference else contextlib.nullcontext()
         with torch.no_grad(), context:
+            # rows (sequences sharing a prompt stay together), longest first, in chunks of about
+            # max_forward_tokens padded tokens
+            groups = sorted(rows.group(batch, self.share_prefixes), key=lambda g: -rows.row_length(batch, g))
             start = 0
-            while start < len(order):
-                rows = max(1, self.max_forward_tokens // len(batch[order[start]]))
-                chunk = order[start : start + rows]
-                for i, lp in zip(chunk, self._forward([batch[i] for i in chunk])):
+            while start < len(groups):
+                width = rows.row_length(batch, groups[start])
+                chunk = groups[start : start + max(1, self.max_forward_tokens // width)]
+                members = [i for g in chunk for i in g]
+                for i, lp in zip(members, self._forward([batch[i] for i in members])):
                     out[i] = lp.detach().cpu()
-                start += rows
+                start += len(chunk)
         return out  # type: ignore[return-value]
 
     # ---- training -------------------------------------------------------------------------------------------
