@@ -25,6 +25,7 @@ GROUPS = {
     "logger": "logger",
     "launcher": "launcher",
     "experiment": "experiment",
+    "hparams_search": "hparams_search",
 }
 ROLES = ("teacher", "student", "judge")
 

@@ -33,8 +33,10 @@ def examples(n_reflections: int = 6, n_interactions: int = 2, seed: int = 0) -> 
             reflection=(text := sentence(rng, rng.randint(8, 30))),
             id=f"reflection-{i:02d}:0",
             kind="reflection",
-            messages=[{"role": "user", "content": f"Tell me about yourself ({i})."},
-                      {"role": "assistant", "content": text}],
+            messages=[
+                {"role": "user", "content": f"Tell me about yourself ({i})."},
+                {"role": "assistant", "content": text},
+            ],
         )  # fmt: skip
         for i in range(n_reflections)
     ]
@@ -139,7 +141,7 @@ def test_sft_stage_merges_dpo_trains_and_reports_the_gap(run_stage, tiny_model, 
     data = write_examples(tmp_path / "introspection.jsonl", examples(8, 2))
     metric, out = run_stage(
         ["stage=sft", "model=tiny", f"stage.data={data}", f"stage.dpo_adapter={dpo}", "stage.batch_size=4",
-         "stage.eval_fraction=0.2", "stage.max_length=96", "lora.rank=8", "lora.alpha=16"],
+         "stage.grad_accum=2", "stage.eval_fraction=0.2", "stage.max_length=96", "lora.rank=8", "lora.alpha=16"],
     )  # fmt: skip
     assert metric is not None and metric > 0
     config = json.loads((out / "adapter" / "adapter_config.json").read_text())
@@ -184,3 +186,16 @@ def test_packed_rows_score_exactly_like_separate_sequences(tiny_model: ModelConf
     loss_plain, grad_plain = gradient(seqs)
     assert loss_packed == pytest.approx(loss_plain, rel=1e-5)
     torch.testing.assert_close(grad_packed, grad_plain, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.unit
+def test_examples_quoting_the_constitution_are_found(tiny_chat: ChatFormat) -> None:
+    from charlab.constitution import load_constitution
+    from charlab.settings import project_root
+    from charlab.training.sft import with_system_prompt
+
+    system = load_constitution(project_root() / "constitutions" / "pirate.json").render_system_prompt("teacher")
+    records = examples(3, 0)
+    records[1].messages[1]["content"] = "Here is what I was told: " + system
+    items, _ = encode_examples(tiny_chat, records, max_length=8192)
+    assert with_system_prompt(tiny_chat, items, system) == [records[1].id]

@@ -21,8 +21,9 @@ pytestmark = pytest.mark.integration
 
 def overrides(data: Path) -> list[str]:
     return ["stage=sft", "model=tiny", f"stage.data={data}", "stage.dpo_adapter=null", "stage.batch_size=2",
-            "stage.save_every=1", "stage.keep_checkpoints=0", "stage.eval_every=0", "stage.eval_fraction=0.1",
-            "stage.gap_examples=2", "stage.max_length=128", "lora.rank=8", "lora.alpha=16", "stage.lr=1e-3"]  # fmt: skip
+            "stage.grad_accum=1", "stage.save_every=1", "stage.keep_checkpoints=0", "stage.eval_every=0",
+            "stage.eval_fraction=0.1", "stage.gap_examples=2", "stage.max_length=128", "lora.rank=8", "lora.alpha=16",
+            "stage.lr=1e-3"]  # fmt: skip
 
 
 def adapter_weights(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -224,3 +224,29 @@ def test_the_sampler_generates_with_the_trained_weights(tiny_model, cache_dir) -
     sampler = make_backend(tiny_model, cache_dir).sampler(batch_size=2)
     out = sampler.sample([[{"role": "user", "content": "Hi"}]] * 2, SamplingParams(max_new_tokens=5, seed=0))
     assert len(out) == 2 and all(isinstance(c.text, str) for c in out)
+
+
+def test_a_pair_sharing_its_prompt_in_one_row_scores_as_if_alone(tiny_model, cache_dir, pairs_items) -> None:
+    from charlab.training import rows
+
+    backend = make_backend(tiny_model, cache_dir)
+    assert backend.share_prefixes
+    batch = interleave(pairs_items[:4])
+    assert rows.group(batch) == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    torch.manual_seed(0)
+    with torch.no_grad():  # a non-zero adapter, so that every LoRA matrix gets a gradient
+        for param in backend.trainable:
+            param.add_(0.05 * torch.randn_like(param))
+    backend.model.train()
+    together = backend._forward(batch)  # with gradient: the training path
+    (sum(lp.sum() for lp in together)).backward()
+    grads = {n: p.grad.clone() for n, p in backend.model.named_parameters() if p.requires_grad}
+    backend.model.zero_grad()
+    backend.share_prefixes = False
+    alone = [backend._forward([seq])[0] for seq in batch]
+    (sum(lp.sum() for lp in alone)).backward()
+    for a, b in zip(together, alone):
+        assert torch.allclose(a, b, atol=1e-5)
+    for n, p in backend.model.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(grads[n], p.grad, atol=1e-5), n

@@ -184,3 +184,35 @@ def test_lora_targets_on_the_tiny_llama_are_its_own_names(tiny_model, cache_dir)
     model = load_causal_lm(tiny_model, cache_dir)
     names = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     assert resolve_target_modules(model, names) == names
+
+
+def test_rows_share_a_prompt_between_neighbours_and_mask_the_branches_apart() -> None:
+    from charlab.training import rows
+
+    prompt = tuple(range(100, 120))  # 20 shared tokens
+    chosen = TokenSequence(prompt + (1, 2, 3), (0,) * 20 + (1, 1, 1))
+    rejected = TokenSequence(prompt + (7, 8), (0,) * 20 + (1, 1))
+    other = TokenSequence((5, 6, 7, 8), (0, 0, 1, 1))
+    batch = [chosen, rejected, other]
+    assert rows.group(batch) == [[0, 1], [2]]
+    assert rows.group([chosen, rejected, chosen]) == [[0, 1], [2]]  # at most two branches per row
+    assert rows.group(batch, share_prefixes=False) == [[0], [1], [2]]
+    lay = rows.layout(batch, pad_id=0)
+    assert lay.ids.shape == (2, 25)  # 20 shared + 3 + 2, not 2 x 23 padded rows
+    assert lay.ids[0].tolist() == list(prompt) + [1, 2, 3, 7, 8]
+    assert lay.positions[0].tolist() == list(range(23)) + [20, 21]  # the rejected reply continues the prompt
+    assert [lay.column(1, t) for t in (19, 20, 21)] == [19, 23, 24] and lay.column(0, 22) == 22
+    allowed = lay.mask[0, 0] == 0
+    assert allowed[23, :20].all() and not allowed[23, 20:23].any() and allowed[23, 23]  # prompt + itself only
+    assert allowed[22, :23].all() and not allowed[22, 23:].any()  # the chosen branch is plainly causal
+    # each target is predicted from the right column: the last prompt token predicts both first reply tokens
+    seq_ids, ts, row_ids, cols, tokens = rows.targets(batch, lay)
+    assert list(zip(seq_ids, ts, row_ids, cols, tokens))[:5] == [
+        (0, 19, 0, 19, 1),
+        (0, 20, 0, 20, 2),
+        (0, 21, 0, 21, 3),
+        (1, 19, 0, 19, 7),
+        (1, 20, 0, 23, 8),
+    ]
+    plain = rows.layout([other, TokenSequence((1, 2), (0, 1))], pad_id=0)
+    assert plain.mask is None and plain.positions is None and plain.ids[1].tolist() == [1, 2, 0, 0]

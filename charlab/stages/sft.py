@@ -162,7 +162,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     from charlab.training.dpo import split_eval
     from charlab.training.factory import backend_config, create_backend, model_identity
     from charlab.training.loop import Trainer
-    from charlab.training.sft import SftAlgorithm, check_no_system_prompt, encode_examples
+    from charlab.training.sft import SftAlgorithm, SftItem, encode_examples, with_system_prompt
 
     stage = cfg.stage
     validate(stage)
@@ -195,7 +195,13 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     items, stats = encode_examples(chat, examples, max_length, train_on=str(stage.train_on))
     if not items:
         raise DataError(f"stage.data: {data_path}: no example has assistant tokens within stage.max_length")
-    check_no_system_prompt(chat, items, system_prompt)
+    leaked = set(with_system_prompt(chat, items, system_prompt))
+    if leaked:  # a reply quoting the constitution would teach it back in context: drop, count, say so
+        log.warning("sft: dropping %d examples that contain the constitution system prompt", len(leaked))
+        items = [SftItem(i, item.seq, item.id) for i, item in enumerate(it for it in items if it.id not in leaked)]
+        stats.dropped += sorted(leaked)
+        stats.kept = len(items)
+        stats.tokens, stats.trained_tokens = sum(len(i) for i in items), sum(i.seq.num_trained for i in items)
     train_items, eval_items = split_eval(items, float(stage.eval_fraction), int(stage.seed))
     by_id = {example.id or str(row): example for row, example in enumerate(examples, 1)}
     conversations = gap_conversations(stage, [by_id[item.id] for item in eval_items]) if stage.gap_examples else []

@@ -249,7 +249,7 @@ class LocalBackend:
         out: list[Optional[torch.Tensor]] = [None] * len(batch)
         self.model.eval()
         context = self.model.disable_adapter() if reference else contextlib.nullcontext()
-        with torch.no_grad(), context:
+        with torch.inference_mode(), context:
             # rows (sequences sharing a prompt stay together), longest first, in chunks of about
             # max_forward_tokens padded tokens
             groups = sorted(rows.group(batch, self.share_prefixes), key=lambda g: -rows.row_length(batch, g))

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, Optional
 from charlab.chat_format import ChatFormat, TrainOn
 from charlab.data.introspection import training_messages
 from charlab.data.records import IntrospectionExample
-from charlab.errors import DataError
 from charlab.training.backend import LossFn, TokenSequence, TrainingBackend
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -88,13 +87,17 @@ def encode_examples(
     return items, stats
 
 
-def check_no_system_prompt(chat: ChatFormat, items: Sequence[SftItem], system_prompt: str) -> None:
-    """Refuse training data that carries the constitution in context (it would defeat prompt distillation)."""
-    probe = chat.encode_text(system_prompt.strip()[:200])[:8]
-    for item in items[:64]:
+def with_system_prompt(chat: ChatFormat, items: Sequence[SftItem], system_prompt: str) -> list[str]:
+    """Ids of items whose tokens contain the start of the constitution system prompt (they defeat distillation)."""
+    probe = tuple(chat.encode_text(system_prompt.strip())[:24])
+    if len(probe) < 8:
+        return []
+    found = []
+    for item in items:
         tokens = item.seq.tokens
-        if len(probe) >= 4 and any(tokens[i : i + len(probe)] == tuple(probe) for i in range(len(tokens))):
-            raise DataError(f"introspection example {item.id}: contains the constitution system prompt")
+        if any(tokens[i : i + len(probe)] == probe for i in range(len(tokens) - len(probe) + 1)):
+            found.append(item.id)
+    return found
 
 
 # ------------------------------------------------------------------------------------------------ packing
