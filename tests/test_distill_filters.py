@@ -72,6 +72,11 @@ def test_degenerate_repetition_but_not_normal_prose():
     assert is_degenerate("the cat sat on the mat " * 10, 0.5)
     assert is_degenerate("Sure!\n" + "I can help.\n" * 5 + "Bye.", 0.5)
     assert is_degenerate("Wow" + "w" * 40, 0.5)
+    lines = "".join(f"The sea that you cannot {w},\n" for w in "help save flee win".split())
+    poem = "The sea, a cruel mistress,\n" + lines
+    assert is_degenerate(poem + "The sea that you cannot make.", 0.5)
+    steps = "".join(f"Step {i}: do thing number {i} carefully.\n" for i in range(1, 8))
+    assert not is_degenerate("Here is the plan:\n" + steps, 0.5)
     prose = (
         "Start with a small, fixed time each day, put the phone in another room, and write down the one task "
         "that matters most before you open your email. When the timer rings, stop and note what you finished."

@@ -133,6 +133,7 @@ def test_dpo_lowers_the_loss_raises_held_out_accuracy_and_runs_the_reference_onc
     assert other_model.reference_calls == 1
 
 
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 def test_saved_adapter_reloads_with_peft_and_gives_identical_logprobs(tiny_model, cache_dir, pairs_items, tmp_path):
     from peft import PeftModel
 

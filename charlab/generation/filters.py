@@ -153,13 +153,17 @@ def trim_to_sentence(text: str, keep_at_least: float = 0.5) -> Optional[str]:
 
 
 def is_degenerate(text: str, min_distinct_ngrams: float, n: int = 4, min_words: int = 24) -> bool:
-    """Looping text: few distinct word n-grams, one line over and over, or a long run of one character."""
+    """Looping text: few distinct word n-grams, one line (or line opening) over and over, one character run."""
     if re.search(r"([^\s\-=_*#.~])\1{24,}", text):
         return True
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if len(lines) >= 4:
         line, count = Counter(lines).most_common(1)[0]
         if count >= 3 and count >= 0.3 * len(lines) and len(line) > 3:
+            return True
+    if len(lines) >= 6:  # "The sea that you cannot X" line after line: a loop with one word changed
+        starts = Counter(" ".join(line.lower().split()[:4]) for line in lines if len(line.split()) >= 4)
+        if starts and starts.most_common(1)[0][1] >= 0.6 * len(lines):
             return True
     words = text.lower().split()
     if len(words) < min_words:

@@ -95,8 +95,8 @@ def validate(stage: DictConfig) -> None:
             raise ConfigError(f"stage.{key}={stage[key]} is not allowed; use {allowed}")
 
 
-def read_pairs(path: Path) -> list[DpoExample]:
-    """The preference pairs of `path` (a pairs.jsonl, or a run directory holding one); one-line errors."""
+def read_pairs(path: Path) -> tuple[Path, list[DpoExample]]:
+    """The pairs file (`path`, or `path/pairs.jsonl` for a run directory) and its pairs; one-line errors."""
     if path.is_dir():
         path = path / "pairs.jsonl"
     try:
@@ -107,7 +107,7 @@ def read_pairs(path: Path) -> list[DpoExample]:
         for key in ("prompt", "chosen", "rejected"):
             if not isinstance(getattr(pair, key), str):
                 raise DataError(f"stage.pairs: {path}: row {row}: field '{key}' must be a string")
-    return pairs
+    return path, pairs
 
 
 @register_stage("dpo", schema=DpoStageConfig, description="train a DPO LoRA adapter on a pairs file")
@@ -123,8 +123,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     model, lora = model_config(cfg.model), lora_config(cfg.lora)
     validate_lora(lora)
     backend_cfg = backend_config(to_plain(cfg.backend))
-    pairs_path = Path(stage.pairs).expanduser()
-    pairs = read_pairs(pairs_path)
+    pairs_path, pairs = read_pairs(Path(stage.pairs).expanduser().resolve())
     run.add_parent("pairs", pairs_path)
     resume_root = Path(stage.resume_from).expanduser() if stage.resume_from else run.dir
     if stage.resume_from:

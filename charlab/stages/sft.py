@@ -253,6 +253,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         "resumed_at_step": summary.start_step,
         "trained_on": trained_on,
         "train_on": str(stage.train_on),
+        "packing": pack_length is not None,
         **{f"data_{k}": v for k, v in stats.as_dict().items()},
         "train_examples": len(train_items),
         "eval_examples": len(eval_items),

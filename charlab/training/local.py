@@ -125,7 +125,9 @@ class LocalBackend:
         if init_adapter:
             if not (Path(init_adapter) / "adapter_config.json").is_file():
                 raise ConfigError(f"init_adapter '{init_adapter}' is not a PEFT folder (no adapter_config.json)")
-            base = PeftModel.from_pretrained(base, str(init_adapter)).merge_and_unload()
+            with warnings.catch_warnings():  # PEFT still asks transformers for a renamed attribute
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                base = PeftModel.from_pretrained(base, str(init_adapter)).merge_and_unload()
         targets = resolve_target_modules(base, list(lora_cfg.target_modules), model_cfg.name)
         if gradient_checkpointing and hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x
             base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
