@@ -136,7 +136,7 @@ def test_eval_split_is_seeded_and_disjoint(tiny_chat: ChatFormat) -> None:
         ({"epochs": 0}, "stage.epochs=0"),
         ({"learning_rate": 0.0}, "stage.lr=0.0"),
         ({"schedule": "step"}, "linear | cosine | constant"),
-        ({"grad_accum": 32}, "at most batch_size"),
+        ({"grad_accum": 0}, "stage.grad_accum=0"),
         ({"warmup_ratio": 1.5}, "stage.warmup_ratio"),
     ],
 )

@@ -67,7 +67,6 @@ def validate_loop_config(cfg: LoopConfig, prefix: str = "") -> None:
         (cfg.batch_size >= 1, "batch_size", "a positive integer (e.g. 16)"),
         (cfg.epochs >= 1, "epochs", "a positive integer"),
         (cfg.grad_accum >= 1, "grad_accum", "a positive integer"),
-        (cfg.grad_accum <= cfg.batch_size, "grad_accum", f"at most batch_size ({cfg.batch_size})"),
         (cfg.learning_rate > 0, "lr", "a positive number (e.g. 1.0e-4)"),
         (0 <= cfg.warmup_ratio < 1, "warmup_ratio", "a value in [0, 1)"),
         (cfg.schedule in SCHEDULES, "schedule", " | ".join(SCHEDULES)),
@@ -254,7 +253,7 @@ class Trainer:
         if state.get("fingerprint") != self.fingerprint:
             raise ConfigError(
                 f"cannot resume from {checkpoint}: it was trained on other data or batch settings "
-                "(pairs, max_length, eval split, batch_size, grad_accum, epochs or seed differ)"
+                "(pairs, max_length, eval split, batch_size, epochs, max_steps or seed differ)"
             )
         self.backend.load_state(checkpoint / "state")
         self._resumed_train = dict(state.get("train") or {})
@@ -263,7 +262,7 @@ class Trainer:
 
     def _submit(self, step: int) -> tuple[list[tuple[float, ResultFuture[dict[str, float]]]], ResultFuture, int]:
         items = [self.train_items[i] for i in self.plan[step]]
-        micro = math.ceil(len(items) / self.config.grad_accum)
+        micro = math.ceil(len(items) / self.config.grad_accum)  # grad_accum > batch: one item per forward
         futures = []
         for start in range(0, len(items), micro):
             part = items[start : start + micro]

@@ -1,0 +1,123 @@
+"""The whole recipe: the tiny demo end to end, resume after a kill during SFT, a 2x2 sweep, Optuna trials."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, cli_env
+from tests.test_dpo_stage import write_pairs
+
+STEPS = ["distill", "dpo", "introspect", "sft", "export", "classifier", "revealed", "elo"]
+SECTIONS = [
+    "## Steps", "## Training curves", "## DPO held-out accuracy", "## Prompt-distillation gap",
+    "## Persona classifier", "## Elo (head-to-head)", "## Samples: base vs tuned", "## Where things are",
+]  # fmt: skip
+
+
+def meta(folder: Path) -> dict:
+    return json.loads((folder / "meta.json").read_text())
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_tiny_demo_runs_every_step_and_writes_a_full_report(run_stage, tmp_path: Path, capsys) -> None:
+    _, root = run_stage(["experiment=demo_tiny"])
+    for index, step in enumerate(STEPS):
+        folder = root / f"{index + 1:02d}_{step}"
+        step_meta = meta(folder)
+        assert step_meta["status"] == "completed", step
+        for name, path in step_meta["artifacts"].items():
+            assert Path(path).exists(), f"{step}: artifact {name} missing"
+    assert (root / "05_export" / "adapter" / "adapter_config.json").is_file()
+    report = (root / "report.md").read_text()
+    for section in SECTIONS:
+        assert section in report, section
+    assert (root / "training_curves.png").stat().st_size > 1000
+    assert "| tuned" in report or "tuned |" in report  # the samples table has the tuned player's replies
+    out = capsys.readouterr().out
+    assert "final adapter:" in out and "report:" in out
+    pipeline_meta = meta(root)
+    assert pipeline_meta["metric_name"].startswith("elo/")
+    assert set(pipeline_meta["parents"]) == {f"{i + 1:02d}_{s}" for i, s in enumerate(STEPS)}
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_pipeline_killed_during_sft_resumes_without_redoing_finished_steps(tmp_path: Path) -> None:
+    root = tmp_path / "pipeline"
+    slow_sft = '["stage.batch_size=1","stage.save_every=1","stage.eval_every=0","stage.gap_examples=2"]'
+    args = [
+        "experiment=demo_tiny", "logger=none", "pipeline.steps=[distill,dpo,introspect,sft]", "data.reflections=48",
+        f"++pipeline.step_overrides.sft={slow_sft}",
+    ]  # fmt: skip
+    command = [sys.executable, "-m", "charlab.train", *args, f"hydra.run.dir={root}"]
+    env = cli_env(tmp_path)
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)  # fmt: skip
+    checkpoints = root / "04_sft" / "checkpoints"
+    deadline = time.time() + 420
+    while time.time() < deadline and proc.poll() is None:
+        if checkpoints.is_dir() and len([p for p in checkpoints.iterdir() if p.is_dir()]) >= 1:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, f"the pipeline ended before SFT checkpointed: {proc.stderr.read().decode()[-2000:]}"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {s: (root / s / "meta.json").stat().st_mtime_ns for s in ("01_distill", "02_dpo", "03_introspect")}
+    assert meta(root / "04_sft")["status"] == "running"
+
+    resumed = subprocess.run(
+        [*command[:-1], "stage.resume=true", f"stage.resume_from={root}", f"hydra.run.dir={tmp_path / 'again'}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for step, mtime in finished.items():
+        assert (root / step / "meta.json").stat().st_mtime_ns == mtime, f"{step} was rerun"
+        assert f"step {step.split('_', 1)[1]} already finished" in resumed.stdout
+    sft = meta(root / "04_sft")
+    assert sft["status"] == "completed" and sft["summary"]["resumed_at_step"] >= 1
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_2x2_sweep_gives_four_jobs_and_a_summary(cli, tmp_path: Path) -> None:
+    pairs = write_pairs(tmp_path / "pairs.jsonl", n=12)
+    sweep = tmp_path / "sweep"
+    result = cli(
+        ["-m", "stage=dpo", "model=tiny", f"stage.pairs={pairs}", "stage.batch_size=4", "lora.rank=4,8",
+         "stage.beta=0.1,0.3", f"hydra.sweep.dir={sweep}", "logger=wandb"]
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if (p / "meta.json").is_file())
+    assert len(jobs) == 4
+    for job in jobs:
+        assert (job / "adapter" / "adapter_config.json").is_file()
+        assert list((job / "wandb").glob("offline-run-*"))
+    summary = json.loads((sweep / "sweep_summary.json").read_text())
+    assert len(summary) == 4 and all(row["metric_name"] == "eval/accuracy" for row in summary)
+    assert {row["job"] for row in summary} == {job.name for job in jobs}
+    assert "sweep summary:" in result.stdout
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_optuna_sweeper_runs_two_trials_on_the_returned_metric(cli, tmp_path: Path) -> None:
+    pairs = write_pairs(tmp_path / "pairs.jsonl", n=12)
+    sweep = tmp_path / "optuna"
+    result = cli(
+        ["-m", "stage=dpo", "model=tiny", f"stage.pairs={pairs}", "stage.batch_size=4", "hparams_search=dpo_optuna",
+         "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep}"]
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len([p for p in sweep.iterdir() if (p / "meta.json").is_file()]) == 2
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert 0.0 <= best["best_value"] <= 1.0 and "stage.lr" in best["best_params"]
