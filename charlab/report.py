@@ -147,6 +147,10 @@ def write_pipeline_report(root: Path, steps: list[str], persona: str, samples: i
         elo_text = table(["player", "Elo", "95% CI"], rows)
         if win:
             elo_text += f"\n\n{win.replace('_', ' ')}: **{fmt(elo[win])}**"
+        elo_text += (
+            f" ({elo.get('consistent', 0)} consistent verdicts, {elo.get('unparseable', 0)} unparseable; a judge too "
+            "small to answer in the required format leaves every rating at its start value)"
+        )
     else:
         elo_text = "Head-to-head Elo did not run."
     sections.append(("Elo (head-to-head)", elo_text))
