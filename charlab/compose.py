@@ -24,9 +24,11 @@ LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
 
 @contextlib.contextmanager
-def composed(overrides: list[str], output_dir: Optional[Path] = None, job_num: int = 0) -> Iterator[DictConfig]:
+def composed(
+    overrides: list[str], output_dir: Optional[Path] = None, job_num: int = 0, log: bool = True
+) -> Iterator[DictConfig]:
     """The composed config; while inside, `HydraConfig` points at `output_dir` (default: Hydra's `run.dir`)
-    and the stage log goes to `<output_dir>/train.log`."""
+    and, with `log`, the directory exists and the stage log goes to `<output_dir>/train.log`."""
     import charlab.train  # noqa: F401  (resolvers, schemas and stages are registered on import)
 
     register_resolvers()
@@ -45,11 +47,11 @@ def composed(overrides: list[str], output_dir: Optional[Path] = None, job_num: i
             cfg.hydra.runtime.output_dir = str(out)
             cfg.hydra.job.num = job_num
         HydraConfig.instance().set_config(cfg)
-        out.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(out / "train.log", encoding="utf-8")
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        logging.getLogger().addHandler(handler)
-        if logging.getLogger().level > logging.INFO or logging.getLogger().level == logging.NOTSET:
+        if log:
+            out.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(out / "train.log", encoding="utf-8")
+            handler.setFormatter(logging.Formatter(LOG_FORMAT))
+            logging.getLogger().addHandler(handler)
             logging.getLogger("charlab").setLevel(logging.INFO)
         yield cfg
     finally:

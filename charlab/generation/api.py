@@ -72,27 +72,8 @@ def overrides_for(config: GenerationConfig) -> list[str]:
 
 def generate_dpo_pairs(config: GenerationConfig) -> Path:
     """Run `stage=distill` as the CLI would and return the path of its `pairs.jsonl`."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.initialize import get_gh_backup, restore_gh_from_backup
-    from omegaconf import open_dict
+    from charlab.compose import run_overrides
 
-    from charlab.settings import configs_dir
-    from charlab.train import execute
-
-    backup, previous = get_gh_backup(), HydraConfig.instance().cfg
-    GlobalHydra.instance().clear()  # also usable from inside another Hydra app
-    try:
-        with initialize_config_dir(config_dir=str(configs_dir()), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=overrides_for(config), return_hydra_config=True)
-        run_dir = Path(config.output_dir or cfg.hydra.run.dir).expanduser().resolve()
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(run_dir)
-            cfg.hydra.job.num = 0
-        HydraConfig.instance().set_config(cfg)
-        execute(cfg, run_dir)
-    finally:
-        restore_gh_from_backup(backup)
-        HydraConfig.instance().cfg = previous
+    output_dir = Path(config.output_dir).expanduser() if config.output_dir else None
+    _, run_dir = run_overrides(overrides_for(config), output_dir)
     return run_dir / "pairs.jsonl"

@@ -69,48 +69,23 @@ class TrainingConfig:
         return out + list(self.overrides)
 
 
-def compose(overrides: list[str], output_dir: Optional[Path] = None) -> tuple[Any, Path]:
-    """The config `python -m charlab.train <overrides>` would get, and its run directory (Hydra's, or given)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf, open_dict
-
-    import charlab.train  # noqa: F401  (resolvers, schemas, stages)
-    from charlab.settings import configs_dir
-
-    if GlobalHydra.instance().is_initialized():  # e.g. called from inside another Hydra app
-        GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(configs_dir()), version_base="1.3"):
-        cfg = hydra_compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    if output_dir is None:
-        output_dir = Path(OmegaConf.select(cfg, "hydra.run.dir"))
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    return cfg, Path(output_dir)
-
-
 def run_dpo_training(config: TrainingConfig) -> Path:
     """Train a DPO adapter as `stage=dpo` would; returns the adapter folder."""
     from omegaconf import OmegaConf
 
-    from charlab.train import execute
+    from charlab.compose import composed, run_overrides
 
     overrides = config.to_overrides()
     output_dir = None
     if config.save_name and safe_path_part(config.save_name) != config.save_name:
         raise ConfigError(f"save_name '{config.save_name}' must be a plain folder name (letters, digits, _ . -)")
     if config.save_name:
-        cfg, _ = compose(overrides)
-        root = Path(OmegaConf.select(cfg, "paths.output_root"))
-        output_dir = root / str(cfg.persona.name) / "dpo" / config.save_name
+        with composed(overrides, log=False) as cfg:  # only to learn where the run would go
+            root = Path(OmegaConf.select(cfg, "paths.output_root"))
+            output_dir = root / str(cfg.persona.name) / "dpo" / config.save_name
         if (output_dir / "adapter").exists() and not config.resume:
             raise ConfigError(f"save_name '{config.save_name}' has an adapter already ({output_dir}); use resume=True")
     elif config.resume:
         raise ConfigError("resume=True needs the save_name of the run to continue")
-    cfg, output_dir = compose(overrides, output_dir)
-    execute(cfg, output_dir)
-    return output_dir / "adapter"
+    _, run_dir = run_overrides(overrides, output_dir)
+    return run_dir / "adapter"
