@@ -199,3 +199,36 @@ def test_examples_quoting_the_constitution_are_found(tiny_chat: ChatFormat) -> N
     records[1].messages[1]["content"] = "Here is what I was told: " + system
     items, _ = encode_examples(tiny_chat, records, max_length=8192)
     assert with_system_prompt(tiny_chat, items, system) == [records[1].id]
+
+
+@pytest.mark.integration
+def test_export_at_weight_one_reproduces_the_model_sft_trained(run_stage, tiny_model, cache_dir, tmp_path) -> None:
+    """Local SFT trains on base + DPO merged; DPO 1.0 + SFT 1.0 combined on the raw base is that same model."""
+    from peft import PeftModel
+
+    from charlab.models import load_causal_lm
+    from charlab.training.export import AdapterSource, export_adapters
+    from tests.test_export import PROBE, make_adapter
+
+    dpo = make_adapter(tiny_model, cache_dir, tmp_path / "dpo", 4, 8, ["q_proj", "v_proj", "down_proj"], seed=3)
+    data = write_examples(tmp_path / "introspection.jsonl", examples(4, 0))
+    _, out = run_stage(
+        ["stage=sft", "model=tiny", f"stage.data={data}", f"stage.dpo_adapter={dpo}", "stage.batch_size=4",
+         "stage.eval_fraction=0", "stage.gap_examples=0", "stage.lr=1e-2", "stage.epochs=2", "lora.rank=8",
+         "lora.alpha=16"],
+    )  # fmt: skip
+
+    def base():
+        return load_causal_lm(tiny_model, cache_dir, device="cpu", dtype="float32")
+
+    trained = PeftModel.from_pretrained(
+        PeftModel.from_pretrained(base(), str(dpo)).merge_and_unload(), str(out / "adapter")
+    )
+    sources = [AdapterSource("dpo", dpo, 1.0), AdapterSource("sft", out / "adapter", 1.0)]
+    export_adapters(base(), sources, tmp_path / "combined")
+    combined = PeftModel.from_pretrained(base(), str(tmp_path / "combined"))
+    with torch.no_grad():
+        expected, got = trained(torch.tensor(PROBE)).logits, combined(torch.tensor(PROBE)).logits
+        dpo_only = PeftModel.from_pretrained(base(), str(dpo))(torch.tensor(PROBE)).logits
+    assert (expected - dpo_only).abs().max() > 1e-3  # SFT changed the model
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)

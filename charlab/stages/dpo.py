@@ -21,62 +21,21 @@ from charlab.data.records import DpoExample
 from charlab.errors import ConfigError, DataError
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_meta
-from charlab.schemas import StageConfig
 from charlab.stages._common import cache_dir, lora_config, model_config, to_plain
+from charlab.stages._training import TrainingStageConfig, loop_config
 from charlab.training.local import validate_lora
-from charlab.training.loop import LoopConfig, validate_loop_config
+from charlab.training.loop import validate_loop_config
 
 
 @dataclass
-class DpoStageConfig(StageConfig):
+class DpoStageConfig(TrainingStageConfig):
     """`stage=dpo`: the pairs file and how to train on it (defaults in configs/stage/dpo.yaml)."""
 
     name: str = "dpo"
     pairs: str = MISSING  # a pairs.jsonl (or a distill run directory holding one)
-    batch_size: int = MISSING  # pairs per optimizer step
-    grad_accum: int = MISSING  # micro-batches per step (memory, not maths)
-    lr: float = MISSING
-    schedule: str = MISSING  # linear | cosine | constant (after warmup)
-    warmup_ratio: float = MISSING
-    epochs: int = MISSING
     beta: float = MISSING
     nll_coef: float = MISSING
-    max_grad_norm: float = MISSING
-    weight_decay: float = MISSING
-    adam_beta1: float = MISSING
-    adam_beta2: float = MISSING
-    adam_eps: float = MISSING
-    save_every: int = MISSING
-    keep_checkpoints: int = MISSING
-    eval_every: int = MISSING
-    eval_batch_size: int = MISSING
-    max_length: int = MISSING
-    eval_fraction: float = MISSING
-    seed: int = MISSING
-    max_steps: Optional[int] = None
     resume_from: Optional[str] = None  # a dpo run directory whose newest checkpoint to continue (null: this run's)
-
-
-def loop_config(stage: DictConfig) -> LoopConfig:
-    """The stage's training-loop settings."""
-    return LoopConfig(
-        epochs=int(stage.epochs),
-        batch_size=int(stage.batch_size),
-        learning_rate=float(stage.lr),
-        schedule=str(stage.schedule),
-        warmup_ratio=float(stage.warmup_ratio),
-        grad_accum=int(stage.grad_accum),
-        max_grad_norm=float(stage.max_grad_norm),
-        weight_decay=float(stage.weight_decay),
-        adam_beta1=float(stage.adam_beta1),
-        adam_beta2=float(stage.adam_beta2),
-        adam_eps=float(stage.adam_eps),
-        save_every=int(stage.save_every),
-        eval_every=int(stage.eval_every),
-        keep_checkpoints=int(stage.keep_checkpoints),
-        seed=int(stage.seed),
-        max_steps=None if stage.max_steps is None else int(stage.max_steps),
-    )
 
 
 def validate(stage: DictConfig) -> None:

@@ -27,44 +27,24 @@ from charlab.data.records import IntrospectionExample
 from charlab.errors import ConfigError, DataError
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_meta
-from charlab.schemas import StageConfig
 from charlab.stages._common import cache_dir, load_persona, lora_config, model_config, to_plain
-from charlab.stages.dpo import loop_config
+from charlab.stages._training import TrainingStageConfig, loop_config
 from charlab.training.loop import validate_loop_config
 
 log = logging.getLogger("charlab")
 
 
 @dataclass
-class SftStageConfig(StageConfig):
+class SftStageConfig(TrainingStageConfig):
     """`stage=sft`: the introspection data, the DPO adapter to start from, and how to train."""
 
     name: str = "sft"
     data: str = MISSING  # introspection.jsonl (or an introspect run directory holding one)
     dpo_adapter: Optional[str] = MISSING  # the dpo run's adapter/ folder (null: SFT the base model)
     train_on: str = MISSING  # all | last: which assistant turns carry the loss
-    batch_size: int = MISSING
-    grad_accum: int = MISSING
-    lr: float = MISSING
-    schedule: str = MISSING
-    warmup_ratio: float = MISSING
-    epochs: int = MISSING
-    max_grad_norm: float = MISSING
-    weight_decay: float = MISSING
-    adam_beta1: float = MISSING
-    adam_beta2: float = MISSING
-    adam_eps: float = MISSING
-    save_every: int = MISSING
-    keep_checkpoints: int = MISSING
-    eval_every: int = MISSING
-    eval_batch_size: int = MISSING
-    max_length: int = MISSING
-    eval_fraction: float = MISSING
     packing: bool = MISSING
-    seed: int = MISSING
     gap_examples: int = MISSING
     gap_pairs: Optional[str] = None
-    max_steps: Optional[int] = None
     resume_from: Optional[str] = None
 
 

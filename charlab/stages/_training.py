@@ -1,0 +1,58 @@
+"""The settings DPO and SFT share: one schema for the training loop, and its conversion to `LoopConfig`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from omegaconf import MISSING, DictConfig
+
+from charlab.schemas import StageConfig
+from charlab.training.loop import LoopConfig
+
+
+@dataclass
+class TrainingStageConfig(StageConfig):
+    """Loop settings of a training stage (defaults in configs/stage/dpo.yaml and sft.yaml)."""
+
+    batch_size: int = MISSING  # sequences (pairs, conversations) per optimizer step
+    grad_accum: int = MISSING  # micro-batches per step (memory, not maths)
+    lr: float = MISSING
+    schedule: str = MISSING  # linear | cosine | constant (after warmup)
+    warmup_ratio: float = MISSING
+    epochs: int = MISSING
+    max_grad_norm: float = MISSING
+    weight_decay: float = MISSING
+    adam_beta1: float = MISSING
+    adam_beta2: float = MISSING
+    adam_eps: float = MISSING
+    save_every: int = MISSING
+    keep_checkpoints: int = MISSING
+    eval_every: int = MISSING
+    eval_batch_size: int = MISSING
+    max_length: int = MISSING
+    eval_fraction: float = MISSING
+    seed: int = MISSING
+    max_steps: Optional[int] = None
+
+
+def loop_config(stage: DictConfig) -> LoopConfig:
+    """The stage's training-loop settings."""
+    return LoopConfig(
+        epochs=int(stage.epochs),
+        batch_size=int(stage.batch_size),
+        learning_rate=float(stage.lr),
+        schedule=str(stage.schedule),
+        warmup_ratio=float(stage.warmup_ratio),
+        grad_accum=int(stage.grad_accum),
+        max_grad_norm=float(stage.max_grad_norm),
+        weight_decay=float(stage.weight_decay),
+        adam_beta1=float(stage.adam_beta1),
+        adam_beta2=float(stage.adam_beta2),
+        adam_eps=float(stage.adam_eps),
+        save_every=int(stage.save_every),
+        eval_every=int(stage.eval_every),
+        keep_checkpoints=int(stage.keep_checkpoints),
+        seed=int(stage.seed),
+        max_steps=None if stage.max_steps is None else int(stage.max_steps),
+    )
