@@ -109,3 +109,16 @@ def test_secrets_never_reach_any_file_of_the_run_directory(cli, tmp_path: Path) 
         assert ENV_SECRET.encode() not in data, path
         assert CLI_SECRET.encode() not in data, path
     assert "***REDACTED***" in (run / "config.yaml").read_text()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_joblib_launcher_runs_jobs_in_parallel_processes_into_one_sweep(cli, tmp_path: Path) -> None:
+    result = cli(["-m", "stage=show", "persona=pirate,humor", "launcher=joblib", "stage.show_template=false",
+                  "logger=wandb"])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
+    jobs = sorted(p.name for p in sweep.iterdir() if (p / "meta.json").is_file())
+    assert jobs == ["0_pirate_show", "1_humor_show"]
+    assert all(list((sweep / job / "wandb").glob("offline-run-*")) for job in jobs)
+    assert "completed" in (sweep / "sweep_summary.md").read_text()
