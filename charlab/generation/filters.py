@@ -12,10 +12,10 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Optional
+from typing import Optional, Protocol
 
 # Model families and who makes them: a teacher that names either as itself leaks its identity.
 MAKERS = {
@@ -170,3 +170,39 @@ def is_degenerate(text: str, min_distinct_ngrams: float, n: int = 4, min_words: 
         return False
     grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
     return len(set(grams)) / len(grams) < min_distinct_ngrams
+
+
+class _Trimmed(Protocol):
+    trimmed: int
+
+
+def screen_reply(
+    text: str,
+    finish_reason: str,
+    filters: FilterConfig,
+    stats: _Trimmed,
+    too_long: Optional[Callable[[str], bool]] = None,
+    leak_aliases: Optional[Sequence[str]] = None,
+) -> tuple[str, Optional[str]]:
+    """The filter chain distill and introspect share: (possibly trimmed text, the failed filter or None).
+
+    `too_long(text)` is checked when given and `filters.too_long` is on; the identity-leak filter runs only
+    when `leak_aliases` is given (the teacher's side in distill, every reply in introspect).
+    """
+    f = filters
+    if f.empty and not text.strip():
+        return text, "empty"
+    cut_off = finish_reason == "length" or (f.require_terminal_punctuation and not ends_cleanly(text))
+    if f.truncated and cut_off:
+        trimmed = trim_to_sentence(text) if f.trim_truncated else None
+        if trimmed is None:
+            return text, "truncated"
+        text = trimmed
+        stats.trimmed += 1
+    if f.repetition and is_degenerate(text, f.min_distinct_ngrams):
+        return text, "repetition"
+    if f.too_long and too_long is not None and too_long(text):
+        return text, "too_long"
+    if f.identity_leak and leak_aliases is not None and identity_leak(text, list(leak_aliases)):
+        return text, "identity_leak"
+    return text, None

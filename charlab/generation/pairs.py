@@ -25,12 +25,9 @@ from charlab.data.records import DpoExample, record_id
 from charlab.generation.base import Completion, Sampler, SamplingParams
 from charlab.generation.filters import (
     FilterConfig,
-    ends_cleanly,
-    identity_leak,
-    is_degenerate,
+    screen_reply,
     strip_reasoning,
     substitute_name,
-    trim_to_sentence,
 )
 from charlab.generation.text import derive_seed
 
@@ -192,20 +189,11 @@ def _check(
     job: DistillJob, prompt: str, text: str, finish_reason: str, is_teacher: bool, stats: DistillStats
 ) -> tuple[str, Optional[str]]:
     """(possibly trimmed text, failed filter name or None) for one side of a pair."""
-    f = job.filters
-    if f.empty and not text.strip():
-        return text, "empty"
-    cut_off = finish_reason == "length" or (f.require_terminal_punctuation and not ends_cleanly(text))
-    if f.truncated and cut_off:
-        trimmed = trim_to_sentence(text) if f.trim_truncated else None
-        if trimmed is None:
-            return text, "truncated"
-        text = trimmed
-        stats.trimmed += 1
-    if f.repetition and is_degenerate(text, f.min_distinct_ngrams):
-        return text, "repetition"
-    if f.too_long and job.count_tokens(prompt, text) > job.max_length:
-        return text, "too_long"
-    if is_teacher and f.identity_leak and identity_leak(text, job.teacher_aliases):
-        return text, "identity_leak"
-    return text, None
+    return screen_reply(
+        text,
+        finish_reason,
+        job.filters,
+        stats,
+        too_long=lambda reply: job.count_tokens(prompt, reply) > job.max_length,
+        leak_aliases=job.teacher_aliases if is_teacher else None,
+    )

@@ -56,6 +56,20 @@ class EloStageConfig(StageConfig):
     samples_in_report: int = MISSING
 
 
+def stage_prompts(cfg: DictConfig, run: Run, persona: Any) -> tuple[list[Path], list]:
+    """Held-out prompts for an eval stage (training prompts of `stage.pairs` excluded), inputs recorded."""
+    stage = cfg.stage
+    exclude_files = [Path(p).expanduser() for p in as_list(stage.pairs)]
+    for i, path in enumerate(exclude_files):
+        run.add_parent(f"pairs_{i}" if i else "pairs", path)
+    if stage.adapter:
+        run.add_parent("adapter", stage.adapter)
+    prompts = held_out_prompts(
+        stage.prompts, persona, int(cfg.eval.num_prompts), training_prompts(exclude_files), seed=int(cfg.seed)
+    )
+    return exclude_files, prompts
+
+
 def player_sampler_factory(cfg: DictConfig) -> Callable[[Optional[str]], Sampler]:
     """`make(adapter_or_None)`: the models under test are the student provider on `eval.base_model` (default: the
     student's own model); the tuned model is that same base with the adapter."""
@@ -73,14 +87,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         raise ConfigError(f"stage.criterion={stage.criterion!r} is not allowed; use one of {', '.join(CRITERIA)}")
     persona = load_persona(cfg)
     names = check_players(list(stage.players), stage.adapter, minimum=2)
-    exclude_files = [Path(p).expanduser() for p in as_list(stage.pairs)]
-    for i, path in enumerate(exclude_files):
-        run.add_parent(f"pairs_{i}" if i else "pairs", path)
-    if stage.adapter:
-        run.add_parent("adapter", stage.adapter)
-    prompts = held_out_prompts(
-        stage.prompts, persona, int(ev.num_prompts), training_prompts(exclude_files), seed=int(cfg.seed)
-    )
+    exclude_files, prompts = stage_prompts(cfg, run, persona)
 
     # ---- replies ------------------------------------------------------------------------------------------
     model, student = model_config(cfg.model), to_plain(cfg.student)

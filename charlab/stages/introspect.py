@@ -45,13 +45,10 @@ from charlab.errors import CharlabError, ConfigError, DataError
 from charlab.generation.base import Completion, Sampler, SamplingParams
 from charlab.generation.filters import (
     FilterConfig,
-    ends_cleanly,
-    identity_leak,
-    is_degenerate,
     model_aliases,
+    screen_reply,
     strip_reasoning,
     substitute_name,
-    trim_to_sentence,
 )
 from charlab.generation.pairs import DistillStats
 from charlab.generation.text import derive_seed
@@ -109,19 +106,8 @@ def screen(run: IntrospectionRun, text: str, finish_reason: str, stats: DistillS
     if not closed:
         return text, "unclosed_reasoning"
     text = substitute_name(text, run.aliases, run.assistant_name)
-    if f.empty and not text.strip():
-        return text, "empty"
-    if f.truncated and (finish_reason == "length" or (f.require_terminal_punctuation and not ends_cleanly(text))):
-        trimmed = trim_to_sentence(text) if f.trim_truncated else None
-        if trimmed is None:
-            return text, "truncated"
-        text = trimmed
-        stats.trimmed += 1
-    if f.repetition and is_degenerate(text, f.min_distinct_ngrams):
-        return text, "repetition"
-    if f.identity_leak and identity_leak(text, run.aliases):
-        return text, "identity_leak"
-    return text, None
+    # too_long is checked on whole records (all turns), after screening
+    return screen_reply(text, finish_reason, f, stats, leak_aliases=run.aliases)
 
 
 def _tokens(stats: DistillStats, completion: Completion) -> None:

@@ -26,7 +26,6 @@ from rich.console import Console
 from charlab.errors import ConfigError, DataError
 from charlab.eval import plots, report
 from charlab.eval.players import as_list, build_players, check_players, close_players
-from charlab.eval.prompts import held_out_prompts, training_prompts
 from charlab.eval.ratings import PlayerRating, rating_table
 from charlab.eval.revealed import (
     judge_jobs,
@@ -47,7 +46,7 @@ from charlab.registry import StageResult, register_stage
 from charlab.run import Run
 from charlab.schemas import StageConfig
 from charlab.stages._common import load_persona, sampler_for_role, to_plain
-from charlab.stages.elo import player_sampler_factory
+from charlab.stages.elo import player_sampler_factory, stage_prompts
 
 
 @dataclass
@@ -81,14 +80,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         raise ConfigError(f"stage.conditions={chosen}: allowed are {', '.join(all_conditions)}")
     if int(ev.revealed_trials) < 1:
         raise ConfigError(f"eval.revealed_trials={ev.revealed_trials} is not allowed; use 1 or more")
-    exclude_files = [Path(p).expanduser() for p in as_list(stage.pairs)]
-    for i, path in enumerate(exclude_files):
-        run.add_parent(f"pairs_{i}" if i else "pairs", path)
-    if stage.adapter:
-        run.add_parent("adapter", stage.adapter)
-    prompts = held_out_prompts(
-        stage.prompts, persona, int(ev.num_prompts), training_prompts(exclude_files), seed=int(cfg.seed)
-    )
+    _, prompts = stage_prompts(cfg, run, persona)
     items = sample_items(prompts, traits, chosen, int(ev.revealed_trials), seed=int(cfg.seed))
     tracked = _persona_traits(stage.persona_traits, persona, traits)
 
