@@ -81,7 +81,9 @@ def test_revealed_stage_tiny_hf_judge(run_stage, tiny_adapter: Path) -> None:
         ["stage=revealed", *FAST, "eval.num_prompts=3", "eval.revealed_trials=4", f"stage.adapter={tiny_adapter}"]
     )
     judged = read_jsonl(out / "judgments.jsonl")
-    assert len(judged) == 16 and {r["player"] for r in read_jsonl(out / "replies.jsonl")} == {"base", "tuned"}
+    assert {r["player"] for r in read_jsonl(out / "replies.jsonl")} == {"base", "tuned"}
+    # both orders per trial and player, plus the content-free calibration reply once per trial
+    assert len(judged) == 2 * 4 * 3 and sum(r["player"] == "neutral" for r in judged) == 8
     summary = json.loads((out / "meta.json").read_text())["summary"]
     assert summary["verdict_modes"]["base"]["logprob"] == 8 and summary["unparseable"] == {"base": 0, "tuned": 0}
     conditions = ("feels_like_you", "would_adopt", "random")

@@ -5,7 +5,9 @@
     python -m charlab.train stage=revealed 'stage.players=[base]' 'stage.compare_runs=[outputs/x/revealed/<run>]'
 
 Every player answers the same trials (a prompt, two random traits, a condition; `replies.jsonl`); the judge
-names the trait each reply expresses, asked in both orders (`judgments.jsonl`; verdict modes counted). Traits
+names the trait each reply expresses, asked in both orders and, with `eval.judge_calibrate`, divided by its
+verdict on a content-free reply to the same question (a small judge otherwise picks the likelier trait word
+whatever the reply says) (`judgments.jsonl`; verdict modes counted). Traits
 are rated per player and per condition (feels_like_you, would_adopt, and the control `random`): order-averaged
 Elo and Bradley-Terry, each with bootstrap CIs (`ratings.json`). Per condition the report gives the rank shift
 of the constitution's traits from the reference player (base) to tuned (or, without tuned, to base +
@@ -29,10 +31,11 @@ from rich.console import Console
 from charlab.errors import ConfigError, DataError
 from charlab.eval import plots, report
 from charlab.eval.bootstrap import Estimate
-from charlab.eval.judging import count_modes, judge_to_jsonl
+from charlab.eval.judging import LOGPROB, TOP_LOGPROBS, count_modes, judge_to_jsonl
 from charlab.eval.players import as_list, build_players, check_players, close_players
 from charlab.eval.ratings import RatingFit, fit_ratings, percentile_ci
 from charlab.eval.revealed import (
+    NEUTRAL,
     judge_questions,
     load_conditions,
     load_traits,
@@ -150,16 +153,15 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     judged_rows: list[dict[str, Any]] = []
     try:
         for name in names:
-            questions = judge_questions(items, replies, name)
-            rows = judge_to_jsonl(
-                judge, questions, judgments_path, int(ev.batch_size), f"judging ({name})",
-                lambda done, total, p=name: run.log_metrics({f"revealed/judged_{p}": done}),
-            )  # fmt: skip
-            judged_rows += [rows[q.id] for q in questions if q.id in rows]
+            judged_rows += _judge(judge, items, replies, name, judgments_path, run, int(ev.batch_size))
+        # the judge's prior for each question, from a content-free reply; only useful when verdicts are scored
+        calibrate = bool(ev.judge_calibrate) and any(r["mode"] in (LOGPROB, TOP_LOGPROBS) for r in judged_rows)
+        if calibrate:
+            judged_rows += _judge(judge, items, replies, NEUTRAL, judgments_path, run, int(ev.batch_size))
         judged_by = judge_description(cfg, judge)
     finally:
         judge.sampler.close()
-    judged_trials = trials(judged_rows)
+    judged_trials = trials(judged_rows, calibrate=calibrate)
 
     # ---- ratings per player and condition; comparisons ----------------------------------------------------
     conditions = [*chosen, *([PREFERENCE] if len([c for c in chosen if c != CONTROL]) > 1 else [])]
@@ -180,6 +182,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
                 resamples=int(ev.bootstrap), bt_prior=float(ev.bt_prior), level=float(ev.ci_level), seed=int(cfg.seed),
             )  # fmt: skip
     modes = {name: count_modes(r for r in judged_rows if r["player"] == name) for name in names}
+    neutral_rows = sum(r["player"] == NEUTRAL for r in judged_rows)
     unparseable = {name: sum(t.outcome is None for t in judged_trials if t.player == name) for name in names}
     reference, target = compared_players(names)
     comparisons: dict[str, Comparison] = {}
@@ -207,7 +210,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         "usable": usable,
         "unparseable": unparseable,
         "verdict_modes": modes,
-        "judge": judged_by,
+        "judge": judged_by + (f"; calibrated by {neutral_rows} content-free replies" if calibrate else ""),
         "persona_traits": tracked,
         "reference": reference,
         "target": target,
@@ -259,6 +262,18 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         artifacts=artifacts,
         summary=report.json_safe(summary),
     )
+
+
+def _judge(
+    judge: Any, items: list, replies: dict, name: str, path: Path, run: Run, batch_size: int
+) -> list[dict[str, Any]]:
+    """The judge's verdicts on `name`'s trials, both orders (appended to `path`, resumable)."""
+    questions = judge_questions(items, replies, name)
+    rows = judge_to_jsonl(
+        judge, questions, path, batch_size, f"judging ({name})",
+        lambda done, total: run.log_metrics({f"revealed/judged_{name}": done}),
+    )  # fmt: skip
+    return [rows[q.id] for q in questions if q.id in rows]
 
 
 def compared_players(names: list[str]) -> tuple[Optional[str], Optional[str]]:
