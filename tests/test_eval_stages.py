@@ -76,6 +76,27 @@ def test_elo_stage_tiny_hf_judge_with_tuned_adapter(run_stage, tiny_adapter: Pat
     assert "tuned win rate against base" in text and "| base_persona |" in text and "logprob 18" in text
 
 
+def test_elo_stage_likelihood_format_scores_every_reply_and_resumes(run_stage, tiny_adapter: Path) -> None:
+    """Injected bug caught: comparing the two replies' scores the wrong way round (the persona-explained reply
+    must win)."""
+    args = ["stage=elo", *FAST, "eval.num_prompts=3", f"stage.adapter={tiny_adapter}", "eval.judge_format=likelihood"]
+    metric, out = run_stage(args)
+    rows = read_jsonl(out / "judgments.jsonl")
+    assert len(rows) == 9 and all(isinstance(r["persona_score"], float) for r in rows)  # one score per reply
+    summary = json.loads((out / "meta.json").read_text())["summary"]
+    assert summary["verdict_modes"]["logprob"] == 18 and summary["unparseable"] == 0 and summary["usable"] == 9
+    score = {r["id"]: r["persona_score"] for r in rows}
+    for m in load_matches(out / "matches.jsonl"):
+        pid = next(r["prompt_id"] for r in read_jsonl(out / "replies.jsonl") if r["text"] == m.base_response)
+        a, b = score[f"{m.player_a}:{pid}"], score[f"{m.player_b}:{pid}"]
+        assert m.winner == (m.player_a if a > b else m.player_b if b > a else "tie")
+    assert "format likelihood" in summary["judge"]
+    again, _ = run_stage([*args, "stage.resume=true"])  # nothing left to score: same numbers
+    assert again == metric and len(read_jsonl(out / "judgments.jsonl")) == 9
+    with pytest.raises(ConfigError, match="likelihood measures the persona only"):
+        run_stage([*args, "stage.criterion=helpful"], name="helpful")
+
+
 def test_revealed_stage_tiny_hf_judge(run_stage, tiny_adapter: Path) -> None:
     metric, out = run_stage(
         ["stage=revealed", *FAST, "eval.num_prompts=3", "eval.revealed_trials=4", f"stage.adapter={tiny_adapter}"]

@@ -56,9 +56,14 @@ def _tail_logprobs(model: Any, pad_id: int, rows: Sequence[list[int]], keep: Seq
 
 
 def choice_logprobs(
-    model: Any, pad_id: int, prompts: Sequence[list[int]], choices: Sequence[Sequence[list[int]]]
+    model: Any,
+    pad_id: int,
+    prompts: Sequence[list[int]],
+    choices: Sequence[Sequence[list[int]]],
+    per_token: bool = False,
 ) -> list[list[float]]:
-    """For each prompt, the log-probability of each of its choices' token sequences as the continuation."""
+    """For each prompt, the log-probability of each of its choices' token sequences as the continuation
+    (`per_token`: divided by the choice's number of tokens)."""
     import torch
 
     if len(prompts) != len(choices):
@@ -84,4 +89,6 @@ def choice_logprobs(
     finally:
         if was_training:
             model.train()
+    if per_token:
+        return [[v / len(t) for v, t in zip(values, options)] for values, options in zip(result, choices)]
     return result

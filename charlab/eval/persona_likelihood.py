@@ -1,0 +1,71 @@
+"""The `likelihood` judge format: which reply does the character's description explain better?
+
+A small local judge compares two replies poorly when asked in words (a 135M model mostly follows the position
+of the answer), but it is a fine language model. So it reads each reply twice, once with the character's
+description as system prompt and once without, and the reply's persona score is how much more likely its tokens
+become (mean per-token log-likelihood ratio). For each prompt and pair of players the reply with the higher
+score wins (an empty reply loses; two empty replies tie): no answer to parse, no position to be biased by.
+Needs a judge provider that scores text (`ChoiceScorer`: `hf`).
+
+    scores = persona_scores(judge_sampler, prompts, replies, system_prompt)    # {"<player>:<prompt id>": llr}
+    matches, tally = likelihood_matches(prompts, replies, players, scores)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from charlab.chat_format import make_messages
+from charlab.data.records import Match
+from charlab.eval.head_to_head import TIE, JudgeTally, player_pairs
+from charlab.eval.judging import LOGPROB, VERDICT_MODES
+from charlab.generation.base import ChoiceScorer
+
+
+def persona_scores(
+    scorer: ChoiceScorer,
+    prompts: Sequence[tuple[str, str]],
+    replies: Mapping[str, Mapping[str, Any]],
+    system_prompt: str,
+    batch_size: int = 8,
+) -> dict[str, float]:
+    """Mean per-token log-likelihood of each reply with `system_prompt` minus without it, by reply id."""
+    texts = {pid: text for pid, text in prompts}
+    ids = [rid for rid, row in replies.items() if str(row.get("text", "")).strip() and rid.split(":", 1)[1] in texts]
+    scores: dict[str, float] = {}
+    for start in range(0, len(ids), max(1, batch_size)):
+        chunk = ids[start : start + max(1, batch_size)]
+        prompt_of = [texts[rid.split(":", 1)[1]] for rid in chunk]
+        choices = [[str(replies[rid]["text"])] for rid in chunk]
+        primed = scorer.score_choices(
+            [make_messages(p, system=system_prompt) for p in prompt_of], choices, per_token=True
+        )
+        plain = scorer.score_choices([make_messages(p) for p in prompt_of], choices, per_token=True)
+        for rid, (with_system,), (without,) in zip(chunk, primed, plain):
+            scores[rid] = with_system - without
+    return scores
+
+
+def likelihood_matches(
+    prompts: Sequence[tuple[str, str]],
+    replies: Mapping[str, Mapping[str, Any]],
+    players: Sequence[str],
+    scores: Mapping[str, float],
+) -> tuple[list[Match], JudgeTally]:
+    """One match per prompt and pair of players: the reply with the higher persona score wins."""
+    tally = JudgeTally(modes=dict.fromkeys(VERDICT_MODES, 0))
+    tally.modes[LOGPROB] = 2 * len(scores)  # each reply read with and without the description
+    matches = []
+    for prompt_id, prompt in prompts:
+        for x, y in player_pairs(players):
+            rx, ry = f"{x}:{prompt_id}", f"{y}:{prompt_id}"
+            if rx not in replies or ry not in replies:
+                continue
+            tally.pairs += 1
+            sx, sy = scores.get(rx, float("-inf")), scores.get(ry, float("-inf"))  # an empty reply shows no one
+            winner = x if sx > sy else y if sx < sy else TIE
+            tally.decided += winner != TIE
+            tally.ties += winner == TIE
+            matches.append(Match(prompt, replies[rx]["text"], replies[ry]["text"], winner, x, y))
+    return matches, tally
