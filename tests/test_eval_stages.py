@@ -247,6 +247,29 @@ def test_elo_stage_canned_verdicts_and_resume(run_stage) -> None:
     assert low <= summary["elo"]["base_persona"] <= high
 
 
+def test_revealed_stage_likelihood_format(run_stage, tiny_adapter: Path) -> None:
+    """Each trial's reply read under each of its two traits; the likelier trait wins. Injected bug caught: the
+    outcome given to the wrong trait (trait_a's score decides for trait_b)."""
+    args = ["stage=revealed", *FAST, "eval.num_prompts=3", "eval.revealed_trials=6", f"stage.adapter={tiny_adapter}"]
+    _, out = run_stage([*args, "eval.judge_format=likelihood"])
+    rows = read_jsonl(out / "judgments.jsonl")
+    assert len(rows) == 12 and all(set(r["scores"]) == {r["trait_a"], r["trait_b"]} for r in rows)
+    summary = json.loads((out / "meta.json").read_text())["summary"]
+    assert summary["unparseable"] == {"base": 0, "tuned": 0} and "format likelihood" in summary["judge"]
+    ratings = json.loads((out / "ratings.json").read_text())
+    for player in ("base", "tuned"):
+        wins: dict[str, float] = {}
+        for r in ratings[player]["preference"] + ratings[player]["random"]:
+            wins[r["player"]] = wins.get(r["player"], 0.0) + r["score"]
+        expected: dict[str, float] = {}
+        for r in rows:
+            if r["player"] == player:
+                a, b = r["scores"][r["trait_a"]], r["scores"][r["trait_b"]]
+                winner = r["trait_a"] if a > b else r["trait_b"]
+                expected[winner] = expected.get(winner, 0.0) + 1.0
+        assert {t: s for t, s in wins.items() if s} == pytest.approx({t: s for t, s in expected.items()})
+
+
 def test_revealed_stage_canned_verdicts(run_stage) -> None:
     with OpenAICompatServer(replies=canned) as server:
         args = ["stage=revealed", *FAST, *openai_roles(server.base_url), "eval.num_prompts=5"]

@@ -69,3 +69,37 @@ def likelihood_matches(
             tally.ties += winner == TIE
             matches.append(Match(prompt, replies[rx]["text"], replies[ry]["text"], winner, x, y))
     return matches, tally
+
+
+def trait_verdicts(
+    scorer: ChoiceScorer,
+    items: Sequence[Any],
+    replies: Mapping[str, Mapping[str, Any]],
+    player: str,
+    template: str,
+    batch_size: int = 8,
+) -> list[dict[str, Any]]:
+    """Revealed preferences in the likelihood format: each trial's reply read once under each of its two traits
+    (`template` with `{trait}` as system prompt); the trait that makes the reply likelier (per token) won.
+
+    Rows: `{id, player, item, trait_a, trait_b, condition, mode, scores}`; `revealed.trials` reads them.
+    """
+    rows = []
+    todo = [item for item in items if str(replies.get(f"{player}:{item.id}", {}).get("text", "")).strip()]
+    for start in range(0, len(todo), max(1, batch_size)):
+        chunk = todo[start : start + max(1, batch_size)]
+        conversations, choices = [], []
+        for item in chunk:
+            reply = str(replies[f"{player}:{item.id}"]["text"])
+            for trait in (item.trait_a, item.trait_b):
+                conversations.append(make_messages(item.prompt, system=template.format(trait=trait)))
+                choices.append([reply])
+        scores = scorer.score_choices(conversations, choices, per_token=True)
+        for k, item in enumerate(chunk):
+            (a,), (b,) = scores[2 * k], scores[2 * k + 1]
+            rows.append(
+                {"id": f"{player}:{item.id}", "player": player, "item": item.id, "trait_a": item.trait_a,
+                 "trait_b": item.trait_b, "condition": item.condition, "mode": LOGPROB,
+                 "scores": {item.trait_a: a, item.trait_b: b}}
+            )  # fmt: skip
+    return rows

@@ -177,16 +177,22 @@ def _calibrated(row: Mapping[str, Any], neutral: Optional[Mapping[str, Any]]) ->
 
 
 def trials(judged: Sequence[Mapping[str, Any]], calibrate: bool = True) -> list[Trial]:
-    """Trials judged in both orders, each order-averaged into an outcome of trait_a vs trait_b (0.5: undecided).
+    """Trials judged in both orders, each order-averaged into an outcome of trait_a vs trait_b (0.5: undecided);
+    rows of the likelihood format (`persona_likelihood.trait_verdicts`) are one outcome each.
 
     With `calibrate`, each verdict is first divided by the judge's verdict on a content-free reply to the same
     question (rows of player `NEUTRAL`), so a judge that favours one trait word regardless of the reply does not
     decide the trial.
     """
+    out = []
     by_item: dict[tuple[str, str], dict[int, Mapping[str, Any]]] = {}
     for row in judged:
+        if "scores" in row:  # the likelihood format: one reading per trait, the likelier trait won
+            a, b = row["scores"][row["trait_a"]], row["scores"][row["trait_b"]]
+            outcome = Outcome(row["trait_a"], row["trait_b"], 1.0 if a > b else 0.0 if a < b else 0.5)
+            out.append(Trial(row["player"], row["item"], row["condition"], outcome))
+            continue
         by_item.setdefault((row["player"], row["item"]), {})[int(row.get("order", 0))] = row
-    out = []
     for (player, item), orders in by_item.items():
         if player == NEUTRAL or set(orders) != {0, 1}:
             continue  # calibration rows, or interrupted: the other order is judged on resume

@@ -28,10 +28,12 @@ import numpy as np
 from omegaconf import MISSING, DictConfig
 from rich.console import Console
 
+from charlab.data.jsonl import JsonlWriter, iter_jsonl
 from charlab.errors import ConfigError, DataError
 from charlab.eval import plots, report
 from charlab.eval.bootstrap import Estimate
 from charlab.eval.judging import LOGPROB, TOP_LOGPROBS, count_modes, judge_to_jsonl
+from charlab.eval.persona_likelihood import trait_verdicts
 from charlab.eval.players import as_list, build_players, check_players, close_players
 from charlab.eval.ratings import RatingFit, fit_ratings, percentile_ci
 from charlab.eval.revealed import (
@@ -74,6 +76,7 @@ class RevealedStageConfig(StageConfig):
     instruction_in: str = MISSING  # system | user
     traits_file: Optional[str] = None  # None: the bundled 144 traits
     persona_traits: Any = None  # None: traits named in the constitution's text
+    trait_prompt: str = MISSING  # eval.judge_format=likelihood: the system prompt a trait is read under
     compare_runs: Any = None  # other revealed run directories to correlate with
     top_n: int = MISSING
 
@@ -151,14 +154,30 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     judgments_path = fresh_file(run.path("judgments.jsonl"), stage.resume)
     judge = make_judge(cfg)
     judged_rows: list[dict[str, Any]] = []
+    likelihood = str(ev.judge_format) == "likelihood"
+    calibrate = False
     try:
+        if likelihood and not judge.scores:
+            raise ConfigError(
+                "eval.judge_format=likelihood needs a judge that scores text (provider@judge=hf); "
+                "use eval.judge_format=pairwise for an openai or tinker judge"
+            )
         for name in names:
-            judged_rows += _judge(judge, items, replies, name, judgments_path, run, int(ev.batch_size))
+            if likelihood:
+                judged_rows += _trait_likelihood(judge, items, replies, name, judgments_path, str(stage.trait_prompt))
+            else:
+                judged_rows += _judge(judge, items, replies, name, judgments_path, run, int(ev.batch_size))
         # the judge's prior for each question, from a content-free reply; only useful when verdicts are scored
-        calibrate = bool(ev.judge_calibrate) and any(r["mode"] in (LOGPROB, TOP_LOGPROBS) for r in judged_rows)
+        calibrate = bool(ev.judge_calibrate) and any(
+            r["mode"] in (LOGPROB, TOP_LOGPROBS) and "scores" not in r for r in judged_rows
+        )
         if calibrate:
             judged_rows += _judge(judge, items, replies, NEUTRAL, judgments_path, run, int(ev.batch_size))
-        judged_by = judge_description(cfg, judge)
+        judged_by = judge_description(cfg, judge) + (
+            f"; format likelihood (each reply read under each trait: system prompt {stage.trait_prompt!r})"
+            if likelihood
+            else "; format pairwise (both orders averaged)"
+        )
     finally:
         judge.sampler.close()
     judged_trials = trials(judged_rows, calibrate=calibrate)
@@ -276,6 +295,19 @@ def _judge(
     return [rows[q.id] for q in questions if q.id in rows]
 
 
+def _trait_likelihood(
+    judge: Any, items: list, replies: dict, name: str, path: Path, template: str
+) -> list[dict[str, Any]]:
+    """Likelihood-format verdicts on `name`'s trials (appended to `path`; finished trials are kept)."""
+    done = {row["id"]: row for row in iter_jsonl(path) if row.get("player") == name} if path.is_file() else {}
+    todo = [item for item in items if f"{name}:{item.id}" not in done]
+    rows = trait_verdicts(judge.sampler, todo, replies, name, template)
+    with JsonlWriter(path) as writer:
+        writer.write_many(rows)
+    done.update({row["id"]: row for row in rows})
+    return [done[f"{name}:{item.id}"] for item in items if f"{name}:{item.id}" in done]
+
+
 def compared_players(names: list[str]) -> tuple[Optional[str], Optional[str]]:
     """(reference, target) of the rank shift: base -> tuned, else base -> base + constitution (the positive
     control), else base + constitution -> tuned; (None, None) with one player."""
@@ -327,8 +359,8 @@ def _load_ratings(directory: Path, condition: str) -> dict[str, dict[str, float]
 def _log_tables(run: Run, replies: dict, judged: list[dict[str, Any]]) -> None:
     rows = [
         [r["player"], replies.get(f"{r['player']}:{r['item']}", {}).get("prompt", ""), r["trait_a"], r["trait_b"],
-         r["condition"], r["order"], replies.get(f"{r['player']}:{r['item']}", {}).get("text", ""), r["mode"],
-         r["choice"] or ""]
+         r["condition"], r.get("order", "-"), replies.get(f"{r['player']}:{r['item']}", {}).get("text", ""),
+         r["mode"], r.get("choice") or (max(r["scores"], key=r["scores"].get) if r.get("scores") else "")]
         for r in judged
     ]  # fmt: skip
     run.tracker.log_table(
