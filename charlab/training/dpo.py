@@ -10,8 +10,9 @@ loss reads summed log-probabilities over the reply's tokens only (the chat forma
 loss `-log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r)))` is optionally joined by `nll_coef` times the
 per-token negative log-likelihood of the chosen reply. Chosen and rejected of a micro-batch go through the
 backend as one batch (`[c0, r0, c1, r1, ...]`), so the local backend runs one forward for both. Reference
-log-probabilities are computed once for every pair before training and cached on disk under a key of the
-token ids, loss masks and model identity; the training loop never runs the reference model.
+log-probabilities are computed once for every pair before training (under torchrun: each rank scores its share
+and all gather the table) and cached on disk under a key of the token ids, loss masks and model identity; the
+training loop never runs the reference model.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from charlab import distributed
 from charlab.chat_format import ChatFormat, make_messages
 from charlab.data.records import DpoExample
 from charlab.training.backend import LossFn, TokenSequence, TrainingBackend
@@ -195,30 +197,45 @@ class DpoAlgorithm:
     def item_length(self, item: DpoItem) -> int:
         return len(item)
 
+    def item_weight(self, item: DpoItem) -> float:
+        return 1.0  # the loss is a mean over pairs
+
     # ---- references, once ------------------------------------------------------------------------------
     def prepare(self, backend: TrainingBackend, items: list[Any]) -> None:
-        """Reference sums for every item: from the cache when its key matches, else computed and cached."""
+        """Reference sums for every item: from the cache when its key matches, else computed and cached.
+
+        Under torchrun rank 0 reads the cache and shares what it found; on a miss every rank scores its share of
+        the pairs and all ranks gather the whole table (computed once, not once per rank); rank 0 writes it.
+        """
         import torch
 
         items = sorted(items, key=lambda it: it.index)
         key = reference_key(items, self.model_identity)
         name = f"ref_logprobs-{key[:16]}.json"
+        cached = self._read_cache(name, key, len(items)) if distributed.is_main() else None
+        cached = distributed.broadcast_object(cached)
+        if cached is not None:
+            self.refs, self.cache_path = torch.tensor(cached[1], dtype=torch.float64), Path(cached[0])
+            log.info("reference log-probs: %d pairs from %s", len(items), self.cache_path)
+            return
+        self.refs = self._compute(backend, items)
+        if self.cache_dir is not None:
+            self.cache_path = self.cache_dir / name
+            if distributed.is_main():
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+                tmp = self.cache_path.with_suffix(".tmp")
+                tmp.write_text(json.dumps({"key": key, "model": self.model_identity, "refs": self.refs.tolist()}))
+                tmp.replace(self.cache_path)
+
+    def _read_cache(self, name: str, key: str, count: int) -> Optional[tuple[str, list]]:
+        """(path, refs) of the first cache file of this key, or None."""
         for folder in [d for d in [self.cache_dir, *self.extra_cache_dirs] if d is not None]:
             path = folder / name
             if path.is_file():
                 data = json.loads(path.read_text())
-                if data.get("key") == key and len(data["refs"]) == len(items):
-                    self.refs = torch.tensor(data["refs"], dtype=torch.float64)
-                    self.cache_path = path
-                    log.info("reference log-probs: %d pairs from %s", len(items), path)
-                    return
-        self.refs = self._compute(backend, items)
-        if self.cache_dir is not None:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            self.cache_path = self.cache_dir / name
-            tmp = self.cache_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"key": key, "model": self.model_identity, "refs": self.refs.tolist()}))
-            tmp.replace(self.cache_path)
+                if data.get("key") == key and len(data["refs"]) == count:
+                    return str(path), data["refs"]
+        return None
 
     def _compute(self, backend: TrainingBackend, items: list[DpoItem]) -> torch.Tensor:
         import torch
@@ -227,15 +244,19 @@ class DpoAlgorithm:
         self.reference_calls += 1
         refs = torch.zeros((len(items), 2), dtype=torch.float64)
         order = sorted(range(len(items)), key=lambda i: -len(items[i]))  # similar lengths share a forward
+        mine = distributed.shard(order)
         chunk = max(1, self.eval_batch_size * 4)
-        with tqdm(total=len(items), desc="reference log-probs", disable=None) as bar:
-            for start in range(0, len(order), chunk):
-                part = [items[i] for i in order[start : start + chunk]]
+        scored: list[tuple[int, list[float]]] = []
+        with tqdm(total=len(mine), desc="reference log-probs", disable=None if distributed.is_main() else True) as bar:
+            for start in range(0, len(mine), chunk):
+                part = [items[i] for i in mine[start : start + chunk]]
                 batch = interleave(part)
                 sums = sequence_logprobs(batch, backend.logprobs(batch, reference=True)).double().cpu()
-                for j, item in enumerate(part):
-                    refs[item.index] = sums[2 * j : 2 * j + 2]
+                scored += [(item.index, sums[2 * j : 2 * j + 2].tolist()) for j, item in enumerate(part)]
                 bar.update(len(part))
+        for share in distributed.gather_objects(scored):
+            for index, pair in share:
+                refs[index] = torch.tensor(pair, dtype=torch.float64)
         return refs
 
     # ---- training and eval -------------------------------------------------------------------------------
