@@ -82,14 +82,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=48)
     parser.add_argument("--max-new-tokens", type=int, default=96)
-    parser.add_argument("--hf-batch-sizes", default="16,48", help="comma-separated; the best one is the hf number")
+    parser.add_argument("--hf-batch-sizes", default="16,48", help="comma-separated, best counts; empty: vLLM only")
     parser.add_argument("--vllm-env", action="append", default=[], help="KEY=VALUE for the server (repeatable)")
     args = parser.parse_args()
 
     prompts = conversations(args.prompts)
     params = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=args.max_new_tokens, seed=0)
     rows = []
-    for batch_size in [int(b) for b in args.hf_batch_sizes.split(",")]:
+    for batch_size in [int(b) for b in args.hf_batch_sizes.split(",") if b.strip()]:
         seconds, tokens = bench_hf(prompts, params, batch_size)
         rows.append((f"hf batch {batch_size}", seconds, tokens, None))
         print(f"hf batch {batch_size}: {tokens} tokens, {seconds:.1f} s, {tokens / seconds:.1f} tokens/s", flush=True)
@@ -99,14 +99,15 @@ def main() -> None:
     rows.append((label, seconds, tokens, startup))
     print(f"{label}: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:.1f} tokens/s (start-up {startup:.0f} s)")
 
-    best_hf = max((r for r in rows if r[0].startswith("hf")), key=lambda r: r[2] / r[1])
+    best_hf = max((r for r in rows if r[0].startswith("hf")), key=lambda r: r[2] / r[1], default=None)
     print(f"\n{args.prompts} prompts, max {args.max_new_tokens} new tokens, SmolLM2-135M fp32, {os.cpu_count()} CPUs")
     print("| engine | tokens | seconds | tokens/s | start-up s |\n| --- | --- | --- | --- | --- |")
     for name, seconds, tokens, start in rows:
         startup = "" if start is None else f"{start:.0f}"
         print(f"| {name} | {tokens} | {seconds:.1f} | {tokens / seconds:.1f} | {startup} |")
-    ratio = (rows[-1][2] / rows[-1][1]) / (best_hf[2] / best_hf[1])
-    print(f"\nvLLM / best hf ({best_hf[0]}) tokens/s: {ratio:.2f}x")
+    if best_hf is not None:
+        ratio = (rows[-1][2] / rows[-1][1]) / (best_hf[2] / best_hf[1])
+        print(f"\nvLLM / best hf ({best_hf[0]}) tokens/s: {ratio:.2f}x")
 
 
 if __name__ == "__main__":

