@@ -45,9 +45,9 @@ def vllm_python() -> Path:
     return VLLM_PYTHON
 
 
-def step_overrides_arg(steps: dict[str, list[str]]) -> str:
-    """`pipeline.step_overrides={dpo:['a=1',...],...}` (quoted items: they contain `=`)."""
-    return "pipeline.step_overrides={" + ",".join(f"{k}:[{','.join(map(repr, v))}]" for k, v in steps.items()) + "}"
+def step_overrides_args(steps: dict[str, list[str]]) -> list[str]:
+    """`+pipeline.step_overrides.<step>=['a=1',...]` for each step (quoted items: they contain `=`)."""
+    return [f"+pipeline.step_overrides.{step}=[{','.join(map(repr, items))}]" for step, items in steps.items()]
 
 
 def rows(path: Path) -> list[dict]:
@@ -81,7 +81,7 @@ def test_introspection_and_elo_on_vllm_serve_the_dpo_adapter_and_one_server_live
         f"student.server.python={vllm_python}", f"judge.server.python={vllm_python}", "student.temperature=0",
         "student.max_new_tokens=32", "judge.temperature=0", "judge.max_new_tokens=8", "data.reflections=10",
         "data.interactions=2", "data.interaction_turns=2", "eval.num_prompts=4",
-        step_overrides_arg(step_overrides),
+        *step_overrides_args(step_overrides),
     ]  # fmt: skip
     _, run_dir = run_stage(overrides, name="pipe")
     assert run_dir == root
