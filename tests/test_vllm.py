@@ -187,10 +187,10 @@ def test_the_server_command_has_cpu_defaults_prefix_caching_and_lora_capacity(co
     spec = vllm.server_spec(server, "/models/smollm2", "smollm2-135m")
     assert spec.command[1:] == ("-m", "vllm.entrypoints.openai.api_server") and spec.command[0] == server["python"]
     assert "--enable-prefix-caching" in spec.args and "--enforce-eager" in spec.args
-    assert spec.args[spec.args.index("--dtype") + 1] == "float32" and spec.max_lora_rank == 320
+    assert spec.args[spec.args.index("--dtype") + 1] == "float32" and spec.max_lora_rank == 0  # LoRA as needed
     assert dict(spec.env)["VLLM_CPU_KVCACHE_SPACE"] == "2"
-    no_cache = vllm.server_spec({**server, "enable_prefix_caching": False, "max_lora_rank": 0}, "/m", "m")
-    assert "--no-enable-prefix-caching" in no_cache.args and no_cache.max_lora_rank == 0
+    no_cache = vllm.server_spec({**server, "enable_prefix_caching": False, "max_lora_rank": 200}, "/m", "m")
+    assert "--no-enable-prefix-caching" in no_cache.args and no_cache.max_lora_rank == 256
     assert [lora_rank_slot(r) for r in (1, 32, 33, 288)] == [8, 32, 64, 320]
 
 
