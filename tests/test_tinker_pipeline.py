@@ -118,7 +118,10 @@ def test_experiment_paper_runs_end_to_end_on_the_tinker_fake(
             "eval.bootstrap=20",
             "eval.orderings=5",
             "eval.classifier_epochs=1",
-            *[f"++pipeline.step_overrides.{step}=[{','.join(repr(o) for o in extra)}]" for step, extra in steps.items()],
+            *[
+                f"++pipeline.step_overrides.{step}=[{','.join(repr(o) for o in extra)}]"
+                for step, extra in steps.items()
+            ],
         ]
         _, root = run_stage(overrides)
 
