@@ -55,7 +55,14 @@ from charlab.generation.text import derive_seed
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_json
 from charlab.schemas import StageConfig
-from charlab.stages._common import cache_dir, load_persona, model_config, sampler_for_role, to_plain
+from charlab.stages._common import (
+    adapter_location,
+    cache_dir,
+    load_persona,
+    model_config,
+    sampler_for_role,
+    to_plain,
+)
 from charlab.stages.distill import DistillFilters
 
 log = logging.getLogger("charlab")
@@ -270,9 +277,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     todo_i = [job for job in interactions if job.id not in done]
     stats = DistillStats(total=len(reflections) + len(interactions))
     stats.already_done = stats.total - len(todo_r) - len(todo_i)
-    adapter = (
-        str(Path(stage.adapter).expanduser()) if stage.adapter and "://" not in str(stage.adapter) else stage.adapter
-    )
+    adapter = adapter_location(stage.adapter)
     if adapter:
         run.add_parent("adapter", adapter)
     table: list[IntrospectionExample] = []

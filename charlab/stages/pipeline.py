@@ -47,9 +47,9 @@ class PipelineConfig:
     """`pipeline.*`: which steps run, how artifacts flow between them, and extra overrides per step."""
 
     steps: list[str] = MISSING
-    wiring: dict[str, dict[str, Any]] = field(
-        default_factory=dict
-    )  # Any: OmegaConf cannot re-merge dict[str, str] values
+    # values are `<step>.<artifact>[@consumer]` strings; typed Any because OmegaConf cannot re-merge a
+    # dict[str, str] nested in a dict (an experiment that rewires one step would fail to compose)
+    wiring: dict[str, dict[str, Any]] = field(default_factory=dict)
     step_overrides: dict[str, list[str]] = field(default_factory=dict)
     report: bool = True
     metric_step: str = MISSING  # whose headline metric the pipeline returns (what sweeps optimise)
