@@ -26,6 +26,15 @@ def load_persona(cfg: DictConfig) -> Constitution:
     return load_constitution(Path(cfg.persona.file), name=name)
 
 
+def adapter_location(value: Any) -> str | None:
+    """A configured adapter: a local folder (user-expanded), a remote `tinker://` path or a served LoRA name (both
+    kept as they are); None when unset."""
+    if not value:
+        return None
+    text = str(value)
+    return text if "://" in text or "/" not in text and not text.startswith("~") else str(Path(text).expanduser())
+
+
 def model_config(node: DictConfig) -> ModelConfig:
     """A `model` node as the `ModelConfig` dataclass."""
     return ModelConfig(**to_plain(node))

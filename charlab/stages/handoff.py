@@ -27,8 +27,9 @@ Tinker) is a one-line error naming both steps and what to change.
 To support a new provider or backend kind, write a function
 `(produced: Produced, key: str, consumer: str) -> list[str]` that returns the step's overrides (usually
 `[f"{key}={value}"]`), and register it: `HANDOFFS[("provider", "vllm")] = my_handoff`. A producing step that
-has another form to offer publishes it as an artifact named `<artifact>_<form>` (see `TrainingBackend.
-remote_artifacts`), and the handoff reads it with `produced.form("<form>")`.
+has another form to offer publishes it as an artifact named `<artifact>_<form>` (as DPO and SFT publish
+`TinkerBackend.remote_artifacts` through `charlab.stages._training.remote_forms`), and the handoff reads it
+with `produced.form("<form>")`.
 """
 
 from __future__ import annotations

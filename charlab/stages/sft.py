@@ -34,7 +34,7 @@ from charlab.data.records import IntrospectionExample
 from charlab.errors import ConfigError, DataError
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_meta
-from charlab.stages._common import cache_dir, load_persona, lora_config, model_config, to_plain
+from charlab.stages._common import adapter_location, cache_dir, load_persona, lora_config, model_config, to_plain
 from charlab.stages._training import TrainingStageConfig, loop_config, remote_forms
 from charlab.training.loop import validate_loop_config
 
@@ -79,13 +79,6 @@ def read_examples(path: Path) -> list[IntrospectionExample]:
         return read_jsonl(path, IntrospectionExample)
     except DataError as err:
         raise DataError(f"stage.data: {err}") from None
-
-
-def adapter_location(value: Any) -> Optional[str]:
-    """A configured adapter: a local folder (user-expanded) or a remote `tinker://` path (kept as it is)."""
-    if not value:
-        return None
-    return str(value) if "://" in str(value) else str(Path(str(value)).expanduser())
 
 
 def start_weights(backend_kind: str, dpo_adapter: Optional[str]) -> Optional[str]:
