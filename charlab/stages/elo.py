@@ -126,6 +126,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         "unparseable": tally.unparseable,
         "usable": tally.usable,
         "verdict_modes": tally.modes,
+        "judge_format": judge_format,
         "judge": judged_by,
         "elo": {r.player: round(r.elo, 2) for r in table},
         "elo_ci": {r.player: [round(r.elo_low, 2), round(r.elo_high, 2)] for r in table},
