@@ -307,3 +307,7 @@ def test_stage_inputs_are_checked_before_any_model_loads(run_stage) -> None:
         run_stage(["stage=classifier", *FAST])
     with pytest.raises(ConfigError, match="stage.conditions"):
         run_stage(["stage=revealed", *FAST, "stage.conditions=[sometimes]"])
+    with pytest.raises(ConfigError, match="likelihood needs a judge that scores text"):
+        run_stage(["stage=elo", *FAST, "eval.judge_format=likelihood", "provider@judge=openai"])
+    with pytest.raises(ConfigError, match="eval.judge_format='ranked' is not allowed"):
+        run_stage(["stage=revealed", *FAST, "eval.judge_format=ranked"])

@@ -38,10 +38,9 @@ from charlab.registry import StageResult, register_stage
 from charlab.run import Run
 from charlab.schemas import StageConfig
 from charlab.stages._common import load_persona
-from charlab.stages._eval import eval_replies, judge_description, make_judge, stage_prompts
+from charlab.stages._eval import check_judge_format, eval_replies, judge_description, make_judge, stage_prompts
 
 CRITERIA = ("persona", "helpful")
-JUDGE_FORMATS = ("pairwise", "likelihood")
 
 
 @dataclass
@@ -64,9 +63,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     stage, ev = cfg.stage, cfg.eval
     if stage.criterion not in CRITERIA:
         raise ConfigError(f"stage.criterion={stage.criterion!r} is not allowed; use one of {', '.join(CRITERIA)}")
-    judge_format = str(ev.judge_format)
-    if judge_format not in JUDGE_FORMATS:
-        raise ConfigError(f"eval.judge_format={judge_format!r} is not allowed; use one of {', '.join(JUDGE_FORMATS)}")
+    judge_format = check_judge_format(cfg)
     if judge_format == "likelihood" and stage.criterion != "persona":
         raise ConfigError("eval.judge_format=likelihood measures the persona only; use stage.criterion=persona")
     persona = load_persona(cfg)
@@ -206,11 +203,6 @@ def _likelihood(
     cfg: DictConfig, run: Run, judge: Any, prompts: list, replies: dict, names: list[str], path: Path
 ) -> tuple[list[dict[str, Any]], list, Any]:
     """Persona scores of every reply (`judgments.jsonl`: one row per reply), and the matches they decide."""
-    if not judge.scores:
-        raise ConfigError(
-            "eval.judge_format=likelihood needs a judge that scores text (provider@judge=hf); "
-            "use eval.judge_format=pairwise for an openai or tinker judge"
-        )
     persona = load_persona(cfg)
     description = f"You are {persona.display_name(cfg.persona.assistant_name)}. {persona.description or ''}".strip()
     wanted = {reply_id(n, pid) for n in names for pid, _ in prompts}

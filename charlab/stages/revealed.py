@@ -57,7 +57,13 @@ from charlab.registry import StageResult, register_stage
 from charlab.run import Run
 from charlab.schemas import StageConfig
 from charlab.stages._common import load_persona, to_plain
-from charlab.stages._eval import judge_description, make_judge, player_sampler_factory, stage_prompts
+from charlab.stages._eval import (
+    check_judge_format,
+    judge_description,
+    make_judge,
+    player_sampler_factory,
+    stage_prompts,
+)
 
 CONTROL = "random"
 PREFERENCE = "preference"  # the non-random conditions pooled
@@ -130,6 +136,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         raise ConfigError(f"stage.conditions={chosen}: allowed are {', '.join(all_conditions)}")
     if int(ev.revealed_trials) < 1:
         raise ConfigError(f"eval.revealed_trials={ev.revealed_trials} is not allowed; use 1 or more")
+    likelihood = check_judge_format(cfg) == "likelihood"
     _, prompts = stage_prompts(cfg, run, persona)
     items = sample_items(prompts, traits, chosen, int(ev.revealed_trials), seed=int(cfg.seed))
     tracked = _persona_traits(stage.persona_traits, persona, traits)
@@ -154,14 +161,8 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     judgments_path = fresh_file(run.path("judgments.jsonl"), stage.resume)
     judge = make_judge(cfg)
     judged_rows: list[dict[str, Any]] = []
-    likelihood = str(ev.judge_format) == "likelihood"
     calibrate = False
     try:
-        if likelihood and not judge.scores:
-            raise ConfigError(
-                "eval.judge_format=likelihood needs a judge that scores text (provider@judge=hf); "
-                "use eval.judge_format=pairwise for an openai or tinker judge"
-            )
         for name in names:
             if likelihood:
                 judged_rows += _trait_likelihood(judge, items, replies, name, judgments_path, str(stage.trait_prompt))
