@@ -27,6 +27,7 @@ def kinds(**values: str):
         ("hf", "stage.adapter=/r/02_dpo/adapter"),
         ("tinker", "stage.adapter=tinker://run1/sampler_weights/step-000009"),
         ("openai", "stage.adapter=sarcasm-dpo"),
+        ("vllm", "stage.adapter=/r/02_dpo/adapter"),  # the managed server loads the folder itself
     ],
 )
 def test_a_sampling_step_gets_the_form_its_student_provider_takes(student: str, expected: str) -> None:

@@ -91,7 +91,7 @@ def consumer_kinds(overrides: list[str]) -> Callable[[str], str]:
 
 def _print_estimate(cfg: DictConfig) -> None:
     """Before a run that costs money (remote generation or training), say how much it will generate and train."""
-    paid = {cfg.teacher.kind, cfg.student.kind, cfg.judge.kind} - {"hf"} or cfg.backend.kind != "local"
+    paid = {cfg.teacher.kind, cfg.student.kind, cfg.judge.kind} - {"hf", "vllm"} or cfg.backend.kind != "local"
     if not paid:
         return
     from charlab.estimate import estimate_tokens
