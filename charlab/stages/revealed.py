@@ -56,7 +56,7 @@ from charlab.generation.factory import sampling_params
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run
 from charlab.schemas import StageConfig
-from charlab.stages._common import load_persona, to_plain
+from charlab.stages._common import load_persona, persona_prompt, to_plain
 from charlab.stages._eval import (
     check_judge_format,
     judge_description,
@@ -142,8 +142,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     tracked = _persona_traits(stage.persona_traits, persona, traits)
 
     # ---- replies and verdicts -----------------------------------------------------------------------------
-    persona_prompt = persona.render_system_prompt("teacher", assistant_name=cfg.persona.assistant_name)
-    players = build_players(names, player_sampler_factory(cfg), stage.adapter, persona_prompt)
+    players = build_players(names, player_sampler_factory(cfg), stage.adapter, persona_prompt(cfg, persona=persona))
     replies_path = fresh_file(run.path("replies.jsonl"), stage.resume)
     replies: dict[str, dict[str, Any]] = {}
     try:
