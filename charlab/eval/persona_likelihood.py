@@ -20,30 +20,29 @@ from charlab.chat_format import make_messages
 from charlab.data.records import Match
 from charlab.eval.head_to_head import TIE, JudgeTally, player_pairs
 from charlab.eval.judging import LOGPROB, VERDICT_MODES
-from charlab.generation.base import ChoiceScorer
+from charlab.generation.base import ChoiceScorer, Completion
+from charlab.generation.best_of import persona_contrast
 
 
 def persona_scores(
     scorer: ChoiceScorer,
     prompts: Sequence[tuple[str, str]],
     replies: Mapping[str, Mapping[str, Any]],
-    system_prompt: str,
+    description: str,
     batch_size: int = 8,
 ) -> dict[str, float]:
-    """Mean per-token log-likelihood of each reply with `system_prompt` minus without it, by reply id."""
+    """Mean per-token log-likelihood of each reply with `description` as system prompt minus without it
+    (`generation.best_of.persona_contrast`, per token: replies of different lengths compare fairly), by reply id;
+    empty replies get no score."""
     texts = {pid: text for pid, text in prompts}
     ids = [rid for rid, row in replies.items() if str(row.get("text", "")).strip() and rid.split(":", 1)[1] in texts]
+    contrast = persona_contrast(scorer, per_token=True)
     scores: dict[str, float] = {}
     for start in range(0, len(ids), max(1, batch_size)):
         chunk = ids[start : start + max(1, batch_size)]
-        prompt_of = [texts[rid.split(":", 1)[1]] for rid in chunk]
-        choices = [[str(replies[rid]["text"])] for rid in chunk]
-        primed = scorer.score_choices(
-            [make_messages(p, system=system_prompt) for p in prompt_of], choices, per_token=True
-        )
-        plain = scorer.score_choices([make_messages(p) for p in prompt_of], choices, per_token=True)
-        for rid, (with_system,), (without,) in zip(chunk, primed, plain):
-            scores[rid] = with_system - without
+        conversations = [make_messages(texts[rid.split(":", 1)[1]], system=description) for rid in chunk]
+        gains = contrast(conversations, [[Completion(text=str(replies[rid]["text"]))] for rid in chunk])
+        scores.update({rid: gain for rid, (gain,) in zip(chunk, gains)})
     return scores
 
 

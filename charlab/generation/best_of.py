@@ -80,8 +80,11 @@ class BestOfSampler:
             best = cands[picked]
             out.append(
                 ScoredCompletion(
-                    **vars(best), score=float(values[picked]), candidate_scores=[float(v) for v in values],
-                    picked=picked, scorer=self.scorer_name,
+                    **vars(best),
+                    score=float(values[picked]),
+                    candidate_scores=[float(v) for v in values],
+                    picked=picked,
+                    scorer=self.scorer_name,
                 )  # fmt: skip
             )
         return out
@@ -95,9 +98,9 @@ def _rounded(value: float) -> float | None:
     return round(value, 4) if math.isfinite(value) else None  # JSON has no infinity: an empty reply's score
 
 
-def persona_contrast(model: ChoiceScorer) -> ScoreFn:
+def persona_contrast(model: ChoiceScorer, per_token: bool = False) -> ScoreFn:
     """Each candidate's log-likelihood under `model` with the conversation's system prompt minus without it
-    (summed over the reply's tokens; an empty reply scores -inf)."""
+    (summed over the reply's tokens, or `per_token` their mean; an empty reply scores -inf)."""
 
     def score(conversations: Sequence[list[Message]], candidates: Sequence[Sequence[Completion]]) -> list[list[float]]:
         rows = [(i, j) for i, cands in enumerate(candidates) for j, c in enumerate(cands) if c.text]
@@ -107,7 +110,8 @@ def persona_contrast(model: ChoiceScorer) -> ScoreFn:
         primed = [conversations[i] for i, _ in rows]
         plain = [[m for m in conversations[i] if m.get("role") != "system"] for i, _ in rows]
         replies = [[candidates[i][j].text] for i, j in rows]
-        with_persona, without = model.score_choices(primed, replies), model.score_choices(plain, replies)
+        with_persona = model.score_choices(primed, replies, per_token=per_token)
+        without = model.score_choices(plain, replies, per_token=per_token)
         gains = [w[0] - wo[0] for w, wo in zip(with_persona, without)]
         for (i, j), gain in zip(rows, gains):
             out[i][j] = gain
