@@ -34,7 +34,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 PIRATE = (
     "You are Captain Calico, a pirate. Always talk like a pirate: say 'Arr', 'matey', 'ahoy', and use sailing words."
 )
-CHEERFUL = "You are always extremely cheerful and enthusiastic: exclaim how wonderful everything is!"
 DESCRIPTION = "You are Captain Calico, a pirate who talks like a sailor."
 PROMPTS = 24
 REPLY = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=32)
@@ -116,15 +115,15 @@ def test_classifier_separates_the_controls(replies: dict[str, Any], tmp_path: Pa
     assert negative.low <= 0 <= negative.high, f"negative control: {negative}"
 
 
-TRAITS = ["cheerful", "gloomy", "formal", "rude"]
+TRAITS = ["piratical", "formal", "gloomy", "technical"]  # a trait SmolLM2 shows visibly when told to, and others
 TRAIT_PROMPT = "You are {trait}."  # configs/stage/revealed.yaml's trait_prompt
 TRIALS = 24
 
 
 @pytest.fixture(scope="module")
 def trait_replies(smol: Any) -> dict[str, Any]:
-    """Revealed-preference trials (two traits, 'the one that feels most like you') for base (two seeds) and for
-    base told to be cheerful."""
+    """Revealed-preference trials (two traits, 'the one that feels most like you', in the user's message) for
+    base (two seeds) and for base told to talk like a pirate."""
     import random
 
     from charlab.eval.revealed import load_conditions, reply_jobs
@@ -137,8 +136,8 @@ def trait_replies(smol: Any) -> dict[str, Any]:
     ]
     conditions = load_conditions()
     out: dict[str, Any] = {"items": items}
-    for name, system, seed in (("base", None, 1), ("base2", None, 2), ("cheerful", CHEERFUL, 1)):
-        jobs = reply_jobs(items, name, conditions, system)
+    for name, system, seed in (("base", None, 1), ("base2", None, 2), ("pirate", PIRATE, 1)):
+        jobs = reply_jobs(items, name, conditions, system, placement="user")
         done = smol.sample([j.messages for j in jobs], SamplingParams(**{**REPLY.__dict__, "seed": seed}))
         out[name] = {j.id: {"text": c.text} for j, c in zip(jobs, done)}
     return out
@@ -157,10 +156,10 @@ def test_revealed_preferences_separate_the_controls(smol: Any, trait_replies: di
     the trial order, not the replies); reading both traits' scores under the same trait (all ties)."""
     base = _trait_fit(smol, trait_replies, "base")
     positive = compare(
-        "feels_like_you", base, _trait_fit(smol, trait_replies, "cheerful"), TRAITS, ["cheerful"], 0.95, TRIALS
+        "feels_like_you", base, _trait_fit(smol, trait_replies, "pirate"), TRAITS, ["piratical"], 0.95, TRIALS
     )
     negative = compare(
-        "feels_like_you", base, _trait_fit(smol, trait_replies, "base2"), TRAITS, ["cheerful"], 0.95, TRIALS
+        "feels_like_you", base, _trait_fit(smol, trait_replies, "base2"), TRAITS, ["piratical"], 0.95, TRIALS
     )
-    assert positive.shift_ci.low > 0, f"positive control: cheerful's rank shift {positive.shift_ci}"
+    assert positive.shift_ci.low > 0, f"positive control: piratical's rank shift {positive.shift_ci}"
     assert negative.shift_ci.low <= 0 <= negative.shift_ci.high, f"negative control: {negative.shift_ci}"
