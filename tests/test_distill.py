@@ -207,6 +207,49 @@ def test_distill_killed_mid_run_then_resumed_has_every_id_exactly_once(tmp_path)
 
 
 @pytest.mark.integration
+def test_streaming_distill_killed_mid_run_then_resumed_requests_only_what_is_missing(tmp_path):
+    """kill -9 of a distill streaming from an OpenAI-compatible server (4 requests in flight): the resumed
+    run has every id exactly once and asks the server only for the pairs not yet on disk.
+    Injected bug: a resume that re-requests finished pairs fails the id count and the request count."""
+    prompts_file = tmp_path / "prompts.jsonl"
+    prompts_file.write_text("".join(json.dumps({"prompt": f"question {i}?"}) + "\n" for i in range(12)))
+    with OpenAICompatServer(replies=lambda m: f"Arr, answer to {m[-1]['content']}", latency_s=0.3) as server:
+        args = ["stage=distill", "model=tiny", "provider@teacher=openai", "provider@student=openai",
+                "teacher.model=teacher-model", "student.model=student-model", f"teacher.base_url={server.base_url}",
+                f"student.base_url={server.base_url}", "teacher.max_concurrency=4", "student.max_concurrency=4",
+                f"stage.prompts_file={prompts_file}", "stage.samples_per_prompt=2", "logger=none"]  # fmt: skip
+        first, second = tmp_path / "first", tmp_path / "second"
+        command = [sys.executable, "-m", "charlab.train", *args]
+        with open(tmp_path / "first.log", "w") as log:
+            proc = subprocess.Popen([*command, f"hydra.run.dir={first}"], cwd=ROOT, env=cli_env(tmp_path),
+                                    stdout=log, stderr=log)  # fmt: skip
+            pairs = first / "pairs.jsonl"
+            deadline = time.time() + 300
+            while time.time() < deadline and proc.poll() is None:
+                if pairs.is_file() and pairs.read_text().count("\n") >= 3:
+                    break
+                time.sleep(0.02)
+            proc.kill()
+            proc.wait()
+        assert proc.returncode == -9, (tmp_path / "first.log").read_text()[-2000:]
+        written = len(lines_of(pairs)) + len(lines_of(first / "dropped.jsonl"))
+        assert 3 <= written < 24
+        before = len(server.requests)
+        done = subprocess.run(
+            [*command, "stage.resume=true", f"stage.resume_from={first}", f"hydra.run.dir={second}"],
+            cwd=ROOT, env=cli_env(tmp_path), capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        resumed_requests = len(server.requests) - before
+    ids = ids_in(second)
+    assert Counter(ids) == Counter(expected_ids(second, 2)) and len(ids) == 24
+    assert resumed_requests == 2 * (24 - written)  # teacher + student for each missing pair, nothing more
+    summary = json.loads((second / "distill_summary.json").read_text())
+    stream = summary["stream"]
+    assert stream["requests"] == resumed_requests and stream["max_in_flight"] == min(8, resumed_requests)
+
+
+@pytest.mark.integration
 def test_python_api_generate_dpo_pairs(tmp_path):
     from charlab import GenerationConfig, generate_dpo_pairs
     from charlab.generation.api import overrides_for

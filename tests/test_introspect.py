@@ -162,14 +162,17 @@ def test_training_messages_never_carry_a_system_prompt() -> None:
 
 @pytest.mark.integration
 def test_introspect_stage_with_the_tiny_model(run_stage, tiny_chat: ChatFormat, monkeypatch: pytest.MonkeyPatch):
-    """The real stage and HF sampler: every prompt the model saw is a correct view of a stored transcript."""
+    """The real stage and HF sampler: every prompt the model saw is a correct view of a stored transcript,
+    and local sampling stays batched (injected bug: a stream that sends a local sampler one request per call)."""
     from charlab.generation.hf import HFSampler
 
     seen: list[list[dict[str, str]]] = []
+    calls: list[int] = []
     original = HFSampler.sample
 
     def recording(self, conversations, params):
         seen.extend(conversations)
+        calls.append(len(conversations))
         return original(self, conversations, params)
 
     monkeypatch.setattr(HFSampler, "sample", recording)
@@ -186,10 +189,11 @@ def test_introspect_stage_with_the_tiny_model(run_stage, tiny_chat: ChatFormat, 
     for record in talks:
         assert roles(record.messages) == ["user", "assistant", "user", "assistant"]  # opener + 3 turns
         assert record.messages[0]["content"] in greetings()
-    # 3 reflection prompts + 2 conversations x 3 turns went to the model
-    assert len(seen) == 3 + 6
+    # 3 reflection prompts + 2 conversations x 3 turns went to the model: each turn of both conversations in
+    # one call (the chains first), then the reflections together
+    assert len(seen) == 3 + 6 and calls == [2, 2, 2, 3]
     guidance = interaction_guidance()
-    for prompt in seen[3:]:
+    for prompt in seen[:6]:
         assert prompt[0]["role"] == "system" and prompt[-1]["role"] == "user"
         assert roles(prompt[1:]) == (["user", "assistant"] * 4)[: len(prompt) - 1]
         assert guidance["free"] in prompt[0]["content"] or guidance["reflective"] in prompt[0]["content"]

@@ -25,7 +25,7 @@ from charlab.data.prompts import PromptRecord, PromptSpec, build_prompt_set, rea
 from charlab.data.records import DpoExample
 from charlab.errors import ConfigError, DataError
 from charlab.generation.base import Sampler
-from charlab.generation.factory import local_model_key, sampling_params
+from charlab.generation.factory import sampler_key, sampling_params
 from charlab.generation.filters import FilterConfig, model_aliases
 from charlab.generation.pairs import DistillJob, DistillStats, run_distill
 from charlab.registry import StageResult, register_stage
@@ -81,18 +81,18 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     teacher = sampler_for_role(cfg, "teacher")
     student: Optional[Sampler] = None
     try:
-        student = teacher if _shares_weights(cfg) else sampler_for_role(cfg, "student")
+        student = teacher if _same_sampler(cfg) else sampler_for_role(cfg, "student")
         prompts = _prompts(cfg, run, persona, teacher if stage.expansion_provider == "teacher" else student)
         job = _job(cfg, persona, prompts, teacher, student)
         table: list[DpoExample] = []
 
-        def on_chunk(stats: DistillStats, kept: list[DpoExample]) -> None:
+        def on_progress(stats: DistillStats, kept: list[DpoExample]) -> None:
             table.extend(kept[: max(0, stage.sample_table_rows - len(table))])
             numbers = stats.as_dict()
             metrics = {f"distill/{k}": numbers[k] for k in ("kept", "dropped", "processed", "kept_fraction")}
             run.log_metrics({**metrics, "distill/pairs_per_second": numbers["pairs_per_second"]}, step=stats.processed)
 
-        stats = run_distill(job, run.path("pairs.jsonl"), run.path("dropped.jsonl"), on_chunk=on_chunk)
+        stats = run_distill(job, run.path("pairs.jsonl"), run.path("dropped.jsonl"), on_progress=on_progress)
     finally:
         teacher.close()
         if student is not None and student is not teacher:
@@ -141,11 +141,15 @@ def _prepare_resume(stage: DictConfig, run: Run) -> None:
     log.info("resuming from %s", source_pairs)
 
 
-def _shares_weights(cfg: DictConfig) -> bool:
-    """Teacher and student are the same local model: load it once (the system prompt is the only difference)."""
+def _same_sampler(cfg: DictConfig) -> bool:
+    """Teacher and student are one model behind one provider: one sampler serves both.
+
+    A local model is then loaded once; an API endpoint gets one connection pool and one `max_concurrency`
+    limit for both roles (sampling settings travel with each request, so they may still differ).
+    """
     model = model_config(cfg.model)
-    key = local_model_key(to_plain(cfg.teacher), model)
-    return key is not None and key == local_model_key(to_plain(cfg.student), model)
+    key = sampler_key(to_plain(cfg.teacher), model)
+    return key is not None and key == sampler_key(to_plain(cfg.student), model)
 
 
 def _prompts(cfg: DictConfig, run: Run, persona: Constitution, expander: Sampler) -> list[PromptRecord]:
