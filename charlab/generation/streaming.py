@@ -188,15 +188,14 @@ class RequestStream:
         tasks: set[asyncio.Task] = set()
         async with contextlib.AsyncExitStack() as sessions:
             try:
-                while True:
-                    await self._fill(sessions, tasks)
-                    if not tasks:
-                        break
+                await self._fill(sessions, tasks)
+                while tasks:
                     finished, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                     for task in finished:
                         tasks.discard(task)
                         for request, completion in task.result():
                             self._deliver(request, completion, on_reply)
+                        await self._fill(sessions, tasks)  # a freed slot refills before the next reply is read
             finally:
                 for task in tasks:  # a fatal error ends the stream: stop what is still in flight
                     task.cancel()
