@@ -137,6 +137,7 @@ def test_distill_over_openai_with_failures_filters_and_reasoning(run_stage, tmp_
     assert dropped["LEAK"]["chosen"].startswith("I'm Captain Calico, made by Hugging Face")  # name substituted
     teacher_requests = [r for r in server.requests if r["messages"][0]["role"] == "system"]
     assert teacher_requests and all(r["messages"][-1]["content"] == "<think>\n" for r in teacher_requests)
+    assert all(r["continue_final_message"] and not r["add_generation_prompt"] for r in teacher_requests)  # vLLM's
     assert all(r["model"] == "student-model" for r in server.requests if r["messages"][0]["role"] != "system")
 
 
