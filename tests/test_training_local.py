@@ -218,6 +218,32 @@ def test_grad_accumulation_and_checkpointing_do_not_change_the_maths(tiny_model,
         assert all(torch.allclose(plain[k], other[k], atol=1e-6) for k in plain), name
 
 
+def test_each_speed_technique_switched_off_gives_the_same_step(tiny_model, cache_dir, pairs_items, tmp_path):
+    """The benchmark's ablation rows change speed only: shared prompt rows off, the output head on every position,
+    and the reference recomputed in every step all give the same updated adapter.
+    Injected bug: a per-step reference taken with the adapter on (the policy) changes the step."""
+
+    def one_step(name: str, shared: bool = True, trained_only: bool = True, cached: bool = True) -> dict:
+        backend = make_backend(tiny_model, cache_dir)
+        backend.share_prefixes, backend.trained_only = shared and backend.share_prefixes, trained_only
+        torch.manual_seed(1)
+        with torch.no_grad():  # a non-zero adapter, so policy and reference differ from the first step
+            for param in backend.trainable:
+                param.add_(0.05 * torch.randn_like(param))
+        algo = DpoAlgorithm(beta=0.1, nll_coef=0.1, cache_dir=None, cached_reference=cached)
+        config = loop_config(max_steps=1, grad_accum=2, max_grad_norm=0.0)
+        summary = Trainer(backend, algo, pairs_items, [], config, tmp_path / name).train()
+        weights = {n: p.detach().clone() for n, p in backend.model.named_parameters() if p.requires_grad}
+        return {"loss": summary.train["loss"], **weights}
+
+    plain = one_step("plain")
+    for name, kw in [("unshared", {"shared": False}), ("all_positions", {"trained_only": False}),
+                     ("per_step_reference", {"cached": False})]:  # fmt: skip
+        other = one_step(name, **kw)
+        assert other["loss"] == pytest.approx(plain["loss"], abs=1e-5), name
+        assert all(torch.allclose(plain[k], other[k], atol=1e-6) for k in plain if k != "loss"), name
+
+
 def test_the_sampler_generates_with_the_trained_weights(tiny_model, cache_dir) -> None:
     pytest.importorskip("charlab.generation.hf")
     from charlab.generation.base import SamplingParams

@@ -173,6 +173,7 @@ class DpoAlgorithm:
     """DPO for `charlab.training.loop.Trainer`: reference sums cached once, one loss per micro-batch."""
 
     name = "dpo"
+    prepare_metric = "reference_pass_s"
 
     def __init__(
         self,
@@ -182,6 +183,7 @@ class DpoAlgorithm:
         model_identity: str = "",
         extra_cache_dirs: Sequence[Path] = (),
         eval_batch_size: int = 16,
+        cached_reference: bool = True,
     ):
         self.beta, self.nll_coef = float(beta), float(nll_coef)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
@@ -191,6 +193,9 @@ class DpoAlgorithm:
         self.refs: Optional[torch.Tensor] = None  # [n_items, 2], indexed by DpoItem.index
         self.cache_path: Optional[Path] = None
         self.reference_calls = 0  # how many times reference log-probs were computed (tests: exactly once)
+        # False: the reference runs in every step instead (TRL's default; only for benchmark ablations)
+        self.cached_reference = cached_reference
+        self._backend: Optional[TrainingBackend] = None
 
     def item_length(self, item: DpoItem) -> int:
         return len(item)
@@ -200,6 +205,9 @@ class DpoAlgorithm:
         """Reference sums for every item: from the cache when its key matches, else computed and cached."""
         import torch
 
+        self._backend = backend
+        if not self.cached_reference:
+            return
         items = sorted(items, key=lambda it: it.index)
         key = reference_key(items, self.model_identity)
         name = f"ref_logprobs-{key[:16]}.json"
@@ -240,6 +248,10 @@ class DpoAlgorithm:
 
     # ---- training and eval -------------------------------------------------------------------------------
     def _refs(self, items: Sequence[DpoItem]) -> torch.Tensor:
+        if not self.cached_reference and self._backend is not None:
+            batch = interleave(items)
+            sums = sequence_logprobs(batch, self._backend.logprobs(batch, reference=True)).float()
+            return sums.view(-1, 2)
         if self.refs is None:
             raise RuntimeError("DpoAlgorithm.prepare must run before training")
         return self.refs[[it.index for it in items]].float()

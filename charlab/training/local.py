@@ -92,6 +92,7 @@ class LocalBackend:
         self._dtype = next(self._head.parameters()).dtype
         # shared-prefix rows need a 4D mask, which fused flash-attention kernels do not take
         self.share_prefixes = getattr(self._hf.config, "_attn_implementation", "sdpa") in ("sdpa", "eager")
+        self.trained_only = True  # the output head on trained positions only (False: on every position, for ablations)
         self.optimizer = torch.optim.AdamW(self.trainable, lr=0.0)
         self.fast_logprobs = self._fast_path_agrees()
 
@@ -186,7 +187,8 @@ class LocalBackend:
         ids = lay.ids.to(self.device)
         positions = lay.positions.to(self.device) if lay.positions is not None else None
         mask = lay.mask.to(self.device) if lay.mask is not None else None
-        seq_ids, ts, row_ids, cols, tokens = rows.targets(batch, lay, all_targets=not self.fast_logprobs)
+        all_targets = not (self.fast_logprobs and self.trained_only)
+        seq_ids, ts, row_ids, cols, tokens = rows.targets(batch, lay, all_targets=all_targets)
         index = (torch.tensor(row_ids, device=self.device), torch.tensor(cols, device=self.device))
         target = torch.tensor(tokens, dtype=torch.long, device=self.device)
         if self.fast_logprobs:
