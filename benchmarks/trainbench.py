@@ -127,7 +127,7 @@ def print_table(rows: dict[str, dict[str, Any]], unit: str, reference: str, note
     for name, r in rows.items():
         ref_pass = f"{r['ref_pass_s']:11.1f}" if r.get("ref_pass_s") is not None else f"{'(in steps)':>11s}"
         line = (f"{name:34s}{ref_pass if reference_pass else '':>11s}{r['steps_s']:9.1f}{r['total_s']:9.1f}"
-                f"{r["rate"]:11.2f}{r['peak_mb']:9.0f}{r.get('loss', float('nan')):8.4f}")  # fmt: skip
+                f"{r['rate']:11.2f}{r['peak_mb']:9.0f}{r.get('loss', float('nan')):8.4f}")  # fmt: skip
         if ref:
             line += f"{ref['total_s'] / r['total_s']:19.2f}x{r['peak_mb'] / ref['peak_mb']:10.2f}x"
         print(line + (f"  {notes[name]}" if notes and name in notes else ""))
