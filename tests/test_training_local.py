@@ -220,12 +220,19 @@ def test_grad_accumulation_and_checkpointing_do_not_change_the_maths(tiny_model,
 
 def test_each_speed_technique_switched_off_gives_the_same_step(tiny_model, cache_dir, pairs_items, tmp_path):
     """The benchmark's ablation rows change speed only: shared prompt rows off, the output head on every position,
-    and the reference recomputed in every step all give the same updated adapter.
-    Injected bug: a per-step reference taken with the adapter on (the policy) changes the step."""
+    the reference recomputed in every step, and PEFT's LoRA and a checkpointed head instead of the fused kernels
+    all give the same updated adapter.
+    Injected bugs: a per-step reference taken with the adapter on (the policy); a fused LoRA backward that forgets
+    the scaling in the gradient of B."""
+    from charlab.training import kernels
 
-    def one_step(name: str, shared: bool = True, trained_only: bool = True, cached: bool = True) -> dict:
+    def one_step(name: str, shared: bool = True, trained_only: bool = True, cached: bool = True, fused: bool = True):
         backend = make_backend(tiny_model, cache_dir)
+        assert backend.fused_lora and backend.fused_head
         backend.share_prefixes, backend.trained_only = shared and backend.share_prefixes, trained_only
+        if not fused:
+            kernels.unfuse_lora(backend.model)
+            backend.fused_head = False
         torch.manual_seed(1)
         with torch.no_grad():  # a non-zero adapter, so policy and reference differ from the first step
             for param in backend.trainable:
@@ -238,7 +245,7 @@ def test_each_speed_technique_switched_off_gives_the_same_step(tiny_model, cache
 
     plain = one_step("plain")
     for name, kw in [("unshared", {"shared": False}), ("all_positions", {"trained_only": False}),
-                     ("per_step_reference", {"cached": False})]:  # fmt: skip
+                     ("per_step_reference", {"cached": False}), ("unfused", {"fused": False})]:  # fmt: skip
         other = one_step(name, **kw)
         assert other["loss"] == pytest.approx(plain["loss"], abs=1e-5), name
         assert all(torch.allclose(plain[k], other[k], atol=1e-6) for k in plain if k != "loss"), name
