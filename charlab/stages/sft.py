@@ -28,12 +28,13 @@ from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig
 
+from charlab import distributed
 from charlab.data.jsonl import read_jsonl
 from charlab.data.records import IntrospectionExample
 from charlab.errors import ConfigError, DataError
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_meta
-from charlab.stages._common import cache_dir, load_persona, lora_config, model_config, to_plain
+from charlab.stages._common import adapter_location, cache_dir, load_persona, lora_config, model_config, to_plain
 from charlab.stages._training import TrainingStageConfig, loop_config, remote_forms
 from charlab.training.loop import validate_loop_config
 
@@ -80,13 +81,6 @@ def read_examples(path: Path) -> list[IntrospectionExample]:
         raise DataError(f"stage.data: {err}") from None
 
 
-def adapter_location(value: Any) -> Optional[str]:
-    """A configured adapter: a local folder (user-expanded) or a remote `tinker://` path (kept as it is)."""
-    if not value:
-        return None
-    return str(value) if "://" in str(value) else str(Path(str(value)).expanduser())
-
-
 def start_weights(backend_kind: str, dpo_adapter: Optional[str]) -> Optional[str]:
     """What SFT starts from: locally the DPO folder (merged); on Tinker the DPO's `tinker://` training state
     (given directly, or named by a Tinker-trained DPO folder's meta.json); None: the base model."""
@@ -112,7 +106,7 @@ def gap_conversations(stage: DictConfig, held_out: list[IntrospectionExample]) -
     if stage.gap_pairs:
         from charlab.stages.dpo import read_pairs
 
-        pairs = read_pairs(Path(stage.gap_pairs).expanduser())
+        _, pairs = read_pairs(Path(stage.gap_pairs).expanduser())
         return [[{"role": "user", "content": p.prompt}, {"role": "assistant", "content": p.chosen}] for p in pairs[:n]]
     conversations = []
     for example in held_out[:n]:  # the last reply and the user turn it answers (bounded length, same for all models)
@@ -120,6 +114,19 @@ def gap_conversations(stage: DictConfig, held_out: list[IntrospectionExample]) -
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
         conversations.append(messages[max(0, last - 1) : last + 1])
     return conversations
+
+
+GAP_FILE = "gap_conversations.jsonl"
+
+
+def save_gap_conversations(path: Path, conversations: list[list[dict[str, str]]]) -> Path:
+    """The held-out conversations the gap is measured on (one `{"messages": [...]}` per line)."""
+    from charlab.data.jsonl import JsonlWriter
+
+    path.unlink(missing_ok=True)
+    with JsonlWriter(path, flush_every=256) as writer:
+        writer.write_many({"messages": messages} for messages in conversations)
+    return path
 
 
 def backend_scorer(backend: Any, reference: bool = False) -> Any:
@@ -215,7 +222,10 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         stats.tokens, stats.trained_tokens = sum(len(i) for i in items), sum(i.seq.num_trained for i in items)
     train_items, eval_items = split_eval(items, float(stage.eval_fraction), int(stage.seed))
     by_id = {example.id or str(row): example for row, example in enumerate(examples, 1)}
-    conversations = gap_conversations(stage, [by_id[item.id] for item in eval_items]) if stage.gap_examples else []
+    measure_gap = stage.gap_examples and distributed.is_main()  # under torchrun rank 0 measures
+    conversations = gap_conversations(stage, [by_id[item.id] for item in eval_items]) if measure_gap else []
+    if conversations:  # stage=export measures the gap of the exported combination on exactly these replies
+        save_gap_conversations(run.path(GAP_FILE), conversations)
 
     gaps: dict[str, Any] = {}
     if conversations and init_adapter and not continued:  # otherwise the backend's reference weights are the base
@@ -247,6 +257,8 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
             total_steps=trainer.total_steps,
         )
         summary = trainer.train(resume_from=resume_root / "checkpoints" if stage.resume else None)
+        if not distributed.is_main():  # under torchrun rank 0 saves, measures the gap and reports
+            return StageResult(metric=None, metric_name=None, artifacts={}, summary={})
         adapter = backend.save_adapter(run.dir / "adapter")
         if conversations:
             gaps["sft"] = distillation_gap(backend_scorer(backend), chat, conversations, system_prompt)
@@ -287,7 +299,8 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     if init_adapter and not continued:
         notes.append(
             "The adapter applies on top of base + DPO merged: `stage=export stage.sft_weight=1.0` gives one adapter "
-            "for the trained model; the paper's released mix is sft_weight=0.25."
+            "for the trained model; the paper's released mix is sft_weight=0.25. The gaps above describe base + "
+            "DPO + 1.0 x SFT; `stage=export` measures the gap of the combination it exports on the same replies."
         )
     write_report(run.path("report.md"), result, gaps, notes)
     print(f"[charlab] sft adapter: {adapter}")
@@ -300,6 +313,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
             "checkpoints": run.dir / "checkpoints",
             "report": run.dir / "report.md",
             **remote,
+            **({"gap_conversations": run.path(GAP_FILE)} if conversations else {}),
         },
         summary=result,
     )

@@ -1,9 +1,10 @@
 """The generic training loop every algorithm (DPO, SFT) plugs into, on any `TrainingBackend`.
 
 It owns what algorithms share: seeded, length-grouped batches; the learning-rate schedule (warmup, then
-linear, cosine or constant); gradient accumulation; metrics every step through a callback; evaluation every
-`eval_every` steps and at the end; checkpoints every `save_every` steps and at the end; resuming from the
-newest complete checkpoint. The algorithm supplies the sequences and the loss of each micro-batch.
+linear, cosine or constant, decaying to `min_lr_ratio` x the peak); gradient accumulation; metrics every
+step through a callback; evaluation every `eval_every` steps and at the end; checkpoints every `save_every`
+steps and at the end; resuming from the newest complete checkpoint. The algorithm supplies the sequences and
+the loss of each micro-batch.
 
 Requests are pipelined: step t+1's forward/backward and optimizer step are submitted before step t's
 results are awaited, which keeps a remote backend (Tinker) busy; the local backend finishes each call at once.
@@ -29,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Protocol
 
+from charlab import distributed
 from charlab.errors import ConfigError
 from charlab.training.backend import AdamParams, LossFn, ResultFuture, TokenSequence, TrainingBackend
 
@@ -47,6 +49,7 @@ class LoopConfig:
     learning_rate: float
     schedule: str = "linear"
     warmup_ratio: float = 0.0
+    min_lr_ratio: float = 0.0  # the floor linear/cosine decay to, as a share of learning_rate
     grad_accum: int = 1
     max_grad_norm: float = 0.0
     weight_decay: float = 0.0
@@ -69,6 +72,7 @@ def validate_loop_config(cfg: LoopConfig, prefix: str = "") -> None:
         (cfg.grad_accum >= 1, "grad_accum", "a positive integer"),
         (cfg.learning_rate > 0, "lr", "a positive number (e.g. 1.0e-4)"),
         (0 <= cfg.warmup_ratio < 1, "warmup_ratio", "a value in [0, 1)"),
+        (0 <= cfg.min_lr_ratio <= 1, "min_lr_ratio", "a value in [0, 1] (0: decay to zero)"),
         (cfg.schedule in SCHEDULES, "schedule", " | ".join(SCHEDULES)),
         (cfg.max_grad_norm >= 0, "max_grad_norm", "0 (off) or a positive number"),
         (cfg.save_every >= 0, "save_every", "0 (only at the end) or a positive integer"),
@@ -81,16 +85,18 @@ def validate_loop_config(cfg: LoopConfig, prefix: str = "") -> None:
             raise ConfigError(f"{prefix}{key}={values[key]} is not allowed; use {allowed}")
 
 
-def learning_rate_at(step: int, total: int, base: float, warmup: int, schedule: str) -> float:
-    """The learning rate of optimizer step `step` (0-based): linear warmup, then the schedule down to 0."""
+def learning_rate_at(
+    step: int, total: int, base: float, warmup: int, schedule: str, min_ratio: float = 0.0
+) -> float:
+    """The learning rate of optimizer step `step` (0-based): linear warmup, then the schedule down to
+    `min_ratio` x `base` (cosine with `min_ratio=0.1` is OpenRLHF's `cosine_with_min_lr`, the paper's)."""
     if step < warmup:
         return base * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     if schedule == "constant":
         return base
-    if schedule == "cosine":
-        return base * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return base * (1.0 - progress)
+    decay = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+    return base * (min_ratio + (1.0 - min_ratio) * decay)
 
 
 def plan_epoch(lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool) -> list[list[int]]:
@@ -120,6 +126,10 @@ class Algorithm(Protocol):
 
     def item_length(self, item: Any) -> int:
         """Tokens the item puts through the model (for length grouping and tokens/s)."""
+        ...
+
+    def item_weight(self, item: Any) -> float:
+        """The item's share in its step's loss (DPO: 1 per pair; SFT: its trained tokens, for a token mean)."""
         ...
 
     def prepare(self, backend: TrainingBackend, items: list[Any]) -> None:
@@ -242,11 +252,22 @@ class Trainer:
 
     def params(self, step: int) -> AdamParams:
         c = self.config
-        lr = learning_rate_at(step, self.total_steps, c.learning_rate, self.warmup, c.schedule)
+        lr = learning_rate_at(step, self.total_steps, c.learning_rate, self.warmup, c.schedule, c.min_lr_ratio)
         return AdamParams(lr, c.adam_beta1, c.adam_beta2, c.adam_eps, c.weight_decay, c.max_grad_norm)
 
     def resume(self, source: Path) -> int:
-        """Load the newest checkpoint under `source` (a checkpoints folder); returns its step (0 if none)."""
+        """Load the newest checkpoint under `source` (a checkpoints folder); returns its step (0 if none).
+
+        Under torchrun rank 0 reads it and the other ranks receive the weights and optimizer state from it.
+        """
+        step = self._load_checkpoint(source) if distributed.is_main() else 0
+        step = distributed.broadcast_object(step)
+        sync = getattr(self.backend, "sync_from_main", None)
+        if step and sync is not None and distributed.active():
+            sync()
+        return step
+
+    def _load_checkpoint(self, source: Path) -> int:
         checkpoint = newest_checkpoint(source)
         if checkpoint is None:
             log.warning("resume: no complete checkpoint in %s; starting from step 0", source)
@@ -263,19 +284,30 @@ class Trainer:
         return int(state["step"])
 
     def _submit(self, step: int) -> tuple[list[tuple[float, ResultFuture[dict[str, float]]]], ResultFuture, int]:
+        """Forward/backward this rank's share of step `step` in `grad_accum` micro-batches, then the optimizer step.
+
+        Each micro-batch's loss is scaled by its items' share of the whole global batch (times the number of
+        ranks, whose gradients DDP averages), so the step's gradient is the same whatever the micro-batching and
+        however many processes share the batch. A rank left without items runs one at weight 0 (DDP needs
+        every rank's backward).
+        """
         items = [self.train_items[i] for i in self.plan[step]]
-        micro = math.ceil(len(items) / self.config.grad_accum)  # grad_accum > batch: one item per forward
+        total = sum(self.algorithm.item_weight(item) for item in items) or 1.0
+        mine = distributed.shard(items)
+        ranks = distributed.world().size if distributed.active() else 1
+        micro = math.ceil(max(1, len(mine)) / self.config.grad_accum)  # grad_accum > batch: one item per forward
         futures = []
-        for start in range(0, len(items), micro):
-            part = items[start : start + micro]
-            weight = len(part) / len(items)
-            sequences, loss_fn = self.algorithm.micro_batch(part, weight)
-            futures.append((weight, self.backend.forward_backward(sequences, loss_fn)))
+        for start in range(0, max(1, len(mine)), micro):
+            part = mine[start : start + micro] or items[:1]
+            share = sum(self.algorithm.item_weight(item) for item in part) / total if mine else 0.0
+            sequences, loss_fn = self.algorithm.micro_batch(part, share * ranks)
+            futures.append((share, self.backend.forward_backward(sequences, loss_fn)))
         tokens = sum(self.algorithm.item_length(item) for item in items)
         return futures, self.backend.optim_step(self.params(step)), tokens
 
     def evaluate(self, step: int) -> dict[str, float]:
-        if not self.eval_items:
+        """Held-out metrics (rank 0 alone: the weights are the same on every rank)."""
+        if not self.eval_items or not distributed.is_main():
             return {}
         metrics = {f"eval/{k}": v for k, v in self.algorithm.evaluate(self.backend, self.eval_items).items()}
         self.on_metrics(metrics, step)
@@ -293,14 +325,15 @@ class Trainer:
         if self.algorithm.prepare_metric:  # e.g. DPO's reference pass, timed on its own
             self.on_metrics({self.algorithm.prepare_metric: prepare_s}, start)
         c = self.config
-        bar = tqdm(total=self.total_steps, initial=start, desc=self.algorithm.name, disable=self.progress is False)
+        quiet = self.progress is False or not distributed.is_main()
+        bar = tqdm(total=self.total_steps, initial=start, desc=self.algorithm.name, disable=quiet)
         pending: deque[tuple[int, Any, Any, int]] = deque()
         started, tokens_done, steps_done = time.perf_counter(), 0, 0
 
         def finish() -> None:
             nonlocal tokens_done, steps_done
             step, futures, optim, tokens = pending.popleft()
-            metrics = _merge([(w, f.result()) for w, f in futures])
+            metrics = distributed.sum_metrics(_merge([(w, f.result()) for w, f in futures]))  # global-batch means
             metrics.update({f"optim/{k}": float(v) for k, v in (optim.result() or {}).items()})
             # Running means since the loop started, after `prepare` (timed on its own as the algorithm's
             # `prepare_metric`): with requests in flight one step's own time is not observable.
@@ -341,6 +374,8 @@ class Trainer:
         summary.checkpoint = self._checkpoint(self.total_steps, summary)
         return summary
 
-    def _checkpoint(self, step: int, summary: TrainSummary) -> Path:
+    def _checkpoint(self, step: int, summary: TrainSummary) -> Optional[Path]:
+        if not distributed.is_main():  # the weights are the same on every rank: rank 0 writes them
+            return None
         state = {"fingerprint": self.fingerprint, "total_steps": self.total_steps, "train": summary.train}
         return write_checkpoint(self.backend, self.checkpoint_dir, step, state, self.config.keep_checkpoints)
