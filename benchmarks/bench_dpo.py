@@ -172,6 +172,8 @@ def main() -> None:
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     defaults = stage_defaults("dpo")
+    if defaults.get("kl_coef") or defaults.get("min_lr_ratio"):  # TRL's DPO has neither: no longer like for like
+        sys.exit("configs/stage/dpo.yaml: kl_coef and min_lr_ratio must be 0 for this comparison")
 
     if args.worker:
         Path(args.work).mkdir(parents=True, exist_ok=True)

@@ -163,6 +163,8 @@ def main() -> None:
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     defaults = stage_defaults("sft")
+    if defaults.get("min_lr_ratio"):  # TRL's linear schedule decays to 0: no longer like for like
+        sys.exit("configs/stage/sft.yaml: min_lr_ratio must be 0 for this comparison")
 
     if args.worker:
         Path(args.work).mkdir(parents=True, exist_ok=True)

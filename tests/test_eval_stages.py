@@ -193,8 +193,10 @@ def openai_roles(url: str) -> list[str]:
 
 
 def test_elo_stage_canned_verdicts_and_resume(run_stage) -> None:
-    with OpenAICompatServer(replies=canned) as server:
-        args = ["stage=elo", *FAST, *openai_roles(server.base_url), "eval.num_prompts=12"]
+    """... and an API judge streams: all 24 verdicts in flight at once, not eval.batch_size at a time
+    (injected bug: judging in chunks of eval.batch_size peaks at 4)."""
+    with OpenAICompatServer(replies=canned, latency_s=0.2) as server:
+        args = ["stage=elo", *FAST, *openai_roles(server.base_url), "eval.num_prompts=12", "eval.batch_size=4"]
         args += ["stage.players=[base,base_persona]", "eval.base_model=canned-base"]
         metric, out = run_stage(args, name="elo")
         requests = len(server.requests)
@@ -203,6 +205,7 @@ def test_elo_stage_canned_verdicts_and_resume(run_stage) -> None:
         assert [r["model"] for r in server.requests] == ["canned-base"] * 24 + ["canned"] * 24
         # the judge asks for log-probabilities; this server sends none, so its replies are parsed
         assert all(r.get("logprobs") is True and r["top_logprobs"] == 20 for r in server.requests[24:])
+        assert server.max_in_flight == 24
         # resuming in the same run directory regenerates nothing and gives the same numbers
         again, _ = run_stage([*args, "stage.resume=true"], name="elo")
         assert len(server.requests) == requests and again == metric

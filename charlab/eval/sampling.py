@@ -35,9 +35,11 @@ def sample_to_jsonl(
     batch_size: int = 8,
     desc: str = "sampling",
     on_batch: Optional[Callable[[int, int], None]] = None,
+    to_row: Optional[Callable[[SampleJob, Completion], dict[str, Any]]] = None,
 ) -> dict[str, dict[str, Any]]:
-    """Complete every job not yet in `path`, appending `{id, **meta, text, finish_reason}` rows; all rows by id.
+    """Complete every job not yet in `path`, appending one row per job; all rows by id.
 
+    A row is `{id, **meta, text, finish_reason}`, or `to_row(job, completion)` (which must keep `id`).
     Requests stream (`charlab.generation.streaming`): an API sampler keeps its `max_concurrency` in flight,
     a local one samples `batch_size` at a time; each row is appended the moment its reply returns.
     `on_batch(done, total)` is called every `batch_size` rows and at the end (for metrics).
@@ -50,8 +52,11 @@ def sample_to_jsonl(
 
         def on_reply(request: Request, completion: Completion) -> None:
             job: SampleJob = request.tag
-            text, finish = completion.text, completion.finish_reason
-            writer.write({"id": job.id, **job.meta, "text": text, "finish_reason": finish})
+            if to_row is not None:
+                writer.write(to_row(job, completion))
+            else:
+                text, finish = completion.text, completion.finish_reason
+                writer.write({"id": job.id, **job.meta, "text": text, "finish_reason": finish})
             bar.update(1)
             bar.set_postfix(stream.stats.postfix(), refresh=False)
             if on_batch is not None and (bar.n % step == 0 or bar.n == total):
