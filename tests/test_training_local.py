@@ -251,3 +251,29 @@ def test_a_pair_sharing_its_prompt_in_one_row_scores_as_if_alone(tiny_model, cac
     for n, p in backend.model.named_parameters():
         if p.requires_grad:
             assert torch.allclose(grads[n], p.grad, atol=1e-5), n
+
+
+def test_dpo_trains_a_real_gpt2_through_its_own_layer_names(tiny_model, cache_dir, tiny_tokenizer, tmp_path) -> None:
+    """The default LoRA targets (Llama names) on a real GPT-2 (random weights, the tiny tokenizer): every block's
+    Conv1D layer gets a LoRA and DPO learns. Injected bug: no GPT-2 names in the alias table -> ConfigError."""
+    import shutil
+
+    from charlab.schemas import ModelConfig
+    from tests.test_training_unit import lora_layers, tiny_gpt2
+
+    folder = tmp_path / "gpt2-tiny"
+    tiny_gpt2(vocab_size=len(tiny_tokenizer)).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(Path(tiny_model.name_or_path) / name, folder / name)
+    gpt2 = ModelConfig(name="gpt2-tiny", name_or_path=str(folder))
+    lora = LoraConfig(rank=8, alpha=16, dropout=0.0, target_modules=list(ALL_LINEAR))
+    backend = LocalBackend.create(gpt2, lora, cache_dir, device="cpu")
+    blocks = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    assert lora_layers(backend.model) == sorted(f"transformer.h.{i}.{layer}" for i in range(2) for layer in blocks)
+    items, _ = encode_pairs(ChatFormat(backend.tokenizer), synthetic_pairs(16), max_length=64)
+    algo = DpoAlgorithm(beta=0.1, cache_dir=tmp_path, model_identity="gpt2-tiny")
+    history: list[dict] = []
+    config = loop_config(epochs=3, batch_size=8)
+    Trainer(backend, algo, items, [], config, tmp_path / "ck", lambda m, s: history.append(m)).train()
+    losses = [m["loss"] for m in history if "loss" in m]
+    assert len(losses) == 6 and losses[-1] < losses[0] - 0.1
