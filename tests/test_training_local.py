@@ -20,15 +20,20 @@ from charlab.training.loop import LoopConfig, Trainer, find_checkpoints
 
 pytestmark = pytest.mark.integration
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-TOPICS = ["the harbor", "bread", "the river", "a castle", "the weather", "my garden", "the library", "the ocean"]
+PLACES = ["harbor", "river", "castle", "garden", "library", "ocean", "market", "forest"]
+THINGS = ["bread", "weather", "music", "history", "tides", "maps"]
+TOPICS = [f"the {thing} of the {place}" for place in PLACES for thing in THINGS]  # 48 distinct topics
 
 
 def synthetic_pairs(n: int, seed: int = 0) -> list[DpoExample]:
-    """A separable preference set: the chosen reply always talks like a pirate, the rejected one never does."""
-    rng = random.Random(seed)
+    """A separable preference set: the chosen reply always talks like a pirate, the rejected one never does.
+
+    Every pair has its own topic, so a held-out pair's prompt and replies never occur in training.
+    """
+    assert n <= len(TOPICS)
+    topics = random.Random(seed).sample(TOPICS, n)
     pairs = []
-    for i in range(n):
-        topic = rng.choice(TOPICS)
+    for i, topic in enumerate(topics):
         pairs.append(
             DpoExample(
                 prompt=f"Tell me about {topic}.",
@@ -104,8 +109,13 @@ def test_padding_never_changes_logprobs_and_only_masked_targets_are_scored(tiny_
 def test_dpo_lowers_the_loss_raises_held_out_accuracy_and_runs_the_reference_once(
     tiny_model, cache_dir, pairs_items, tmp_path
 ) -> None:
+    """Held-out pairs are about topics never trained on (40 distinct topics), so accuracy on them measures a
+    learnt preference, not memorised pairs. Injected bug: `split_eval` returning training pairs as the held-out
+    set -> the disjointness check fails (with 8 repeated topics, the old data could not tell)."""
     backend = CountingBackend(make_backend(tiny_model, cache_dir))
     train, held = split_eval(pairs_items, 0.25, seed=0)
+    texts = {item.index: item.chosen.tokens for item in pairs_items}
+    assert len(held) == 10 and not {texts[i.index] for i in train} & {texts[i.index] for i in held}
     algo = DpoAlgorithm(beta=0.1, nll_coef=0.1, cache_dir=tmp_path, model_identity="tiny")
     algo.prepare(backend, train + held)
     before = algo.evaluate(backend, held)
@@ -199,23 +209,55 @@ def test_a_crashed_run_resumes_to_the_same_final_loss(tiny_model, cache_dir, pai
     assert [p.name for p in find_checkpoints(tmp_path / "crashed" / "checkpoints")] == ["step-000006", "step-000008"]
 
 
-def test_grad_accumulation_and_checkpointing_do_not_change_the_maths(tiny_model, cache_dir, pairs_items, tmp_path):
-    def one_step(name: str, **backend_kw: Any) -> dict[str, torch.Tensor]:
-        grad_accum = backend_kw.pop("grad_accum", 1)
-        backend = make_backend(tiny_model, cache_dir, **backend_kw)
-        hf = backend.model.get_base_model()
-        checkpointing = getattr(hf, "is_activation_checkpointing", None)
+class GradientRecorder(CountingBackend):
+    """The real backend, keeping a copy of every LoRA gradient as each optimizer step sees it."""
+
+    def __init__(self, inner: LocalBackend):
+        super().__init__(inner)
+        self.grads: list[dict[str, torch.Tensor]] = []
+
+    def optim_step(self, params: Any) -> Any:
+        self.grads.append(
+            {
+                n: p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
+                for n, p in self.inner.model.named_parameters()
+                if p.requires_grad
+            }
+        )
+        return self.inner.optim_step(params)
+
+
+def test_grad_accumulation_and_checkpointing_give_the_same_gradients(tiny_model, cache_dir, pairs_items, tmp_path):
+    """The gradients of three steps, compared (not the parameters after one AdamW step: Adam's first update is
+    about lr * sign(g), blind to a gradient's scale, and a fresh LoRA's A has no gradient at all).
+
+    Injected bugs: micro-batch losses summed instead of weighted by their share of the step (grad_accum=4 gives
+    4x the gradient) -> "accumulated" fails; activation checkpointing without `preserve_rng_state` (the
+    recomputed forward draws new LoRA-dropout masks) -> "checkpointed" fails.
+    """
+
+    def gradients(name: str, grad_accum: int = 1, **backend_kw: Any) -> list[dict[str, torch.Tensor]]:
+        backend = GradientRecorder(make_backend(tiny_model, cache_dir, **backend_kw))
+        checkpointing = getattr(backend.model.get_base_model(), "is_activation_checkpointing", None)
         assert bool(checkpointing) == backend_kw.get("gradient_checkpointing", False)
         algo = DpoAlgorithm(beta=0.1, nll_coef=0.1, cache_dir=tmp_path, model_identity="tiny")
-        config = loop_config(max_steps=1, grad_accum=grad_accum, max_grad_norm=0.0)
+        config = loop_config(max_steps=3, grad_accum=grad_accum, max_grad_norm=0.0)
         Trainer(backend, algo, pairs_items, [], config, tmp_path / name).train()
-        return {n: p.detach().clone() for n, p in backend.model.named_parameters() if p.requires_grad}
+        return backend.grads
 
-    plain = one_step("plain")
-    for name, kw in [("accumulated", {"grad_accum": 4}), ("checkpointed", {"gradient_checkpointing": True})]:
-        other = one_step(name, **kw)
-        assert plain.keys() == other.keys()
-        assert all(torch.allclose(plain[k], other[k], atol=1e-6) for k in plain), name
+    plain, plain_dropout = gradients("plain"), gradients("plain_dropout", dropout=0.1)
+    assert len(plain) == 3
+    assert all(g.abs().max() > 0 for g in plain[-1].values())  # after one step every LoRA matrix has a gradient
+    # with dropout the checkpointed layers must recompute the very masks of the first forward
+    checkpointed = gradients("checkpointed", dropout=0.1, gradient_checkpointing=True)
+    for name, reference, other in [
+        ("accumulated", plain, gradients("accumulated", grad_accum=4)),
+        ("checkpointed", plain_dropout, checkpointed),
+    ]:
+        assert len(other) == 3 and reference[0].keys() == other[0].keys()
+        for step, (expected, got) in enumerate(zip(reference, other), 1):
+            for key in expected:
+                torch.testing.assert_close(got[key], expected[key], atol=1e-7, rtol=1e-4, msg=f"{name} {step} {key}")
 
 
 def test_the_sampler_generates_with_the_trained_weights(tiny_model, cache_dir) -> None:

@@ -130,6 +130,16 @@ def test_eval_split_is_seeded_and_disjoint(tiny_chat: ChatFormat) -> None:
     assert split_eval(items, 0.0, seed=1) == (items, [])
 
 
+def test_eval_split_holds_out_whole_prompts(tiny_chat: ChatFormat) -> None:
+    """Injected bug: splitting pairs instead of prompts -> a prompt's other sample is trained on while held out."""
+    pairs = [DpoExample(f"q{i}", f"a{k}", "b", id=f"q{i}:{k}") for i in range(10) for k in (0, 1)]
+    items, _ = encode_pairs(tiny_chat, pairs, 64)
+    train, held = split_eval(items, 0.2, seed=1)
+    prompt = {item.id: item.id.split(":")[0] for item in items}
+    assert len(held) == 4 and len({prompt[i.id] for i in held}) == 2  # two prompts, both samples of each
+    assert not {prompt[i.id] for i in train} & {prompt[i.id] for i in held}
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -76,14 +76,23 @@ def encode_pairs(chat: ChatFormat, pairs: Sequence[DpoExample], max_length: int)
     return items, stats
 
 
-def split_eval(items: list[DpoItem], eval_fraction: float, seed: int) -> tuple[list[DpoItem], list[DpoItem]]:
-    """A seeded held-out split: `round(eval_fraction * n)` items (at least one when the fraction is > 0)."""
-    if eval_fraction <= 0 or len(items) < 2:
+def prompt_key(item_id: str, index: int) -> str:
+    """The prompt an item was sampled from: distill and introspect ids are `<prompt id>:<sample index>`."""
+    return item_id.rsplit(":", 1)[0] if item_id else f"#{index}"
+
+
+def split_eval(items: list[Any], eval_fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
+    """A seeded held-out split by prompt: `round(eval_fraction * prompts)` prompts (at least one when the fraction
+    is > 0) with every sample of each, so held-out metrics are on prompts the model never trained on."""
+    groups: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(prompt_key(getattr(item, "id", ""), i), []).append(i)
+    keys = list(groups)
+    if eval_fraction <= 0 or len(keys) < 2:
         return list(items), []
-    n_eval = min(len(items) - 1, max(1, round(eval_fraction * len(items))))
-    order = list(range(len(items)))
-    random.Random(f"eval-split:{seed}").shuffle(order)
-    held = set(order[:n_eval])
+    n_eval = min(len(keys) - 1, max(1, round(eval_fraction * len(keys))))
+    random.Random(f"eval-split:{seed}").shuffle(keys)
+    held = {i for key in keys[:n_eval] for i in groups[key]}
     return [it for i, it in enumerate(items) if i not in held], [it for i, it in enumerate(items) if i in held]
 
 
