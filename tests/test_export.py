@@ -14,6 +14,7 @@ import torch
 from charlab.errors import ConfigError
 from charlab.schemas import ModelConfig
 from charlab.training.export import AdapterSource, combine_adapters, export_adapters, vllm_max_lora_rank
+from tests.conftest import random_adapter
 
 pytestmark = pytest.mark.integration
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -29,18 +30,8 @@ def base_model(model: ModelConfig, cache: Path):
 def make_adapter(
     model: ModelConfig, cache: Path, folder: Path, rank: int, alpha: int, targets: list[str], seed: int, **extra: Any
 ) -> Path:
-    """A random (non-zero) LoRA adapter on the tiny model, saved as a PEFT folder (`extra`: more LoraConfig fields)."""
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(seed)
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, init_lora_weights=False, **extra)
-    peft_model = get_peft_model(base_model(model, cache), config)
-    with torch.no_grad():  # keep deltas moderate so logits move but stay well-conditioned
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.mul_(0.05)
-    peft_model.save_pretrained(str(folder))
-    return folder
+    """A random adapter with moderate deltas (B x 0.05): logits move but stay well-conditioned."""
+    return random_adapter(model, cache, folder, rank, alpha, tuple(targets), seed, b_scale=0.05, **extra)
 
 
 def _pattern_value(pattern: dict[str, Any], module: str, default: Any) -> Any:

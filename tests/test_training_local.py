@@ -261,12 +261,22 @@ def test_grad_accumulation_and_checkpointing_give_the_same_gradients(tiny_model,
 
 
 def test_the_sampler_generates_with_the_trained_weights(tiny_model, cache_dir) -> None:
-    pytest.importorskip("charlab.generation.hf")
+    """Injected bugs: an import error in `charlab.generation.hf` (once a silent `importorskip`, now a failure);
+    `LocalBackend.sampler` sampling with the adapter disabled -> the same replies as the base model."""
     from charlab.generation.base import SamplingParams
 
-    sampler = make_backend(tiny_model, cache_dir).sampler(batch_size=2)
-    out = sampler.sample([[{"role": "user", "content": "Hi"}]] * 2, SamplingParams(max_new_tokens=5, seed=0))
-    assert len(out) == 2 and all(isinstance(c.text, str) for c in out)
+    backend = make_backend(tiny_model, cache_dir)
+    torch.manual_seed(0)
+    with torch.no_grad():  # stands in for training: a fresh LoRA (B = 0) would say exactly what the base says
+        for name, param in backend.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.5)
+    conversations = [[{"role": "user", "content": q}] for q in ("Hi", "Who are you?", "Tell me about the sea.")]
+    greedy = SamplingParams(temperature=0, max_new_tokens=8)
+    tuned = [c.text for c in backend.sampler(batch_size=2).sample(conversations, greedy)]
+    with backend.model.disable_adapter():
+        base = [c.text for c in backend.sampler(batch_size=2).sample(conversations, greedy)]
+    assert all(t != b for t, b in zip(tuned, base)), (tuned, base)
 
 
 def test_a_pair_sharing_its_prompt_in_one_row_scores_as_if_alone(tiny_model, cache_dir, pairs_items) -> None:
