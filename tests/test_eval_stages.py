@@ -75,6 +75,8 @@ def test_elo_stage_tiny_hf_judge_with_tuned_adapter(run_stage, tiny_adapter: Pat
 
 
 def test_revealed_stage_tiny_hf_judge(run_stage, tiny_adapter: Path) -> None:
+    """Injected bug: the headline falling back to the tuned player's trait percentile although a base player
+    exists (no rank shift) -> the metric name and value no longer match the summary's rank shift."""
     metric, out = run_stage(
         ["stage=revealed", *FAST, "eval.num_prompts=3", "eval.revealed_trials=4", f"stage.adapter={tiny_adapter}"]
     )
@@ -86,7 +88,10 @@ def test_revealed_stage_tiny_hf_judge(run_stage, tiny_adapter: Path) -> None:
     assert len(ratings["base"]) == 144 and len(ratings["tuned"]) == 144
     assert summary["persona_traits"] == ["good", "calm", "warm", "honest"]  # named in the pirate constitution
     assert_report(out, "top_bottom_traits.png", "trait_scatter.png")
-    assert isinstance(metric, float) or metric is None
+    # the returned metric is the summary's headline: the persona traits' mean rank shift, within +-143 of 144 traits
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["metric_name"] == "persona_trait_rank_shift" and summary["persona_trait_rank_shift"] == metric
+    assert metric is None or abs(metric) <= 143
 
 
 def test_classifier_stage_separable_pairs_with_attacks(run_stage, separable_pairs: Path) -> None:
