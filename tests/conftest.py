@@ -33,6 +33,17 @@ from charlab.settings import configs_dir, project_root  # noqa: E402
 ROOT = project_root()
 
 
+TIERS = ("unit", "integration")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test without a tier mark counts as `integration`, so `pytest -m unit` stays the quick part."""
+    for item in items:
+        if not any(item.get_closest_marker(tier) for tier in TIERS):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def cache_dir() -> Path:
     """The shared offline-model cache (`$CHARLAB_CACHE` or ~/.cache/charlab): built models are reused."""
