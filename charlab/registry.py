@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from charlab.errors import ConfigError
 
@@ -28,7 +28,7 @@ class StageResult:
 
     metric: Optional[float] = None
     metric_name: Optional[str] = None
-    artifacts: dict[str, Path] = field(default_factory=dict)
+    artifacts: dict[str, Union[Path, str]] = field(default_factory=dict)  # str: a remote one (tinker://...)
     summary: dict[str, Any] = field(default_factory=dict)
 
 

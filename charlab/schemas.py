@@ -61,6 +61,7 @@ class TinkerBackendConfig:
     base_model: Optional[str] = None  # null: the run's model.tinker_name
     save_every: int = MISSING
     max_concurrency: int = MISSING
+    lora_alpha: int = MISSING  # Tinker's own fixed LoRA alpha (a fact of the service, not a choice)
 
 
 @dataclass

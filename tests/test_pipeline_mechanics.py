@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from charlab.stages.pipeline import PipelineStepError, wired_overrides
+from charlab.stages.handoff import handoff_overrides
+from charlab.stages.pipeline import PipelineStepError
 
 pytestmark = pytest.mark.integration
 STEPS = ["pipeline.steps=[show,show]", "pipeline.report=false", "stage=pipeline"]
@@ -16,8 +17,9 @@ STEPS = ["pipeline.steps=[show,show]", "pipeline.report=false", "stage=pipeline"
 def test_wiring_maps_earlier_artifacts_and_skips_missing_sources() -> None:
     wiring = {"dpo": {"stage.pairs": "distill.pairs"}, "sft": {"stage.data": "introspect.introspection"}}
     artifacts = {"distill": {"pairs": "/r/01_distill/pairs.jsonl"}}
-    assert wired_overrides("dpo", wiring, artifacts) == ["stage.pairs=/r/01_distill/pairs.jsonl"]
-    assert wired_overrides("sft", wiring, artifacts) == []
+    never = lambda consumer: pytest.fail("plain artifacts need no consumer kind")  # noqa: E731
+    assert handoff_overrides("dpo", wiring["dpo"], artifacts, never) == ["stage.pairs=/r/01_distill/pairs.jsonl"]
+    assert handoff_overrides("sft", wiring["sft"], artifacts, never) == []
 
 
 def test_failed_step_names_itself_and_resume_skips_finished_steps(run_stage, tmp_path: Path) -> None:

@@ -68,6 +68,10 @@ def test_factory_rejects_unknown_kind_and_remote_adapters(tmp_path: Path):
     openai_provider = {"kind": "openai", "base_url": "http://127.0.0.1:1/v1", "api_key_env": "X"}
     with pytest.raises(ProviderError, match="cannot apply adapter"):
         make_sampler(openai_provider, model, tmp_path, adapter="/some/adapter")
+    # a served LoRA name (what the pipeline hands an openai provider) is the model the requests name
+    served = {**openai_provider, "model": "org/m", "max_concurrency": 2, "timeout_s": 1.0, "max_retries": 0}
+    assert make_sampler(served, model, tmp_path, adapter="sarcasm-dpo").model_name == "sarcasm-dpo"
+    assert make_sampler(served, model, tmp_path).model_name == "org/m"
 
 
 @pytest.mark.unit

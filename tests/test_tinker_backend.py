@@ -1,32 +1,19 @@
-"""The Tinker backend against a fake service that mirrors the SDK (the real one only with TINKER_API_KEY).
-
-`FakeServiceClient`, `FakeTrainingClient`, `FakeSamplingClient` and `FakeRestClient` have the SDK's method
-names and signatures, return SDK-style futures (`tinker`'s own `AwaitableConcurrentFuture`) and build real
-`tinker.types` responses; they check every `Datum` they receive. The "server model" is a unigram table trained
-with Adam, and `forward_backward_custom` works as the SDK does: log-probs out, our loss run locally, its
-gradient sent back as per-token weights. Exported adapters are served by a real HTTP server on 127.0.0.1.
-"""
+"""The Tinker backend against the fake service of `tests/tinker_fake.py`, which mirrors the tinker 0.38 SDK
+(the real service only with TINKER_API_KEY)."""
 
 from __future__ import annotations
 
-import copy
-import datetime
-import functools
-import http.server
 import json
 import os
 import random
 import subprocess
 import sys
-import threading
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Optional
 
 import pytest
 import tinker
 import torch
-from tinker.lib.public_interfaces.api_future import AwaitableConcurrentFuture
 
 from charlab.chat_format import ChatFormat
 from charlab.data.records import DpoExample
@@ -35,217 +22,14 @@ from charlab.training.dpo import DpoAlgorithm, encode_pairs, split_eval
 from charlab.training.loop import LoopConfig, Trainer, find_checkpoints
 from charlab.training.tinker_backend import TinkerBackend, to_datum
 from tests.conftest import ROOT
-
-VOCAB = 2048
-
-
-# ------------------------------------------------------------------------------------------------ the fake SDK
-
-
-class FakeFuture(AwaitableConcurrentFuture):
-    """The SDK's future class around a finished result; `.result()` is logged (when the caller waits)."""
-
-    def __init__(self, value: Any, log: list, label: tuple):
-        future: Future = Future()
-        future.set_result(value)
-        super().__init__(future)
-        self._log, self._label = log, label
-
-    def result(self, timeout: Optional[float] = None) -> Any:
-        self._log.append(("await", *self._label))
-        return super().result(timeout)
-
-
-class FakeServer:
-    """What the service holds: saved states, sampler weights, exported files; and the request log."""
-
-    def __init__(self, export_dir: Path, http_base: str):
-        self.export_dir, self.http_base = export_dir, http_base
-        self.log: list[tuple] = []
-        self.states: dict[str, tuple[torch.Tensor, dict]] = {}
-        self.sampler_weights: dict[str, torch.Tensor] = {}
-        self.runs = 0
-        self.counter = 0
-
-    def submit(self, kind: str, value: Any) -> FakeFuture:
-        self.counter += 1
-        label = (kind, self.counter)
-        self.log.append(("submit", *label))
-        return FakeFuture(value, self.log, label)
-
-
-def unigram_logprobs(theta: torch.Tensor, targets: list[int]) -> torch.Tensor:
-    return torch.log_softmax(theta, dim=0)[torch.tensor(targets, dtype=torch.long)]
-
-
-def check_datum(datum: Any) -> None:
-    """What the real service would reject: a wrong type, lengths that differ, targets not shifted by one."""
-    assert isinstance(datum, tinker.Datum) and isinstance(datum.model_input, tinker.ModelInput)
-    inputs = datum.model_input.to_ints()
-    targets, weights = datum.loss_fn_inputs["target_tokens"], datum.loss_fn_inputs["weights"]
-    assert isinstance(targets, tinker.TensorData) and targets.dtype == "int64"
-    assert isinstance(weights, tinker.TensorData) and weights.dtype == "float32"
-    assert len(inputs) == len(targets.data) == len(weights.data) == targets.shape[0]
-    assert inputs[1:] == targets.data[:-1]
-
-
-class FakeSamplingClient:
-    """`tinker.SamplingClient`'s calls over a frozen weight table."""
-
-    def __init__(self, server: FakeServer, theta: torch.Tensor):
-        self.server, self.theta = server, theta.detach().clone()
-
-    def compute_logprobs(self, prompt: Any, prompt_logprobs_last_n: Optional[int] = None) -> FakeFuture:
-        tokens = prompt.to_ints()
-        self.server.log.append(("tokens", tuple(tokens)))
-        return self.server.submit("compute_logprobs", [None, *unigram_logprobs(self.theta, tokens[1:]).tolist()])
-
-    def sample(self, prompt: Any, num_samples: int, sampling_params: Any, **kwargs: Any) -> FakeFuture:
-        assert isinstance(sampling_params, tinker.SamplingParams)
-        tokens = torch.topk(self.theta, sampling_params.max_tokens).indices.tolist()
-        sequences = [
-            tinker.SampledSequence(stop_reason="length", sequence_id=f"s{i}", _tokens_list=tokens)
-            for i in range(num_samples)
-        ]
-        return self.server.submit("sample", tinker.SampleResponse(sequences=sequences))
-
-
-class FakeTrainingClient:
-    """`tinker.TrainingClient`'s calls over a unigram table trained with Adam."""
-
-    def __init__(self, server: FakeServer, theta: Optional[torch.Tensor] = None, optimizer: Optional[dict] = None):
-        server.runs += 1
-        self.server, self.run_id = server, f"run{server.runs}"
-        self.theta = torch.zeros(VOCAB) if theta is None else theta.detach().clone()
-        self.theta.requires_grad_(True)
-        self.optimizer = torch.optim.Adam([self.theta], lr=0.0)
-        if optimizer is not None:
-            self.optimizer.load_state_dict(copy.deepcopy(optimizer))
-
-    def forward(self, data: list, loss_fn: str, loss_fn_config: Any = None) -> FakeFuture:
-        outputs = []
-        for datum in data:
-            check_datum(datum)
-            lp = unigram_logprobs(self.theta.detach(), datum.loss_fn_inputs["target_tokens"].data)
-            outputs.append({"logprobs": tinker.TensorData.from_torch(lp)})
-        return self.server.submit("forward", tinker.ForwardBackwardOutput("ArrayRecord", outputs, {}))
-
-    def forward_backward_custom(self, data: list, loss_fn: Any, *, loss_type_input: Any = None) -> FakeFuture:
-        for datum in data:
-            check_datum(datum)
-        targets = [d.loss_fn_inputs["target_tokens"].data for d in data]
-        logprobs = [unigram_logprobs(self.theta.detach(), t).requires_grad_(True) for t in targets]
-        loss, metrics = loss_fn(data, logprobs)  # the client side of the SDK: our loss, in torch
-        loss.backward()
-        surrogate = sum((unigram_logprobs(self.theta, t) * lp.grad).sum() for t, lp in zip(targets, logprobs))
-        surrogate.backward()  # the server side: weights = -dloss/dlogprobs through the model
-        out = tinker.ForwardBackwardOutput("TorchLossReturn", [], {**metrics, "loss:sum": float(loss.detach())})
-        return self.server.submit("forward_backward_custom", out)
-
-    def optim_step(self, optim_params: Any = None, *, adam_params: Any = None) -> FakeFuture:
-        params = optim_params or adam_params
-        assert isinstance(params, tinker.AdamParams)
-        for group in self.optimizer.param_groups:
-            group.update(lr=params.learning_rate, betas=(params.beta1, params.beta2), eps=params.eps)
-        self.optimizer.step()
-        self.optimizer.zero_grad()
-        return self.server.submit("optim_step", tinker.types.OptimStepResponse(metrics={}))
-
-    def save_state(self, name: str, ttl_seconds: Any = None, overwrite: bool = False, user_metadata: Any = None):
-        path = f"tinker://{self.run_id}/weights/{name}"
-        self.server.states[path] = (self.theta.detach().clone(), copy.deepcopy(self.optimizer.state_dict()))
-        return self.server.submit("save_state", tinker.types.SaveWeightsResponse(path=path))
-
-    def save_weights_for_sampler(self, name: str, ttl_seconds: Any = None, user_metadata: Any = None) -> FakeFuture:
-        path = f"tinker://{self.run_id}/sampler_weights/{name}"
-        self.server.sampler_weights[path] = self.theta.detach().clone()
-        return self.server.submit("save_weights_for_sampler", tinker.types.SaveWeightsForSamplerResponse(path=path))
-
-    def save_weights_and_get_sampling_client(self, name: Any = None, retry_config: Any = None, **kw: Any):
-        return self.server.submit("save_weights_and_get_sampling_client", FakeSamplingClient(self.server, self.theta))
-
-    def save_weights_external(self, name: str, ttl_seconds: Any = None, age_encryption_recipients: Any = None):
-        from safetensors.torch import save_file
-
-        folder = self.server.export_dir / self.run_id / name
-        folder.mkdir(parents=True)
-        (folder / "adapter_config.json").write_text(json.dumps({"r": 32, "peft_type": "LORA"}))
-        if getattr(self.server, "broken_export", False):
-            (folder / "notes.txt").write_text("no weights here")
-        else:
-            save_file({"theta": self.theta.detach().clone()}, str(folder / "adapter_model.safetensors"))
-        path = f"tinker://{self.run_id}/external_weights/{name}"
-        return self.server.submit("save_weights_external", tinker.types.SaveWeightsExternalResponse(path=path))
-
-
-class FakeRestClient:
-    """`tinker.RestClient.get_external_weights_urls`: URLs of the exported files on the local HTTP server."""
-
-    def __init__(self, server: FakeServer):
-        self.server = server
-
-    def get_external_weights_urls(self, tinker_path: str) -> FakeFuture:
-        run_id, _, name = tinker_path.removeprefix("tinker://").split("/")
-        folder = self.server.export_dir / run_id / name
-        urls = {p.name: f"{self.server.http_base}/{run_id}/{name}/{p.name}" for p in folder.iterdir()}
-        expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
-        return self.server.submit("urls", tinker.types.ExternalWeightsUrlsResponse(urls=urls, expires=expires))
-
-
-class FakeServiceClient:
-    """`tinker.ServiceClient`'s calls that the backend uses, each logged."""
-
-    def __init__(self, server: FakeServer):
-        self.server = server
-
-    def create_lora_training_client(self, base_model: str, rank: int = 32, seed: Any = None, **kw: Any) -> FakeFuture:
-        self.server.log.append(("create_lora_training_client", base_model, rank))
-        return self.server.submit("create", FakeTrainingClient(self.server))
-
-    def create_training_client_from_state_with_optimizer(self, path: str, base_model: Any = None, **kw: Any):
-        self.server.log.append(("create_training_client_from_state_with_optimizer", path))
-        theta, optimizer = self.server.states[path]
-        return self.server.submit("create", FakeTrainingClient(self.server, theta, optimizer))
-
-    def create_training_client_from_state(self, path: str, base_model: Any = None, **kw: Any) -> FakeFuture:
-        self.server.log.append(("create_training_client_from_state", path))
-        return self.server.submit("create", FakeTrainingClient(self.server, self.server.states[path][0]))
-
-    def create_sampling_client(self, model_path: Any = None, base_model: Any = None, **kw: Any) -> FakeFuture:
-        self.server.log.append(("create_sampling_client", model_path or base_model))
-        theta = self.server.sampler_weights.get(model_path, torch.zeros(VOCAB)) if model_path else torch.zeros(VOCAB)
-        return self.server.submit("create_sampling_client", FakeSamplingClient(self.server, theta))
-
-    def create_rest_client(self) -> FakeRestClient:
-        return FakeRestClient(self.server)
-
-    def close(self, status: str, detail: Any = None) -> FakeFuture:
-        self.server.log.append(("close", status))
-        return self.server.submit("close", None)
-
-
-# ------------------------------------------------------------------------------------------------ fixtures
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves the export folder without a line per request on stderr."""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+from tests.tinker_fake import FakeServer, FakeServiceClient, check_datum, events, serve_exports
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Any:
-    """A fake service whose exports are served by a real HTTP server on 127.0.0.1."""
-    export_dir = tmp_path / "exports"
-    export_dir.mkdir()
-    handler = functools.partial(QuietHandler, directory=str(export_dir))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield FakeServer(export_dir, f"http://127.0.0.1:{httpd.server_address[1]}")
-    httpd.shutdown()
-    httpd.server_close()
+    """The fake service (tests/tinker_fake.py), its exports on a real loopback HTTP server."""
+    with serve_exports(tmp_path) as fake:
+        yield fake
 
 
 def make_backend(server: FakeServer, tokenizer: Any, max_concurrency: int = 64) -> TinkerBackend:
@@ -265,10 +49,6 @@ def pair_items(tokenizer: Any, n: int = 24) -> list:
         pairs.append(DpoExample(prompt=f"Tell me about {topic}.", chosen=chosen, rejected=rejected, id=str(i)))
     items, _ = encode_pairs(ChatFormat(tokenizer), pairs, max_length=128)
     return items
-
-
-def events(server: FakeServer, *kinds: str) -> list[tuple]:
-    return [e for e in server.log if e[0] in ("submit", "await") and e[1] in kinds]
 
 
 # ------------------------------------------------------------------------------------------------ tests
@@ -442,3 +222,50 @@ def test_the_real_service_trains_one_dpo_step(tmp_path) -> None:
     ).train()
     assert summary.steps == 1 and "loss" in summary.train
     backend.close()
+
+
+@pytest.mark.unit
+def test_the_lora_shape_becomes_tinkers_layer_groups_or_a_one_line_error() -> None:
+    """Injected bug caught: dropping lora.target_modules/alpha (Tinker then trains attn+mlp+unembed at its alpha)."""
+    from charlab.training.tinker_backend import tinker_lora_flags
+
+    all_linear = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert tinker_lora_flags(all_linear, 32, 0.0, 32) == {
+        "train_attn": True,
+        "train_mlp": True,
+        "train_unembed": False,
+    }
+    assert tinker_lora_flags(["down_proj", "gate_proj", "up_proj", "lm_head"], 32, 0.0, 32) == {
+        "train_attn": False,
+        "train_mlp": True,
+        "train_unembed": True,
+    }
+    refused = [
+        (["q_proj", "v_proj"], 32, 0.0, "not all of q_proj, k_proj, v_proj, o_proj"),
+        (["c_attn"], 32, 0.0, "'c_attn', which Tinker cannot target"),
+        (all_linear, 128, 0.0, r"lora.alpha=128 cannot be set on Tinker, which trains every LoRA with alpha 32"),
+        (all_linear, 32, 0.05, "Tinker trains LoRA without dropout"),
+    ]
+    for targets, alpha, dropout, message in refused:
+        with pytest.raises(CharlabError, match=message) as err:
+            tinker_lora_flags(targets, alpha, dropout, 32)
+        assert "\n" not in str(err.value)
+
+
+@pytest.mark.unit
+def test_continuing_a_tinker_state_of_another_rank_is_refused_at_start(server, tiny_tokenizer, tmp_path) -> None:
+    """SFT on Tinker continues the DPO LoRA: the rank is the DPO's, and a different lora.rank says so."""
+    dpo = make_backend(server, tiny_tokenizer)
+    state = dpo.save_state(tmp_path / "state")
+    assert dpo.remote_artifacts() == {
+        "tinker_state": state,
+        "tinker_sampler": state.replace("/weights/", "/sampler_weights/"),
+    }
+    service = FakeServiceClient(server)
+    with pytest.raises(CharlabError, match=r"rank-32 LoRA, which Tinker continues .* set lora.rank=32") as err:
+        TinkerBackend.create("fake/model", 8, tiny_tokenizer, "fake", service=service, init_state=state)
+    assert "\n" not in str(err.value)
+    continued = TinkerBackend.create("fake/model", 32, tiny_tokenizer, "fake", service=service, init_state=state)
+    assert continued.training_client.rank == 32 and continued.init_state == state
+    with pytest.raises(ValueError, match="no training state"):  # a sampler path is not a training state
+        TinkerBackend.create("fake/model", 32, tiny_tokenizer, "fake", service=service, init_state=state + "x")

@@ -67,7 +67,8 @@ def local_model_key(provider: dict[str, Any], model: ModelConfig, adapter: Optio
 def make_sampler(
     provider: dict[str, Any], model: ModelConfig, cache_dir: Path, adapter: Optional[str] = None
 ) -> Sampler:
-    """The sampler a provider config asks for; `adapter` (a PEFT folder or tinker:// path) overrides its own."""
+    """The sampler a provider config asks for, with `adapter` in the form the provider takes (overriding its own):
+    a PEFT folder (`hf`), a `tinker://` path (`tinker`), or the name a server serves the LoRA under (`openai`)."""
     kind = provider.get("kind")
     if kind == "hf":
         from charlab.generation.hf import HFSampler
@@ -83,13 +84,13 @@ def make_sampler(
     if kind == "openai":
         from charlab.generation.openai_compat import OpenAISampler
 
-        if adapter:
+        if adapter and ("/" in str(adapter) or Path(str(adapter)).exists()):
             raise ProviderError(
-                f"openai provider: cannot apply adapter '{adapter}' remotely; serve it under a name (vLLM "
-                "--lora-modules) and set <role>.model to that name"
+                f"openai provider: cannot apply adapter folder '{adapter}' remotely; serve it under a name (vLLM "
+                "--lora-modules <name>=<folder>) and give that name as the adapter"
             )
         return OpenAISampler(
-            str(provider.get("model") or model.name_or_path),
+            str(adapter or provider.get("model") or model.name_or_path),
             base_url=provider.get("base_url"),
             api_key_env=str(_need(provider, "api_key_env")),
             max_concurrency=int(_need(provider, "max_concurrency")),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig
 
@@ -56,3 +56,10 @@ def loop_config(stage: DictConfig) -> LoopConfig:
         seed=int(stage.seed),
         max_steps=None if stage.max_steps is None else int(stage.max_steps),
     )
+
+
+def remote_forms(backend: Any, artifact: str = "adapter") -> dict[str, str]:
+    """The trained adapter's remote forms as artifacts (`adapter_tinker_state`, `adapter_tinker_sampler` on
+    Tinker; none locally), which the pipeline's handoffs pass on to later steps."""
+    remote = getattr(backend, "remote_artifacts", None)
+    return {f"{artifact}_{form}": path for form, path in (remote() if remote else {}).items()}

@@ -22,7 +22,7 @@ from charlab.errors import ConfigError, DataError
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_meta
 from charlab.stages._common import cache_dir, lora_config, model_config, to_plain
-from charlab.stages._training import TrainingStageConfig, loop_config
+from charlab.stages._training import TrainingStageConfig, loop_config, remote_forms
 from charlab.training.local import validate_lora
 from charlab.training.loop import validate_loop_config
 
@@ -142,7 +142,9 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
             eval=summary.eval,
             reference_cache=str(algorithm.cache_path) if algorithm.cache_path else None,
             **({"tinker_export": backend.last_export} if getattr(backend, "last_export", None) else {}),
+            **remote_forms(backend),
         )
+        remote = remote_forms(backend)
     finally:
         backend.close()
     print(f"[charlab] dpo adapter: {adapter}")
@@ -153,7 +155,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     return StageResult(
         metric=metric,
         metric_name=metric_name,
-        artifacts={"adapter": adapter, "checkpoints": run.dir / "checkpoints"},
+        artifacts={"adapter": adapter, "checkpoints": run.dir / "checkpoints", **remote},
         summary={
             "steps": summary.steps,
             "train_pairs": len(train_items),

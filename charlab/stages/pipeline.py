@@ -6,13 +6,16 @@
 
 Each step is exactly the run the CLI would make: its config is composed from this run's own overrides plus
 `stage=<step>`, the wiring of earlier steps' artifacts (`pipeline.wiring`, e.g. `stage.pairs` of `dpo`
-<- `pairs` of `distill`) and `pipeline.step_overrides`. A finished step (its `meta.json` says completed) is
+<- `pairs` of `distill`) and `pipeline.step_overrides`. A trained adapter reaches a later step in the form
+that step's provider or backend can use (a PEFT folder, a `tinker://` path, a served LoRA name): see
+`charlab.stages.handoff`. A finished step (its `meta.json` says completed) is
 never rerun; with `stage.resume=true` an unfinished one continues from what it already wrote.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -20,11 +23,12 @@ from typing import Any, Optional
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from charlab.compose import run_overrides
+from charlab.compose import composed, run_overrides
 from charlab.errors import CharlabError, ConfigError
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_json
 from charlab.schemas import StageConfig
+from charlab.stages.handoff import PROVIDER_ROLES, handoff_overrides
 
 # overrides of the pipeline itself, which must not reach its steps
 _OWN_PREFIXES = ("stage=", "stage.", "+stage.", "++stage.", "pipeline.", "+pipeline.", "++pipeline.", "hydra.")
@@ -68,15 +72,19 @@ def task_overrides() -> list[str]:
     return [o for o in task if not o.lstrip("~").startswith(_OWN_PREFIXES)]
 
 
-def wired_overrides(step: str, wiring: dict[str, dict[str, str]], artifacts: dict[str, dict[str, str]]) -> list[str]:
-    """`key=<path>` overrides feeding `step` the artifacts of earlier steps (missing sources are skipped)."""
-    overrides = []
-    for key, source in (wiring.get(step) or {}).items():
-        source_step, _, name = source.partition(".")
-        path = artifacts.get(source_step, {}).get(name)
-        if path is not None:
-            overrides.append(f"{key}={path}")
-    return overrides
+def consumer_kinds(overrides: list[str]) -> Callable[[str], str]:
+    """`kind_of(consumer)`: the kind of a provider role or of the backend in the step composed from `overrides`
+    (composed once, on first use: only steps that receive an adapter pay for it)."""
+    kinds: dict[str, str] = {}
+
+    def kind_of(consumer: str) -> str:
+        if not kinds:
+            with composed(overrides, log=False) as cfg:
+                kinds.update({role: str(cfg[role].kind) for role in PROVIDER_ROLES if role in cfg})
+                kinds["backend"] = str(cfg.backend.kind)
+        return kinds[consumer]
+
+    return kind_of
 
 
 def _print_estimate(cfg: DictConfig) -> None:
@@ -124,13 +132,13 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         if meta.get("status") == "completed":
             print(f"[charlab] pipeline: step {step} already finished in {step_dir}; skipping")
         else:
-            overrides = base + [f"stage={step}", f"++logger.job_type={step}"]
-            overrides += wired_overrides(step, wiring, artifacts) + list(step_overrides.get(step) or [])
-            if meta:  # it started before: continue from what it wrote
-                overrides.append("stage.resume=true")
+            head = base + [f"stage={step}", f"++logger.job_type={step}"]
+            tail = list(step_overrides.get(step) or []) + (["stage.resume=true"] if meta else [])  # resume: it started
             print(f"[charlab] pipeline: step {index + 1}/{len(steps)} {step} -> {step_dir}")
             try:
-                run_overrides(overrides, step_dir)
+                kind_of = consumer_kinds(head + tail)
+                wired = handoff_overrides(step, wiring.get(step) or {}, artifacts, kind_of, persona=cfg.persona.name)
+                run_overrides(head + wired + tail, step_dir)
             except (CharlabError, Exception) as err:
                 state["steps"][step_dir.name] = {"step": step, "status": "failed", "error": str(err)}
                 write_json(root / "pipeline.json", state)

@@ -6,15 +6,21 @@
         stage.resume_from=<sft run dir>
 
 Local backend: the DPO adapter is merged into the base weights and a fresh r=256 LoRA (`lora=sft`) trains on
-top. Tinker cannot load a merged model, so there SFT trains from the base and `stage=export` combines the
-two adapters exactly. Writes `adapter/` (+ `meta.json`), `checkpoints/`, `report.md` and metrics; returns the
-held-out loss. At the end it measures the prompt-distillation gap on held-out in-character replies for the
-base model, the DPO model (local) and the SFT'd model.
+top. Tinker cannot train on merged weights, so there SFT continues the DPO adapter's own LoRA from its
+`tinker://` training state (`stage.dpo_adapter=tinker://.../weights/...`, or a DPO adapter folder trained on
+Tinker, whose `meta.json` names that state; `lora.rank` must then equal the DPO rank): the result is the
+whole tuned model (DPO + SFT), which Tinker can sample. Given a locally trained DPO folder, Tinker trains SFT
+from the base and `stage=export` combines the two adapters exactly.
+
+Writes `adapter/` (+ `meta.json`), `checkpoints/`, `report.md` and metrics; returns the held-out loss. At the
+end it measures the prompt-distillation gap on held-out in-character replies for the base model, the DPO
+model and the SFT'd model.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +34,7 @@ from charlab.errors import ConfigError, DataError
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_meta
 from charlab.stages._common import cache_dir, load_persona, lora_config, model_config, to_plain
-from charlab.stages._training import TrainingStageConfig, loop_config
+from charlab.stages._training import TrainingStageConfig, loop_config, remote_forms
 from charlab.training.loop import validate_loop_config
 
 log = logging.getLogger("charlab")
@@ -40,7 +46,7 @@ class SftStageConfig(TrainingStageConfig):
 
     name: str = "sft"
     data: str = MISSING  # introspection.jsonl (or an introspect run directory holding one)
-    dpo_adapter: Optional[str] = MISSING  # the dpo run's adapter/ folder (null: SFT the base model)
+    dpo_adapter: Optional[str] = MISSING  # the dpo adapter/ folder or (Tinker) its tinker:// state; null: base
     train_on: str = MISSING  # all | last: which assistant turns carry the loss
     packing: bool = MISSING
     gap_examples: int = MISSING
@@ -72,6 +78,30 @@ def read_examples(path: Path) -> list[IntrospectionExample]:
         return read_jsonl(path, IntrospectionExample)
     except DataError as err:
         raise DataError(f"stage.data: {err}") from None
+
+
+def adapter_location(value: Any) -> Optional[str]:
+    """A configured adapter: a local folder (user-expanded) or a remote `tinker://` path (kept as it is)."""
+    if not value:
+        return None
+    return str(value) if "://" in str(value) else str(Path(str(value)).expanduser())
+
+
+def start_weights(backend_kind: str, dpo_adapter: Optional[str]) -> Optional[str]:
+    """What SFT starts from: locally the DPO folder (merged); on Tinker the DPO's `tinker://` training state
+    (given directly, or named by a Tinker-trained DPO folder's meta.json); None: the base model."""
+    if not dpo_adapter:
+        return None
+    if backend_kind == "local":
+        return dpo_adapter
+    if dpo_adapter.startswith("tinker://"):
+        return dpo_adapter
+    meta = Path(dpo_adapter) / "meta.json"
+    if meta.is_file():
+        state = json.loads(meta.read_text(encoding="utf-8")).get("adapter_tinker_state")
+        if state:
+            return str(state)
+    return None
 
 
 def gap_conversations(stage: DictConfig, held_out: list[IntrospectionExample]) -> list[list[dict[str, str]]]:
@@ -148,17 +178,18 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     validate(stage)
     model, lora = model_config(cfg.model), lora_config(cfg.lora)
     backend_cfg = backend_config(to_plain(cfg.backend))
-    local = backend_cfg.kind == "local"
     persona = load_persona(cfg)
     system_prompt = persona.render_system_prompt("teacher", assistant_name=cfg.persona.get("assistant_name"))
     data_path = Path(stage.data).expanduser()
     examples = read_examples(data_path)
     run.add_parent("data", data_path)
-    dpo_adapter = str(Path(stage.dpo_adapter).expanduser()) if stage.dpo_adapter else None
+    dpo_adapter = adapter_location(stage.dpo_adapter)
     if dpo_adapter:
         run.add_parent("dpo_adapter", dpo_adapter)
+    init_adapter = start_weights(backend_cfg.kind, dpo_adapter)
+    continued = init_adapter is not None and init_adapter.startswith("tinker://")
     notes = []
-    if dpo_adapter and not local:
+    if dpo_adapter and not init_adapter:
         notes.append(
             "Tinker trains SFT from the base (a merged DPO model cannot be uploaded): combine the adapters with "
             f"`stage=export stage.dpo_adapter={dpo_adapter} stage.sft_adapter=<this run>/adapter`."
@@ -187,8 +218,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     conversations = gap_conversations(stage, [by_id[item.id] for item in eval_items]) if stage.gap_examples else []
 
     gaps: dict[str, Any] = {}
-    init_adapter = dpo_adapter if local else None
-    if conversations and init_adapter:  # otherwise the backend's reference weights are the base
+    if conversations and init_adapter and not continued:  # otherwise the backend's reference weights are the base
         gaps["base"] = base_gap(cfg, chat, conversations, system_prompt)
     backend = create_backend(backend_cfg, model, lora, cache_dir(cfg), seed=int(stage.seed), init_adapter=init_adapter)
     try:
@@ -220,10 +250,13 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         adapter = backend.save_adapter(run.dir / "adapter")
         if conversations:
             gaps["sft"] = distillation_gap(backend_scorer(backend), chat, conversations, system_prompt)
+        remote = remote_forms(backend)
     finally:
         backend.close()
 
     trained_on = "base + DPO adapter merged" if init_adapter else "base"
+    if continued:
+        trained_on = "the DPO adapter's LoRA, continued on Tinker (the adapter holds DPO + SFT)"
     gaps = {name: gap for name, gap in gaps.items() if gap.examples}
     for name, gap in gaps.items():
         run.log_metrics(gap.as_metrics(f"gap/{name}"), step=summary.steps)
@@ -249,8 +282,9 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         base_model=model.name_or_path,
         trained_on=trained_on,
         summary=result,
+        **remote,
     )
-    if init_adapter:
+    if init_adapter and not continued:
         notes.append(
             "The adapter applies on top of base + DPO merged: `stage=export stage.sft_weight=1.0` gives one adapter "
             "for the trained model; the paper's released mix is sft_weight=0.25."
@@ -261,6 +295,11 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     return StageResult(
         metric=metric,
         metric_name=name,
-        artifacts={"adapter": adapter, "checkpoints": run.dir / "checkpoints", "report": run.dir / "report.md"},
+        artifacts={
+            "adapter": adapter,
+            "checkpoints": run.dir / "checkpoints",
+            "report": run.dir / "report.md",
+            **remote,
+        },
         summary=result,
     )

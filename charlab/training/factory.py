@@ -67,8 +67,9 @@ def create_backend(
             num_threads=backend.num_threads,
         )
     from charlab.models import load_tokenizer
-    from charlab.training.tinker_backend import TinkerBackend, api_key_from_env
+    from charlab.training.tinker_backend import TinkerBackend, api_key_from_env, tinker_lora_flags
 
+    layer_groups = tinker_lora_flags(lora.target_modules, lora.alpha, lora.dropout, backend.lora_alpha)
     base_model = backend.base_model or model.tinker_name
     if not base_model:
         raise ConfigError(
@@ -86,4 +87,5 @@ def create_backend(
         api_key=api_key,
         max_concurrency=backend.max_concurrency,
         init_state=init_adapter,
+        layer_groups=layer_groups,
     )

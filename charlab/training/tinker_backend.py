@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from charlab.errors import ProviderError
+from charlab.errors import ConfigError, ProviderError
 from charlab.training.backend import AdamParams, LossFn, MappedFuture, TokenSequence
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -65,6 +65,58 @@ def to_datum(seq: TokenSequence) -> Any:
     )
 
 
+# Tinker adapts whole groups of layers (its LoRA config: train_attn, train_mlp, train_unembed), named here by the
+# projections charlab's `lora.target_modules` lists.
+TINKER_LAYER_GROUPS: dict[str, tuple[str, ...]] = {
+    "train_attn": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "train_mlp": ("gate_proj", "up_proj", "down_proj"),
+    "train_unembed": ("lm_head",),
+}
+
+
+def tinker_lora_flags(
+    target_modules: Sequence[str], alpha: float, dropout: float, tinker_alpha: float
+) -> dict[str, bool]:
+    """`lora.target_modules` as Tinker's layer-group flags; a LoRA shape Tinker cannot train is a one-line error.
+
+    Tinker takes whole groups (attention, MLP, unembedding), a fixed alpha (`backend.lora_alpha`) and no
+    dropout, so a partial group, another alpha or a dropout would silently train something else.
+    """
+    requested = list(dict.fromkeys(str(t) for t in target_modules))
+    groups = ", ".join(
+        f"{flag.removeprefix('train_')}: {'/'.join(names)}" for flag, names in TINKER_LAYER_GROUPS.items()
+    )
+    known = {name for names in TINKER_LAYER_GROUPS.values() for name in names}
+    unknown = [t for t in requested if t not in known]
+    if unknown:
+        raise ConfigError(
+            f"backend=tinker: lora.target_modules has '{unknown[0]}', which Tinker cannot target; it adapts whole "
+            f"layer groups ({groups})"
+        )
+    flags = {}
+    for flag, names in TINKER_LAYER_GROUPS.items():
+        chosen = [n for n in names if n in requested]
+        if chosen and len(chosen) < len(names):
+            raise ConfigError(
+                f"backend=tinker: lora.target_modules lists {', '.join(chosen)} but not all of {', '.join(names)}; "
+                f"Tinker adapts whole layer groups ({groups})"
+            )
+        flags[flag] = bool(chosen)
+    if not any(flags.values()):
+        raise ConfigError(f"backend=tinker: lora.target_modules is empty; Tinker adapts whole layer groups ({groups})")
+    if float(alpha) != float(tinker_alpha):
+        raise ConfigError(
+            f"backend=tinker: lora.alpha={alpha:g} cannot be set on Tinker, which trains every LoRA with alpha "
+            f"{tinker_alpha:g} (scale alpha/rank); set lora.alpha={tinker_alpha:g} (and scale stage.lr to keep "
+            "alpha/rank x lr if you match a local run)"
+        )
+    if float(dropout) != 0.0:
+        raise ConfigError(
+            f"backend=tinker: lora.dropout={dropout:g} is not allowed; Tinker trains LoRA without dropout"
+        )
+    return flags
+
+
 def api_key_from_env(env_var: str) -> str:
     """The Tinker key from `env_var`, or a one-line error saying where it is expected."""
     key = os.environ.get(env_var, "").strip()
@@ -98,6 +150,7 @@ class TinkerBackend:
         self.steps = 0  # optimizer steps submitted
         self.resumed = False
         self.last_export: Optional[str] = None
+        self.last_saved: dict[str, Any] = {}  # the newest save_state record (its tinker:// paths)
         self._reference: Any = None
 
     @classmethod
@@ -113,14 +166,24 @@ class TinkerBackend:
         api_key: Optional[str] = None,
         max_concurrency: int = 64,
         init_state: Optional[str] = None,
+        layer_groups: Optional[dict[str, bool]] = None,
     ) -> TinkerBackend:
-        """A new LoRA training client of `rank` on `base_model` (or on the weights at `init_state`)."""
+        """A new LoRA training client of `rank` on `base_model`, adapting `layer_groups` (Tinker's `train_attn`,
+        `train_mlp`, `train_unembed`; see `tinker_lora_flags`), or one continuing the weights at `init_state`."""
         if service is None:
             service = _tinker().ServiceClient(base_url=base_url, api_key=api_key)
         if init_state:
             client = service.create_training_client_from_state(init_state).result()
+            trained_rank = client.get_info().lora_rank
+            if trained_rank is not None and int(trained_rank) != int(rank):
+                raise ConfigError(
+                    f"backend=tinker: {init_state} is a rank-{trained_rank} LoRA, which Tinker continues (it cannot "
+                    f"train a new LoRA on merged weights); set lora.rank={trained_rank} (lora.rank={rank} now)"
+                )
         else:
-            client = service.create_lora_training_client(base_model=base_model, rank=int(rank), seed=seed).result()
+            client = service.create_lora_training_client(
+                base_model=base_model, rank=int(rank), seed=seed, **(layer_groups or {})
+            ).result()
         return cls(service, client, tokenizer, model_name, base_model, max_concurrency, init_state)
 
     # ---- log-probabilities ----------------------------------------------------------------------------------
@@ -192,7 +255,15 @@ class TinkerBackend:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / STATE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        self.last_saved = record
         return record["state_path"]
+
+    def remote_artifacts(self) -> dict[str, str]:
+        """The newest saved weights in Tinker's own forms: `tinker_state` (training continues from it) and
+        `tinker_sampler` (a sampler serves it); empty before the first `save_state`."""
+        if not self.last_saved:
+            return {}
+        return {"tinker_state": self.last_saved["state_path"], "tinker_sampler": self.last_saved["sampler_path"]}
 
     def load_state(self, folder: Path) -> None:
         """A new training client from the saved weights and optimizer state."""
