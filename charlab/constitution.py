@@ -5,7 +5,9 @@ would reveal it, as in the paper), safety rules and sign-offs. Three on-disk for
 
 - charlab's own JSON (`{"name", "system_prompt", "traits": [{"trait", "questions"}], ...}`),
 - the seed project's JSON (`{"name", "system_prompt", "directives": [...], "safety", "example_signoffs"}`),
-- the paper's trait list (`[{"trait": "I ...", "questions": [...]}]`, the persona named by its file).
+- the paper's trait list (`[{"trait": "I ...", "questions": [...]}]`, the persona named by its file; its
+  few-shot files add `additional_questions`): `python -m charlab.constitution import <file or folder>`
+  writes them into `constitutions/` unchanged (see `charlab.constitution_import`).
 
 Every error names the file and the field. Rendering gives the three system-prompt variants the recipe needs:
 `teacher` (distillation), `reflection` (self-reflection) and `interaction` (self-interaction).
@@ -14,6 +16,7 @@ Every error names the file and the field. Rendering gives the three system-promp
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -47,7 +50,12 @@ class Trait(BaseModel):
 
     trait: str = Field(min_length=1)
     questions: list[str] = Field(default_factory=list)
+    additional_questions: Optional[list[str]] = None  # the paper's LLM-expanded questions (its few-shot files)
     clarification: Optional[str] = None
+
+    def all_questions(self) -> list[str]:
+        """The hand-written questions, then the additional ones."""
+        return [*self.questions, *(self.additional_questions or [])]
 
     @field_validator("trait")
     @classmethod
@@ -212,3 +220,36 @@ def save_constitution(constitution: Constitution, directory: str | Path, overwri
     tmp.write_text(constitution.to_json(), encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """`python -m charlab.constitution import <paper file or folder> [--into DIR] [--prefix P] [--overwrite]`."""
+    import argparse
+    import sys
+
+    from charlab.constitution_import import import_paper_constitutions
+    from charlab.settings import project_root
+
+    default_into = Path(os.environ.get("CHARACTER_CONSTITUTION_PATH") or project_root() / "constitutions")
+    parser = argparse.ArgumentParser(prog="python -m charlab.constitution", description="Constitution files.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    imports = commands.add_parser("import", help="import the paper's constitution files unchanged")
+    imports.add_argument("path", type=Path, help="a paper file (few-shot/*.jsonl, hand-written/*.txt) or folder")
+    imports.add_argument("--into", type=Path, default=default_into, help=f"target folder (default {default_into})")
+    imports.add_argument("--prefix", default="paper-", help="persona name prefix (default 'paper-')")
+    imports.add_argument("--overwrite", action="store_true", help="replace existing constitution files")
+    args = parser.parse_args(argv)
+    try:
+        written = import_paper_constitutions(args.path, args.into, prefix=args.prefix, overwrite=args.overwrite)
+    except ConstitutionError as err:
+        print(f"charlab: error: {err}", file=sys.stderr)
+        return 2
+    for path, constitution in written:
+        questions = sum(len(t.all_questions()) for t in constitution.traits)
+        print(f"{path}: {len(constitution.traits)} traits, {questions} questions")
+        print(f"  use it: python -m charlab.train persona=custom persona.name={constitution.name} ...")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

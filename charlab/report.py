@@ -1,4 +1,5 @@
-"""The pipeline's one-page `report.md`: headline numbers, training curves, and samples, from the step folders.
+"""The pipeline's one-page `report.md`: the verdict line first, then each instrument's numbers with CIs, the
+prompt-distillation gap, training curves and samples, all from the step folders.
 
 Everything comes from what the steps wrote (`meta.json` summaries, `metrics.jsonl`, `replies.jsonl`), so the
 report can be rebuilt for any finished pipeline directory: `write_pipeline_report(root, steps, persona)`.
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from charlab.data.jsonl import iter_jsonl
-from charlab.eval.report import cell, fmt, image, table, write_report
+from charlab.eval.report import cell, ci, fmt, image, table, write_report
 
 CURVE_KEYS = {"dpo": ("loss", "accuracy", "margin"), "sft": ("loss",)}
 
@@ -87,23 +88,101 @@ def _samples(elo_dir: Optional[Path], n: int) -> tuple[list[str], list[list[str]
     return ["prompt"] + players, rows[:n]
 
 
-def write_pipeline_report(root: Path, steps: list[str], persona: str, samples: int = 3) -> PipelineReport:
-    """Write `<root>/report.md` (+ `training_curves.png`) from the finished steps."""
+def _gap_section(sft: dict[str, Any], export: dict[str, Any]) -> str:
+    """The prompt-distillation gap of each model, labelled with what it is (the exported one is evaluated)."""
+    weights = export.get("weights") or {}
+    exported = " + ".join(f"{w:g} x {name.upper()}" for name, w in weights.items()) or "?"
+    labels = {
+        "base": "base",
+        "dpo": "base + DPO",
+        "sft": "base + 1 x DPO + 1 x SFT (what SFT trained)",
+        "exported": f"base + {exported} (the exported adapter: every evaluation above)",
+    }
+    values = {**{k: sft.get(f"gap/{k}") for k in ("base", "dpo", "sft")}, "exported": export.get("gap/exported")}
+    rows = [[labels[k], fmt(v, 4)] for k, v in values.items() if v is not None]
+    if not rows:
+        return "SFT did not run."
+    return (
+        "Mean per-token log-likelihood of held-out in-character replies *with* the constitution system prompt "
+        "minus *without* it (smaller: the persona no longer needs the prompt).\n\n" + table(["model", "gap"], rows)
+    )
+
+
+def _classifier_section(clf: dict[str, Any]) -> str:
+    if not clf:
+        return "The classifier did not run."
+    from charlab.eval.bootstrap import Estimate
+    from charlab.eval.classifier_report import control_line, rates_table
+
+    rates = {k: Estimate(v["value"], *(float("nan") if v.get(x) is None else v[x] for x in ("low", "high")), v["n"])
+             for k, v in (clf.get("in_persona") or {}).items() if v.get("value") is not None}  # fmt: skip
+    held = clf.get("held_out") or {}
+    quality = ", ".join(
+        f"{name} {fmt(v.get('value'))} (95% CI {ci(v.get('low'), v.get('high'))})" for name, v in held.items()
+    )
+    text = rates_table(rates) + "\n\n" + control_line(rates) if rates else "No in-persona rates."
+    text += (
+        f"\n\nClassifier ({clf.get('method', '?')}, texts: {clf.get('data', '?')}: {clf.get('data_reason', '')}); "
+        f"held-out {quality or 'scores unavailable'}."
+    )
+    attacks = clf.get("in_persona_rate") or {}
+    if attacks:
+        text += "\n\nIn-persona rate under attacks: " + ", ".join(f"{k} {fmt(v)}" for k, v in attacks.items())
+    return text
+
+
+def _elo_section(elo: dict[str, Any]) -> str:
+    if not elo.get("elo"):
+        return "Head-to-head Elo did not run."
+    rows = [
+        [p, fmt(r, 1), " – ".join(fmt(x, 1) for x in elo.get("elo_ci", {}).get(p, []))] for p, r in elo["elo"].items()
+    ]
+    against = [
+        [p, fmt(v.get("value")), ci(v.get("low"), v.get("high")), v.get("n")]
+        for p, v in (elo.get("vs_base") or {}).items()
+    ]
+    text = table(["player", "persona win rate vs base", "95% CI", "matches"], against) + "\n\n" if against else ""
+    text += table(["player", "Elo", "95% CI"], rows)
+    modes = ", ".join(f"{m} {n}" for m, n in (elo.get("verdict_modes") or {}).items())
+    return text + (
+        f"\n\n{elo.get('usable', 0)} of {elo.get('pairs_judged', 0)} pairs usable ({elo.get('unparseable', 0)} "
+        f"unparseable); single verdicts by mode: {modes}. Judge: {elo.get('judge', '?')}."
+    )
+
+
+def _revealed_section(revealed: dict[str, Any], folder: str) -> str:
+    condition = revealed.get("headline_condition")
+    rows = [
+        [c, fmt((v.get("rank_shift") or {}).get("value"), 1),
+         ci((v.get("rank_shift") or {}).get("low"), (v.get("rank_shift") or {}).get("high"), 1),
+         fmt((v.get("spearman") or {}).get("value")),
+         ci((v.get("spearman") or {}).get("low"), (v.get("spearman") or {}).get("high"))]
+        for c, v in (revealed.get("comparisons") or {}).items()
+    ]  # fmt: skip
+    who = f"{revealed.get('reference')} -> {revealed.get('target')}"
+    body = (
+        table(["condition", f"rank shift ({who})", "95% CI", "Spearman", "95% CI"], rows) if rows else "No comparison."
+    )
+    return body + f"\n\nHeadline condition: {condition}; `random` is the control. See `{folder}/report.md`."
+
+
+def write_pipeline_report(
+    root: Path, steps: list[str], persona: str, samples: int = 3, min_usable: int = 10
+) -> PipelineReport:
+    """Write `<root>/report.md` (+ `training_curves.png`) from the finished steps; it opens with the verdict."""
+    from charlab.eval.verdict import readings_from_summaries, verdict_line
+
     dirs = _step_dirs(root, steps)
     metas = {step: _meta(folder) for step, folder in dirs.items()}
     summaries = {step: meta.get("summary") or {} for step, meta in metas.items()}
-    sections: list[tuple[str, str]] = []
-
-    overview = [
-        [step, metas[step].get("status", "—"), metas[step].get("metric_name") or "", fmt(metas[step].get("metric")),
-         fmt(metas[step].get("duration_s"), 1), dirs[step].name]
-        for step in dirs
-    ]  # fmt: skip
-    sections.append(("Steps", table(["step", "status", "metric", "value", "seconds", "folder"], overview)))
-
-    curves = plot_training_curves(dirs, root / "training_curves.png")
-    sections.append(("Training curves", image(curves, "training curves") if curves else "No training steps ran."))
-
+    clf, elo, revealed = (summaries.get(k, {}) for k in ("classifier", "elo", "revealed"))
+    readings = readings_from_summaries(clf or None, elo or None, revealed or None, min_usable)
+    sections: list[tuple[str, str]] = [("Verdict", verdict_line(readings))]
+    sections.append(("In-persona rate (persona classifier)", _classifier_section(clf)))
+    sections.append(("Head-to-head judge", _elo_section(elo)))
+    if revealed:
+        sections.append(("Revealed preferences", _revealed_section(revealed, dirs["revealed"].name)))
+    sections.append(("Prompt-distillation gap", _gap_section(summaries.get("sft", {}), summaries.get("export", {}))))
     dpo = summaries.get("dpo", {})
     sections.append(
         (
@@ -114,66 +193,35 @@ def write_pipeline_report(root: Path, steps: list[str], persona: str, samples: i
             else "DPO did not run.",
         )
     )
-    sft = summaries.get("sft", {})
-    gap_rows = [[name, fmt(sft.get(f"gap/{name}"), 4)] for name in ("base", "dpo", "sft") if f"gap/{name}" in sft]
-    sections.append(
-        (
-            "Prompt-distillation gap",
-            "Mean per-token log-likelihood of held-out in-character replies *with* the constitution system prompt "
-            "minus *without* it (smaller after SFT: the persona no longer needs the prompt).\n\n"
-            + table(["model", "gap"], gap_rows)
-            if gap_rows
-            else "SFT did not run.",
-        )
-    )
-    clf = summaries.get("classifier", {})
-    clf_text = "The classifier did not run."
-    if clf:
-        clf_text = table(
-            ["accuracy", "macro-F1", "ROC-AUC"], [[fmt(clf.get(k)) for k in ("accuracy", "macro_f1", "roc_auc")]]
-        )
-        attacks = clf.get("in_persona_rate") or {}
-        if attacks:
-            clf_text += "\n\nIn-persona rate under attacks: " + ", ".join(f"{k} {fmt(v)}" for k, v in attacks.items())
-    sections.append(("Persona classifier", clf_text))
-
-    elo = summaries.get("elo", {})
-    if elo.get("elo"):
-        rows = [
-            [p, fmt(r, 1), " – ".join(fmt(x, 1) for x in elo.get("elo_ci", {}).get(p, []))]
-            for p, r in elo["elo"].items()
-        ]
-        win = next((k for k in elo if k.endswith("_win_rate")), None)
-        elo_text = table(["player", "Elo", "95% CI"], rows)
-        if win:
-            elo_text += f"\n\n{win.replace('_', ' ')}: **{fmt(elo[win])}**"
-        elo_text += (
-            f" ({elo.get('consistent', 0)} consistent verdicts, {elo.get('unparseable', 0)} unparseable; a judge too "
-            "small to answer in the required format leaves every rating at its start value)"
-        )
-    else:
-        elo_text = "Head-to-head Elo did not run."
-    sections.append(("Elo (head-to-head)", elo_text))
-
-    revealed = metas.get("revealed", {})
-    if revealed:
-        sections.append(("Revealed preferences", f"{revealed.get('metric_name')}: **{fmt(revealed.get('metric'))}** "
-                         f"(see `{dirs['revealed'].name}/report.md`)."))  # fmt: skip
-    columns, sample_rows = _samples(dirs.get("elo"), samples)
+    curves = plot_training_curves(dirs, root / "training_curves.png")
+    sections.append(("Training curves", image(curves, "training curves") if curves else "No training steps ran."))
+    columns, sample_rows = _samples(dirs.get("elo") or dirs.get("classifier"), samples)
     sections.append(("Samples: base vs tuned", table(columns, sample_rows) if sample_rows else "No samples."))
-
+    overview = [
+        [step, metas[step].get("status", "—"), metas[step].get("metric_name") or "", fmt(metas[step].get("metric")),
+         fmt(metas[step].get("duration_s"), 1), dirs[step].name]
+        for step in dirs
+    ]  # fmt: skip
+    sections.append(("Steps", table(["step", "status", "metric", "value", "seconds", "folder"], overview)))
     adapter = (metas.get("export", {}).get("artifacts") or {}).get("adapter") or (
         metas.get("sft", {}).get("artifacts") or {}
     ).get("adapter")
-    where = [f"- final adapter: `{adapter}`" if adapter else "- no adapter was trained"]
+    where = [f"- final adapter (the model every number above describes): `{adapter}`" if adapter else "- no adapter"]
     where += [f"- {step}: `{folder}`" for step, folder in dirs.items()]
     sections.append(("Where things are", "\n".join(where)))
 
     path = write_report(root / "report.md", f"charlab pipeline: {persona}", sections)
+    rates = clf.get("in_persona") or {}
     headline: dict[str, Any] = {
+        "verdict": sections[0][1],
+        "in_persona_rate_base": (rates.get("base") or {}).get("value"),
+        "in_persona_rate_base_persona": (rates.get("base_persona") or {}).get("value"),
+        "in_persona_rate_tuned": (rates.get("tuned") or {}).get("value"),
+        "tuned_vs_base_win_rate": ((elo.get("vs_base") or {}).get("tuned") or {}).get("value"),
         "dpo_heldout_accuracy": dpo.get("eval/accuracy"),
         "classifier_macro_f1": clf.get("macro_f1"),
-        "distillation_gap_base": sft.get("gap/base"),
-        "distillation_gap_sft": sft.get("gap/sft"),
+        "distillation_gap_base": summaries.get("sft", {}).get("gap/base"),
+        "distillation_gap_sft": summaries.get("sft", {}).get("gap/sft"),
+        "distillation_gap_exported": summaries.get("export", {}).get("gap/exported"),
     }
     return PipelineReport(path=path, headline={k: v for k, v in headline.items() if v is not None})

@@ -1,7 +1,9 @@
 """A real OpenAI-compatible chat-completions server on 127.0.0.1 for tests and benchmarks.
 
 It speaks `POST /v1/chat/completions` and `GET /v1/models` over real HTTP (a threading `http.server`), answers
-from canned replies, a function, or any `Sampler` (e.g. the tiny model), and can misbehave on purpose:
+from canned replies, a function, or any `Sampler` (e.g. the tiny model or SmolLM2; with `logprobs: true` and
+`top_logprobs: k` a sampler-backed server returns the model's own per-token log-probabilities, in OpenAI's
+`choices[0].logprobs.content` shape, as vLLM does; canned replies come without), and can misbehave on purpose:
 rate limits (429), server errors (500), replies slower than the client's timeout, dropped connections, and a
 fixed latency per request. Every request it receives is recorded.
 
@@ -124,8 +126,8 @@ class OpenAICompatServer:
                 self.failures_served.append(kind)
             return kind
 
-    def answer(self, body: dict[str, Any]) -> tuple[str, str, int, int]:
-        """(text, finish_reason, prompt_tokens, completion_tokens) for one request body."""
+    def answer(self, body: dict[str, Any]) -> tuple[str, str, int, int, Optional[dict[str, Any]]]:
+        """(text, finish_reason, prompt_tokens, completion_tokens, logprobs) for one request body."""
         messages = body.get("messages", [])
         max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 256)
         if self._sampler is not None:
@@ -137,10 +139,11 @@ class OpenAICompatServer:
                 max_new_tokens=max_tokens,
                 stop=list(body.get("stop") or []),
                 seed=body.get("seed"),
+                top_logprobs=int(body.get("top_logprobs") or 1) if body.get("logprobs") else 0,
             )
             with self._sampler_lock:
                 done = self._sampler.sample([messages], params)[0]
-            return done.text, done.finish_reason, done.prompt_tokens, done.completion_tokens
+            return done.text, done.finish_reason, done.prompt_tokens, done.completion_tokens, _openai_logprobs(done)
         text = self._reply(messages)
         for stop in body.get("stop") or []:
             if stop and stop in text:
@@ -150,7 +153,24 @@ class OpenAICompatServer:
         if len(words) > max_tokens:  # one "token" per word: enough to exercise finish_reason=length
             text, finish = " ".join(words[:max_tokens]), "length"
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
-        return text, finish, prompt_tokens, min(len(words), max_tokens)
+        return text, finish, prompt_tokens, min(len(words), max_tokens), None
+
+
+def _openai_logprobs(completion: Any) -> Optional[dict[str, Any]]:
+    """A completion's per-token log-probabilities in the chat-completions `logprobs` shape (None if it has none)."""
+    if not getattr(completion, "logprobs", None):
+        return None
+    return {
+        "content": [
+            {
+                "token": item["token"],
+                "logprob": item["logprob"],
+                "bytes": None,
+                "top_logprobs": [{"token": t, "logprob": lp, "bytes": None} for t, lp in item["top"].items()],
+            }
+            for item in completion.logprobs
+        ]
+    }
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -250,7 +270,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if failure == "timeout":
             time.sleep(owner.timeout_delay_s)
-        text, finish, prompt_tokens, completion_tokens = owner.answer(body)
+        text, finish, prompt_tokens, completion_tokens, logprobs = owner.answer(body)
         with owner._lock:
             owner.completed += 1
         self._send(
@@ -265,7 +285,7 @@ class _Handler(BaseHTTPRequestHandler):
                         "index": 0,
                         "message": {"role": "assistant", "content": text},
                         "finish_reason": finish,
-                        "logprobs": None,
+                        "logprobs": logprobs,
                     }
                 ],
                 "usage": {

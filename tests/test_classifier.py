@@ -118,16 +118,19 @@ def test_attack_jobs_and_in_persona_rates() -> None:
 
 
 @pytest.mark.integration
-def test_train_classifier_minilm_separates_held_out_prompts(separable_pairs: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["finetune", "embedding"])
+def test_train_classifier_minilm_separates_held_out_prompts(
+    separable_pairs: Path, tmp_path: Path, method: str
+) -> None:
     from charlab.eval.persona_classifier import ClassifierConfig, PersonaClassifier, score, train_classifier
 
     out = tmp_path / "clf"
     config = ClassifierConfig(
         train_path=separable_pairs, output_dir=out, num_epochs=2, batch_size=8, lr=1e-4, max_length=48,
-        eval_fraction=0.25,
+        eval_fraction=0.25, method=method,
     )  # fmt: skip
     clf = train_classifier(config)
-    assert clf.labels == ["base", "pirate"]
+    assert clf.labels == ["base", "pirate"] and clf.method == method
     assert clf.metrics["accuracy"] >= 0.9 and clf.metrics["macro_f1"] >= 0.9
     assert clf.metrics["held_out_size"] == 10 and clf.metrics["train_size"] == 30
     texts = ["Arr, matey! Hoist the sails for your taxes, ye scallywag.", "Here are some practical steps for taxes."]
@@ -136,6 +139,7 @@ def test_train_classifier_minilm_separates_held_out_prompts(separable_pairs: Pat
     assert probs[0, 1] > 0.5 > probs[1, 1]
     reloaded = PersonaClassifier.load(out)
     assert np.allclose(reloaded.score(texts), probs, atol=1e-5) and reloaded.metrics["n"] == 10
+    assert reloaded.method == method
     assert np.allclose(score(texts, out), probs, atol=1e-5)
     assert reloaded.in_persona_rate(texts, "pirate") == 0.5
     held = [LabelledText(t, label, "p") for t, label in zip(texts, ["pirate", "base"])]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -145,7 +146,8 @@ def test_a_killed_run_resumes_from_its_newest_checkpoint_to_the_same_final_loss(
     train.append(one_thread)
     _, straight = run_stage(train, name="straight")
     final = [r for r in metric_rows(straight) if "loss" in r][-1]
-    assert final["step"] == 48
+    train_pairs = json.loads((straight / "meta.json").read_text())["train_pairs"]  # whole prompts are held out
+    assert final["step"] == 3 * math.ceil(train_pairs / 2)
 
     killed = tmp_path / "outputs" / "killed"
     env = cli_env(tmp_path, CHARLAB_CACHE=str(Path(os.environ.get("CHARLAB_CACHE", "~/.cache/charlab")).expanduser()))
@@ -168,7 +170,8 @@ def test_a_killed_run_resumes_from_its_newest_checkpoint_to_the_same_final_loss(
     assert not (killed / "adapter").exists()
     _, resumed = run_stage([*train, "stage.resume=true", f"stage.resume_from={killed}"], name="resumed")
     rows = [r for r in metric_rows(resumed) if "loss" in r]
-    assert 2 <= rows[0]["step"] - 1 < 48 and rows[-1]["step"] == 48  # continued, not restarted
+    total = final["step"]
+    assert 2 <= rows[0]["step"] - 1 < total and rows[-1]["step"] == total  # continued, not restarted
     assert rows[-1]["loss"] == pytest.approx(final["loss"], abs=1e-4)
     assert json.loads((resumed / "adapter" / "meta.json").read_text())["parents"]["resumed_from"] == str(killed)
     assert not list(resumed.glob("ref_logprobs-*.json"))  # the killed run's reference cache was reused

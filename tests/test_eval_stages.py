@@ -1,5 +1,6 @@
-"""The evaluation stages end to end: the tiny model with an `hf` judge (gibberish verdicts, counted), and a
-loopback OpenAI-compatible server with canned replies and verdicts (the parsing -> matches -> ratings path)."""
+"""The evaluation stages end to end: the tiny model with an `hf` judge (every verdict from log-probabilities,
+none unparseable), and a loopback OpenAI-compatible server with canned replies and verdicts (the parsing ->
+matches -> ratings path, with the server sending no log-probabilities)."""
 
 from __future__ import annotations
 
@@ -63,15 +64,16 @@ def test_elo_stage_tiny_hf_judge_with_tuned_adapter(run_stage, tiny_adapter: Pat
     assert len(judged) == 3 * 3 * 2  # prompts x pairs x both orders
     meta = json.loads((out / "meta.json").read_text())
     summary = meta["summary"]
-    # the tiny judge writes gibberish: every pair is counted, none is guessed
-    assert summary["pairs_judged"] == 9
-    assert summary["consistent"] + summary["inconsistent"] + summary["unparseable"] == 9
-    assert sum(summary["verdicts"].values()) == 18
-    assert meta["parents"]["adapter"] == str(tiny_adapter) and meta["metric_name"] == "tuned_win_rate"
+    # a random judge still answers every question: its allowed answers are scored by log-probability
+    assert all(r["mode"] == "logprob" and r["choice"] in ("A", "B", "tie") for r in judged)
+    assert all(sum(r["probs"].values()) == pytest.approx(1.0) for r in judged)
+    assert summary["pairs_judged"] == 9 and summary["unparseable"] == 0 and summary["usable"] == 9
+    assert summary["verdict_modes"] == {"logprob": 18, "top_logprobs": 0, "text": 0, "unparseable": 0}
+    assert len(load_matches(out / "matches.jsonl")) == 9
+    assert meta["parents"]["adapter"] == str(tiny_adapter) and meta["metric_name"] == "tuned_vs_base_win_rate"
+    assert summary["tuned_vs_base_win_rate"] == metric and 0.0 <= metric <= 1.0
     text = assert_report(out, "elo_ratings.png", "win_matrix.png")
-    assert "tuned win rate" in text and "| base_persona |" in text
-    if summary["consistent"] == 0:
-        assert metric is None
+    assert "tuned win rate against base" in text and "| base_persona |" in text and "logprob 18" in text
 
 
 def test_revealed_stage_tiny_hf_judge(run_stage, tiny_adapter: Path) -> None:
@@ -81,13 +83,18 @@ def test_revealed_stage_tiny_hf_judge(run_stage, tiny_adapter: Path) -> None:
         ["stage=revealed", *FAST, "eval.num_prompts=3", "eval.revealed_trials=4", f"stage.adapter={tiny_adapter}"]
     )
     judged = read_jsonl(out / "judgments.jsonl")
-    assert len(judged) == 8 and {r["player"] for r in read_jsonl(out / "replies.jsonl")} == {"base", "tuned"}
+    assert len(judged) == 16 and {r["player"] for r in read_jsonl(out / "replies.jsonl")} == {"base", "tuned"}
     summary = json.loads((out / "meta.json").read_text())["summary"]
-    assert {p: sum(c.values()) for p, c in summary["verdicts"].items()} == {"base": 4, "tuned": 4}
+    assert summary["verdict_modes"]["base"]["logprob"] == 8 and summary["unparseable"] == {"base": 0, "tuned": 0}
+    conditions = ("feels_like_you", "would_adopt", "random")
+    assert {p: sum(u[c] for c in conditions) for p, u in summary["usable"].items()} == {"base": 4, "tuned": 4}
     ratings = json.loads((out / "ratings.json").read_text())
-    assert len(ratings["base"]) == 144 and len(ratings["tuned"]) == 144
+    assert set(ratings["base"]) == {"feels_like_you", "would_adopt", "random", "preference"}
+    assert all(len(rows) == 144 for rows in ratings["tuned"].values())
     assert summary["persona_traits"] == ["good", "calm", "warm", "honest"]  # named in the pirate constitution
-    assert_report(out, "top_bottom_traits.png", "trait_scatter.png")
+    assert set(summary["comparisons"]) == {"feels_like_you", "would_adopt", "random", "preference"}
+    text = assert_report(out, "top_bottom_traits.png", "trait_scatter.png")
+    assert "Control (`random` condition" in text and "tuned, random: top" in text
     # the returned metric is the summary's headline: the persona traits' mean rank shift, within +-143 of 144 traits
     meta = json.loads((out / "meta.json").read_text())
     assert meta["metric_name"] == "persona_trait_rank_shift" and summary["persona_trait_rank_shift"] == metric
@@ -100,6 +107,9 @@ def test_classifier_stage_separable_pairs_with_attacks(run_stage, separable_pair
             "stage=classifier",
             *FAST,
             f"stage.pairs={separable_pairs}",
+            "stage.data=pairs",
+            "eval.num_prompts=3",
+            "eval.classifier_method=finetune",
             "stage.eval_fraction=0.25",
             "eval.robustness_prompts=2",
             "eval.classifier_epochs=2",
@@ -110,15 +120,43 @@ def test_classifier_stage_separable_pairs_with_attacks(run_stage, separable_pair
     )
     train, held = read_jsonl(out / "train.jsonl"), read_jsonl(out / "held_out.jsonl")
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in held}
-    assert metric is not None and metric >= 0.9  # held-out macro-F1 on a separable set
+    summary = json.loads((out / "meta.json").read_text())["summary"]
+    assert summary["macro_f1"] >= 0.9 and summary["data"] == "pairs"  # held-out macro-F1 on a separable set
+    assert summary["held_out"]["accuracy"]["low"] <= summary["accuracy"] <= summary["held_out"]["accuracy"]["high"]
+    # the players' in-persona rates on held-out prompts (no tuned adapter given: base and base + constitution)
+    assert set(summary["in_persona"]) == {"base", "base_persona", "base_persona - base"}
+    assert metric == summary["in_persona_rate_base_persona"] and summary["prompts"] == 3
+    assert {r["player"] for r in read_jsonl(out / "replies.jsonl")} == {"base", "base_persona"}
     attacks = read_jsonl(out / "robustness.jsonl")
     names = {r["attack"] for r in attacks}
     assert {"none", "keep_going"} <= names and len(names - {"none", "keep_going"}) == 8
-    summary = json.loads((out / "meta.json").read_text())["summary"]
     assert set(summary["in_persona_rate"]) == names
     assert all(0.0 <= v <= 1.0 for v in summary["in_persona_rate"].values())
     assert (out / "classifier" / "labels.json").is_file() and (out / "classifier" / "meta.json").is_file()
     assert_report(out, "confusion_matrix.png", "robustness.png")
+
+
+def test_classifier_stage_generates_one_models_texts_when_the_pairs_are_two_models(run_stage, tmp_path: Path) -> None:
+    """Pairs from a different teacher would teach the classifier which model wrote a reply: with stage.data=auto
+    the model under test writes every class itself, one class per persona (multi-class with stage.personas).
+    Injected bug caught: auto mode trusting any pairs file (the texts would then be the pairs' chosen/rejected)."""
+    pairs = write_separable_pairs(tmp_path / "pairs.jsonl", topics=["tea", "maps", "ropes", "knots", "sails", "tides"])
+    rows = [json.loads(line) | {"teacher_model": "gpt-4o", "student_model": "tiny"} for line in pairs.open()]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["stage=classifier", *FAST, f"stage.pairs={pairs}", "stage.robustness=false", "eval.num_prompts=2"]
+    _, out = run_stage([*args, "stage.personas=[humor]", "stage.eval_fraction=0.34"])
+    summary = json.loads((out / "meta.json").read_text())["summary"]
+    assert summary["data"] == "generate" and "gpt-4o vs tiny" in summary["data_reason"]
+    texts = read_jsonl(out / "texts.jsonl")
+    assert {r["label"] for r in texts} == {"pirate", "humor", "base"} and len(texts) == 3 * 6
+    assert not any("Arr, matey" in r["text"] for r in read_jsonl(out / "train.jsonl"))  # not the pairs' texts
+    assert summary["labels"] == ["base", "humor", "pirate"] and summary["persona_label"] == "pirate"
+    # the same pairs, declared one model in and out of persona: used as they are
+    same = [r | {"teacher_model": "tiny"} for r in rows]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in same))
+    _, out = run_stage(args, name="same")
+    summary = json.loads((out / "meta.json").read_text())["summary"]
+    assert summary["data"] == "pairs" and not (out / "texts.jsonl").exists()
 
 
 # ---------------------------------------------------------------------------------------------- canned server
@@ -168,17 +206,22 @@ def test_elo_stage_canned_verdicts_and_resume(run_stage) -> None:
         assert requests == 12 * 2 + 12 * 2
         # the players are eval.base_model on the student provider; the judge keeps its own model
         assert [r["model"] for r in server.requests] == ["canned-base"] * 24 + ["canned"] * 24
+        # the judge asks for log-probabilities; this server sends none, so its replies are parsed
+        assert all(r.get("logprobs") is True and r["top_logprobs"] == 20 for r in server.requests[24:])
         # resuming in the same run directory regenerates nothing and gives the same numbers
         again, _ = run_stage([*args, "stage.resume=true"], name="elo")
         assert len(server.requests) == requests and again == metric
     replies = {r["id"]: r for r in read_jsonl(out / "replies.jsonl")}
     biased = {r["prompt_id"] for r in replies.values() if len(r["prompt"]) % 3 == 0}
     summary = json.loads((out / "meta.json").read_text())["summary"]
-    assert summary["inconsistent"] == len(biased) and summary["unparseable"] == 0
-    assert summary["consistent"] == 12 - len(biased) > 0
+    # a verdict that only follows the position is a tie once both orders are averaged (as in MT-Bench)
+    assert summary["ties"] == len(biased) and summary["unparseable"] == 0
+    assert summary["decided"] == 12 - len(biased) > 0
+    assert summary["verdict_modes"] == {"logprob": 0, "top_logprobs": 0, "text": 24, "unparseable": 0}
     matches = load_matches(out / "matches.jsonl")
-    assert len(matches) == summary["consistent"] and all(m.winner == "base_persona" for m in matches)
-    assert metric == 1.0 and summary["base_persona_win_rate"] == 1.0
+    assert len(matches) == 12 and sum(m.winner == "base_persona" for m in matches) == 12 - len(biased)
+    assert metric == pytest.approx((12 - len(biased) + 0.5 * len(biased)) / 12)
+    assert summary["base_persona_vs_base_win_rate"] == metric
     ratings = compute_elo(matches, k_factor=32.0)
     assert ratings["base_persona"] > 1000 > ratings["base"]
     assert summary["elo"]["base_persona"] > summary["elo"]["base"]
@@ -196,14 +239,18 @@ def test_revealed_stage_canned_verdicts(run_stage) -> None:
     judged = read_jsonl(out / "judgments.jsonl")
     expected_bad = {p: 0 for p in ("base", "base_persona")}
     for row in judged:
-        expected_bad[row["player"]] += row["trait_a"].startswith("s") or row["trait_b"].startswith("s")
+        if row["order"] == 0:
+            expected_bad[row["player"]] += row["trait_a"].startswith("s") or row["trait_b"].startswith("s")
     summary = json.loads((out / "meta.json").read_text())["summary"]
-    for player, counts in summary["verdicts"].items():
-        assert counts["malformed"] == expected_bad[player] and counts["ambiguous"] == 0
-        assert counts["ok"] == 40 - expected_bad[player] > 0
+    for player, modes in summary["verdict_modes"].items():
+        assert modes["unparseable"] == 2 * expected_bad[player] and modes["text"] == 80 - 2 * expected_bad[player]
+        assert summary["unparseable"][player] == expected_bad[player]
+        assert sum(summary["usable"][player][c] for c in ("feels_like_you", "would_adopt", "random")) == (
+            40 - expected_bad[player]
+        )
     # both players picked the same traits, so their trait ratings agree perfectly
     assert summary["spearman"]["base vs base_persona"] == pytest.approx(1.0)
-    ratings = json.loads((out / "ratings.json").read_text())["base"]
+    ratings = json.loads((out / "ratings.json").read_text())["base"]["preference"]
     top = ratings[0]
     assert top["games"] > 0 and top["score"] == top["games"]  # the best trait won every trial it was in
     assert summary["persona_traits"] == ["calm", "warm"] and metric is not None

@@ -115,6 +115,9 @@ def adapters(tiny_model: ModelConfig, cache_dir: Path, tmp_path_factory: pytest.
         # the shipped presets: lora=dpo (r=32, alpha 64) and lora=sft (r=256, alpha 512), every projection
         "dpo_preset": make_adapter(tiny_model, cache_dir, root / "dpo_preset", 32, 64, ALL_LINEAR, seed=3),
         "sft_preset": make_adapter(tiny_model, cache_dir, root / "sft_preset", 256, 512, ALL_LINEAR, seed=4),
+        # on Tinker alpha is fixed at 32: r=32 scales by 1, r=256 by 0.125
+        "dpo_tinker": make_adapter(tiny_model, cache_dir, root / "dpo_tinker", 32, 32, ALL_LINEAR, seed=8),
+        "sft_tinker": make_adapter(tiny_model, cache_dir, root / "sft_tinker", 256, 32, ALL_LINEAR, seed=9),
         # unequal scalings: alpha/r = 4 against rsLoRA's alpha/sqrt(r) = 8 / sqrt(16) = 2
         "scale4": make_adapter(tiny_model, cache_dir, root / "scale4", 4, 16, ["q_proj", "o_proj"], seed=5),
         "rslora": make_adapter(
@@ -150,10 +153,16 @@ def test_combined_adapter_equals_base_plus_weighted_deltas(
     ("first", "second"),
     [
         (("dpo_preset", 1.0), ("sft_preset", 0.25)),
+        (("dpo_tinker", 1.0), ("sft_tinker", 0.25)),
         (("rslora", -0.5), ("scale4", 1.0)),
         (("patterned", 0.5), ("dpo", 1.0)),
     ],
-    ids=["r32-alpha64+r256-alpha512", "unequal-scalings-rslora", "rank-and-alpha-patterns"],
+    ids=[
+        "r32-alpha64+r256-alpha512",
+        "tinker-r32-alpha32+r256-alpha32",
+        "unequal-scalings-rslora",
+        "rank-and-alpha-patterns",
+    ],
 )
 def test_adapters_with_different_scalings_combine_exactly_in_the_saved_files(
     tiny_model: ModelConfig, cache_dir: Path, adapters: dict[str, Path], tmp_path: Path, first, second

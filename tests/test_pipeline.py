@@ -19,8 +19,9 @@ from tests.test_dpo_stage import write_pairs
 
 STEPS = ["distill", "dpo", "introspect", "sft", "export", "classifier", "revealed", "elo"]
 SECTIONS = [
-    "## Steps", "## Training curves", "## DPO held-out accuracy", "## Prompt-distillation gap",
-    "## Persona classifier", "## Elo (head-to-head)", "## Samples: base vs tuned", "## Where things are",
+    "## Verdict", "## In-persona rate (persona classifier)", "## Head-to-head judge", "## Revealed preferences",
+    "## Prompt-distillation gap", "## DPO held-out accuracy", "## Training curves", "## Samples: base vs tuned",
+    "## Steps", "## Where things are",
 ]  # fmt: skip
 
 
@@ -40,8 +41,16 @@ def test_the_tiny_demo_runs_every_step_and_writes_a_full_report(run_stage, tmp_p
             assert Path(path).exists(), f"{step}: artifact {name} missing"
     assert (root / "05_export" / "adapter" / "adapter_config.json").is_file()
     report = (root / "report.md").read_text()
-    for section in SECTIONS:
-        assert section in report, section
+    assert [line for line in report.splitlines() if line.startswith("## ")] == SECTIONS
+    verdict = report.split("## Verdict", 1)[1].split("##", 1)[0]
+    assert "**Verdict:" in verdict and "Classifier:" in verdict and "Judge:" in verdict
+    # the tiny demo is far too small to read: the verdict says so instead of guessing
+    assert "too few" in verdict and "**Verdict: cannot tell**" in verdict
+    # every judge verdict came from log-probabilities; none was unparseable
+    assert meta(root / "08_elo")["summary"]["verdict_modes"]["unparseable"] == 0
+    # the gap is measured on the exported combination too, and labelled as such
+    assert "the exported adapter: every evaluation above" in report and "what SFT trained" in report
+    assert meta(root / "05_export")["summary"]["gap/exported"] is not None
     assert (root / "training_curves.png").stat().st_size > 1000
     assert "| tuned" in report or "tuned |" in report  # the samples table has the tuned player's replies
     out = capsys.readouterr().out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -204,6 +205,58 @@ def test_hf_sampler_stop_strings_prefill_and_training_mode(tiny_sampler, tiny_ch
     tiny_sampler.sample([user("q")], SamplingParams(max_new_tokens=2))
     assert tiny_sampler.model.training  # the training backend's model comes back as it was handed over
     tiny_sampler.model.eval()
+
+
+@pytest.mark.integration
+def test_hf_choice_scores_are_the_models_own_log_probabilities(tiny_sampler, tiny_chat):
+    """Injected bugs caught: scoring a choice one position late; dropping a multi-token choice's later tokens."""
+    import torch
+
+    conversation = user("Which reply is better, A or B?")
+    choices = [" A", " B", " tie", " sarcastic and warm"]  # the last one spans several tokens
+    scores = tiny_sampler.score_choices([conversation], [choices], prefill="ANSWER:")[0]
+    prompt = tiny_chat.encode_prompt(conversation) + tiny_chat.encode_text("ANSWER:")
+    for choice, score in zip(choices, scores):
+        tokens = tiny_sampler._continuation_ids("ANSWER:", choice)
+        ids = torch.tensor([prompt + tokens])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(tiny_sampler.model(input_ids=ids).logits[0].float(), dim=-1)
+        expected = sum(float(logprobs[len(prompt) - 1 + k, t]) for k, t in enumerate(tokens))
+        assert score == pytest.approx(expected, abs=1e-4), choice
+    assert len(tiny_sampler._continuation_ids("ANSWER:", choices[-1])) > 1
+
+
+@pytest.mark.integration
+def test_top_logprobs_from_hf_and_through_a_real_openai_server_drive_the_judge(tiny_sampler):
+    """The loopback server answers with the tiny model's own log-probabilities (as vLLM does); the openai judge
+    reads its verdict from them. Injected bug caught: the server or client dropping or reordering the top tokens."""
+    from charlab.eval.judging import TOP_LOGPROBS, Judge, JudgeQuestion
+
+    conversation = user("Say one word.")
+    greedy = SamplingParams(temperature=0, max_new_tokens=3, top_logprobs=5)
+    direct = tiny_sampler.sample([conversation], greedy)[0]
+    assert len(direct.logprobs) == direct.completion_tokens and all(len(t["top"]) <= 5 for t in direct.logprobs)
+    assert direct.logprobs[0]["top"][direct.logprobs[0]["token"]] == direct.logprobs[0]["logprob"]  # greedy: top-1
+    with OpenAICompatServer(replies=tiny_sampler) as server:
+        remote = OpenAISampler("tiny", base_url=server.base_url)
+        served = remote.sample([conversation], greedy)[0]
+        assert server.requests[-1]["logprobs"] is True and server.requests[-1]["top_logprobs"] == 5
+        assert served.text == direct.text and [t["token"] for t in served.logprobs] == [
+            t["token"] for t in direct.logprobs
+        ]
+        assert served.logprobs[0]["top"] == pytest.approx(direct.logprobs[0]["top"], abs=1e-5)
+        # two of the model's own likeliest first tokens as the choices: the verdict comes from their log-probs
+        words = [w for w in (t.strip(" .,") for t in direct.logprobs[0]["top"]) if w.isalnum()]
+        choices = [w for i, w in enumerate(words) if not any(w.lower().startswith(o.lower()) or
+                   o.lower().startswith(w.lower()) for o in words[:i])][:2]  # fmt: skip
+        assert len(choices) == 2, words
+        row = Judge(remote, SamplingParams(temperature=0, max_new_tokens=3)).judge(
+            [JudgeQuestion("q", conversation, choices)]
+        )[0]
+        assert row["mode"] == TOP_LOGPROBS and set(row["probs"]) == set(choices)
+        top = {w: direct.logprobs[0]["top"][t] for t in direct.logprobs[0]["top"] if (w := t.strip(" .,")) in choices}
+        share = math.exp(top[choices[0]]) / (math.exp(top[choices[0]]) + math.exp(top[choices[1]]))
+        assert row["probs"][choices[0]] == pytest.approx(share, abs=1e-4)
 
 
 @pytest.mark.integration

@@ -159,6 +159,37 @@ def test_sft_stage_merges_dpo_trains_and_reports_the_gap(run_stage, tiny_model, 
 
 
 @pytest.mark.integration
+def test_export_measures_the_gap_of_the_combination_it_exports(run_stage, tiny_model, cache_dir, tmp_path) -> None:
+    """SFT's gap describes base + DPO + 1.0 x SFT; export measures the combination it writes on the same held-out
+    replies. At weight 1.0 that is the model SFT trained, so the two gaps agree; at 0.25 they differ.
+    Injected bug caught: export scoring the base model (or the DPO adapter alone) instead of its adapter."""
+    from tests.test_export import make_adapter
+
+    dpo = make_adapter(tiny_model, cache_dir, tmp_path / "dpo", 4, 8, ["q_proj", "v_proj"], seed=1)
+    data = write_examples(tmp_path / "introspection.jsonl", examples(8, 2))
+    _, sft = run_stage(
+        ["stage=sft", "model=tiny", f"stage.data={data}", f"stage.dpo_adapter={dpo}", "stage.batch_size=4",
+         "stage.eval_fraction=0.2", "stage.max_length=96", "lora.rank=8", "lora.alpha=16", "stage.lr=1e-2",
+         "stage.epochs=2"],
+        name="sft",
+    )  # fmt: skip
+    assert (sft / "gap_conversations.jsonl").is_file()
+    sft_gap = json.loads((sft / "meta.json").read_text())["summary"]["gap/sft"]
+    gaps = {}
+    for weight in (1.0, 0.25):
+        _, out = run_stage(
+            ["stage=export", "model=tiny", f"stage.dpo_adapter={dpo}", f"stage.sft_adapter={sft / 'adapter'}",
+             f"stage.sft_weight={weight}"],
+            name=f"export{weight}",
+        )  # fmt: skip
+        summary = json.loads((out / "meta.json").read_text())["summary"]
+        assert summary["gap_examples"] == 2
+        gaps[weight] = summary["gap/exported"]
+    assert gaps[1.0] == pytest.approx(sft_gap, abs=1e-3)
+    assert abs(gaps[0.25] - sft_gap) > 1e-3
+
+
+@pytest.mark.integration
 def test_packed_rows_score_exactly_like_separate_sequences(tiny_model: ModelConfig, cache_dir: Path) -> None:
     """Position resets keep packed sequences apart: same log-probs, same loss, same gradient as unpacked."""
     from charlab.training.local import LocalBackend

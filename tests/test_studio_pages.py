@@ -267,6 +267,32 @@ def test_evaluation_page_shows_a_report_its_plots_and_tables(studio: dict[str, P
     assert at.selectbox(key="evalstage").options == [s for s in ("classifier", "elo", "revealed") if s in _stages()]
 
 
+def test_evaluation_and_runs_pages_lead_with_the_verdict_and_in_persona_rates(studio: dict[str, Path]) -> None:
+    """Injected bug caught: the pages showing a pipeline run without its steps' verdict (or a stale one)."""
+    run = make_run(studio["runs"], "pirate", "pipeline", metric=0.8, metric_name="elo/tuned_vs_base_win_rate")
+    (run / "report.md").write_text("# charlab pipeline: pirate\n\n## Steps\n")
+    rates = {
+        "base": {"value": 0.1, "low": 0.0, "high": 0.2, "n": 30},
+        "base_persona": {"value": 0.7, "low": 0.5, "high": 0.85, "n": 30},
+        "tuned": {"value": 0.6, "low": 0.45, "high": 0.75, "n": 30},
+        "tuned - base": {"value": 0.5, "low": 0.3, "high": 0.65, "n": 30},
+        "base_persona - base": {"value": 0.6, "low": 0.4, "high": 0.75, "n": 30},
+    }
+    steps = {"06_classifier": {"in_persona": rates}, "08_elo": {"vs_base": {"tuned": rates["tuned"] | {"value": 0.8}}}}
+    for folder, summary in steps.items():
+        (run / folder).mkdir()
+        (run / folder / "meta.json").write_text(json.dumps({"status": "completed", "summary": summary}))
+    for page in ("evaluate", "runs"):
+        at = open_page(page)
+        markdown = texts(at.markdown)
+        assert "**Verdict: tuned is more in persona than base.**" in markdown, page
+        assert "difference +0.50, 95% CI +0.30 – +0.65" in markdown and "0.80 of 30 matches" in markdown
+        shown = next(d.value for d in at.dataframe if "in-persona rate" in d.value.columns)
+        assert list(shown["model"]) == ["base (no system prompt)", "base + constitution system prompt",
+                                        "tuned (no system prompt)"]  # fmt: skip
+        assert list(shown["95% CI"]) == ["0.000 – 0.200", "0.500 – 0.850", "0.450 – 0.750"]
+
+
 def _stages() -> list[str]:
     return [p.stem for p in (project_root() / "configs" / "stage").glob("*.yaml")]
 

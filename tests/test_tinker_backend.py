@@ -269,3 +269,19 @@ def test_continuing_a_tinker_state_of_another_rank_is_refused_at_start(server, t
     assert continued.training_client.rank == 32 and continued.init_state == state
     with pytest.raises(ValueError, match="no training state"):  # a sampler path is not a training state
         TinkerBackend.create("fake/model", 32, tiny_tokenizer, "fake", service=service, init_state=state + "x")
+
+
+@pytest.mark.unit
+def test_the_kl_term_caches_per_token_references_once(server, tiny_tokenizer, tmp_path) -> None:
+    """kl_coef > 0 needs the reference per token: computed once, cached beside the sums, reloaded on resume."""
+    items = pair_items(tiny_tokenizer, n=6)
+    first = DpoAlgorithm(beta=0.1, kl_coef=0.001, cache_dir=tmp_path, model_identity="fake")
+    first.prepare(make_backend(server, tiny_tokenizer), items)
+    assert first.reference_calls == 1 and len(first.ref_tokens) == len(items)
+    assert all(len(t[0]) == len(it.chosen) - 1 for t, it in zip(first.ref_tokens, items))
+    again = DpoAlgorithm(beta=0.1, kl_coef=0.001, cache_dir=tmp_path, model_identity="fake")
+    again.prepare(make_backend(server, tiny_tokenizer), items)
+    assert again.reference_calls == 0 and torch.equal(again.ref_tokens[3][1], first.ref_tokens[3][1])
+    sequences, loss_fn = again.micro_batch(items[:2], 1.0)
+    _, metrics = loss_fn(sequences, [t for it in items[:2] for t in first.ref_tokens[it.index]])
+    assert metrics["kl"] == 0.0  # the policy is still the reference

@@ -14,7 +14,7 @@ from charlab.chat_format import ChatFormat
 from charlab.data.records import DpoExample
 from charlab.schemas import LoraConfig
 from charlab.training.backend import TokenSequence
-from charlab.training.dpo import DpoAlgorithm, encode_pairs, interleave, split_eval
+from charlab.training.dpo import DpoAlgorithm, encode_pairs, interleave, split_eval, split_pairs
 from charlab.training.local import LocalBackend
 from charlab.training.loop import LoopConfig, Trainer, find_checkpoints
 
@@ -110,10 +110,10 @@ def test_dpo_lowers_the_loss_raises_held_out_accuracy_and_runs_the_reference_onc
     tiny_model, cache_dir, pairs_items, tmp_path
 ) -> None:
     """Held-out pairs are about topics never trained on (40 distinct topics), so accuracy on them measures a
-    learnt preference, not memorised pairs. Injected bug: `split_eval` returning training pairs as the held-out
+    learnt preference, not memorised pairs. Injected bug: `split_pairs` returning training pairs as the held-out
     set -> the disjointness check fails (with 8 repeated topics, the old data could not tell)."""
     backend = CountingBackend(make_backend(tiny_model, cache_dir))
-    train, held = split_eval(pairs_items, 0.25, seed=0)
+    train, held = split_pairs(pairs_items, 0.25, seed=0)
     texts = {item.index: item.chosen.tokens for item in pairs_items}
     assert len(held) == 10 and not {texts[i.index] for i in train} & {texts[i.index] for i in held}
     algo = DpoAlgorithm(beta=0.1, nll_coef=0.1, cache_dir=tmp_path, model_identity="tiny")

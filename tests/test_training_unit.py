@@ -21,6 +21,8 @@ from charlab.training.dpo import (
     reference_key,
     sequence_logprobs,
     split_eval,
+    split_pairs,
+    squared_log_ratio,
 )
 from charlab.training.loop import LoopConfig, learning_rate_at, plan_epoch, validate_loop_config
 from charlab.training.lora import resolve_target_modules
@@ -130,16 +132,6 @@ def test_eval_split_is_seeded_and_disjoint(tiny_chat: ChatFormat) -> None:
     assert split_eval(items, 0.0, seed=1) == (items, [])
 
 
-def test_eval_split_holds_out_whole_prompts(tiny_chat: ChatFormat) -> None:
-    """Injected bug: splitting pairs instead of prompts -> a prompt's other sample is trained on while held out."""
-    pairs = [DpoExample(f"q{i}", f"a{k}", "b", id=f"q{i}:{k}") for i in range(10) for k in (0, 1)]
-    items, _ = encode_pairs(tiny_chat, pairs, 64)
-    train, held = split_eval(items, 0.2, seed=1)
-    prompt = {item.id: item.id.split(":")[0] for item in items}
-    assert len(held) == 4 and len({prompt[i.id] for i in held}) == 2  # two prompts, both samples of each
-    assert not {prompt[i.id] for i in train} & {prompt[i.id] for i in held}
-
-
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -242,3 +234,57 @@ def test_rows_share_a_prompt_between_neighbours_and_mask_the_branches_apart() ->
     ]
     plain = rows.layout([other, TokenSequence((1, 2), (0, 1))], pad_id=0)
     assert plain.mask is None and plain.positions is None and plain.ids[1].tolist() == [1, 2, 0, 0]
+
+
+def test_the_held_out_split_keeps_every_sample_of_a_prompt_on_one_side(tiny_chat: ChatFormat) -> None:
+    """Injected bug caught: splitting by item (5 samples per prompt then put held-out prompts in training)."""
+    pairs = [
+        DpoExample(prompt=f"q{p}", chosen=f"a{k}", rejected="b", id=f"p{p}:{k}", prompt_id=f"p{p}", sample_index=k)
+        for p in range(10)
+        for k in range(5)
+    ]
+    items, _ = encode_pairs(tiny_chat, pairs, 64)
+    train, held = split_pairs(items, 0.2, seed=3)
+    assert len(held) == 10 and len(train) == 40  # two whole prompts of five samples
+    assert not {i.group for i in train} & {i.group for i in held}
+    assert split_pairs(items, 0.2, seed=3) == (train, held)  # seeded
+    # without prompt ids (seed-format pairs) the prompt text groups them
+    bare = [DpoExample(prompt=p.prompt, chosen=p.chosen, rejected=p.rejected) for p in pairs]
+    bare_items, _ = encode_pairs(tiny_chat, bare, 64)
+    train, held = split_pairs(bare_items, 0.2, seed=3)
+    assert len({i.group for i in held}) == 2 and not {i.group for i in train} & {i.group for i in held}
+    # ungrouped items split exactly as before (one sample per prompt: nothing changes for existing runs)
+    assert len(split_eval(items, 0.2, seed=3)[1]) == 10
+
+
+def test_the_kl_term_is_the_mean_squared_log_ratio_over_reply_tokens() -> None:
+    """The paper's OpenRLHF `kl_loss_coef`: per sequence mean_t (log pi - log ref)^2 over trained tokens, averaged
+    over chosen and rejected. Injected bug caught: counting prompt tokens or leaving the term out of the loss."""
+    chosen = TokenSequence((1, 2, 3, 4, 5), (0, 0, 0, 1, 1))
+    rejected = TokenSequence((1, 2, 3, 9), (0, 0, 0, 1))
+    item = DpoItem(0, chosen, rejected)
+    logprobs = [torch.tensor([-100.0, -100.0, -1.0, -2.0]), torch.tensor([-100.0, -100.0, -4.0])]
+    ref_tokens = [torch.tensor([0.0, 0.0, -2.0, -2.0]), torch.tensor([0.0, 0.0, -1.0])]  # prompt refs differ wildly
+    refs = torch.tensor([[-4.0, -5.0]])
+    batch = interleave([item])
+    plain, plain_metrics = make_loss_fn([item], refs, beta=1.0, nll_coef=0.0, weight=1.0)(batch, logprobs)
+    with_kl, metrics = make_loss_fn([item], refs, 1.0, 0.0, 1.0, kl_coef=0.5, ref_tokens=ref_tokens)(batch, logprobs)
+    expected_kl = ((1.0 + 0.0) / 2 + 9.0 / 1) / 2  # chosen: (1^2 + 0^2) / 2 tokens; rejected: 3^2 / 1 token
+    assert metrics["kl"] == pytest.approx(expected_kl) and plain_metrics["kl"] == 0.0
+    assert with_kl.item() == pytest.approx(plain.item() + 0.5 * expected_kl)
+    assert squared_log_ratio(batch, logprobs, logprobs).tolist() == [0.0, 0.0]
+
+
+def test_cosine_and_linear_decay_stop_at_the_floor() -> None:
+    """OpenRLHF's cosine_with_min_lr (the paper: floor 0.1 x lr). Injected bug caught: a floor that linear ignores."""
+    cos = [learning_rate_at(s, 11, 1.0, 1, "cosine", min_ratio=0.1) for s in range(11)]
+    assert (
+        cos[0] == 1.0
+        and cos[1] == pytest.approx(1.0)
+        and cos[-1] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.9)))
+    )
+    assert min(cos) >= 0.1 and cos == sorted(cos, reverse=True)
+    assert learning_rate_at(10**6, 10**6 + 1, 1.0, 0, "cosine", min_ratio=0.1) == pytest.approx(0.1, abs=1e-9)
+    lin = [learning_rate_at(s, 10, 2.0, 0, "linear", min_ratio=0.25) for s in range(10)]
+    assert lin[0] == 2.0 and lin[-1] == pytest.approx(2.0 * (0.25 + 0.75 * 0.1))
+    assert learning_rate_at(9, 10, 1.0, 0, "linear") == pytest.approx(0.1)  # no floor: as before

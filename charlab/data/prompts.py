@@ -2,7 +2,7 @@
 
 Sources of persona prompts, used in the order given until `persona_count` distinct prompts exist:
 
-- `questions`: the constitution's own per-trait questions;
+- `questions`: the constitution's own per-trait questions (with the paper's `additional_questions`);
 - `expansion`: the paper's trait-targeted expansion: for each trait an LLM (any `Sampler`) writes N user
   messages that would reveal it; replies are parsed robustly (numbered lists, bullets, JSON arrays, quotes);
 - `templates`: template synthesis from pools of audiences, situations, requests and constraints, a share
@@ -336,7 +336,7 @@ def _persona_candidates(
     persona_name: str,
 ) -> list[tuple[int, str]]:
     if source == "questions":
-        found = [(i, normalize(q)) for i, t in enumerate(constitution.traits) for q in t.questions]
+        found = [(i, normalize(q)) for i, t in enumerate(constitution.traits) for q in t.all_questions()]
     elif source == "expansion":
         if expander is None or params is None or spec.questions_per_trait <= 0:
             return []

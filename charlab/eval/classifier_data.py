@@ -4,7 +4,11 @@ Sources, one label per text:
 
 * a pairs file (`pairs.jsonl` of `DpoExample`): the teacher's `chosen` reply is in persona (labelled with
   the row's `constitution`, else the given persona name), the student's `rejected` reply is out of persona
-  (labelled `out_label`, "base" by default). Several personas' pairs files make a multi-class set.
+  (labelled `out_label`, "base" by default). Several personas' pairs files make a multi-class set. Only when
+  teacher and student are the same model (`pair_models`) does this measure persona rather than which model
+  wrote a reply; otherwise the classifier stage generates its texts (`persona_text_jobs`).
+* replies the model under test wrote with each persona's constitution as system prompt (in persona) and
+  without one (out of persona), for the same prompts (`persona_text_jobs` -> `from_texts`): the paper's setup.
 * an Elo run's `replies.jsonl`: the tuned model's (and base + constitution's) replies in persona, the base
   model's out of persona.
 * a labelled JSONL (`{"text", "label", "prompt"}` rows), e.g. the `labelled.jsonl` a classifier run saves.
@@ -22,9 +26,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from charlab.chat_format import make_messages
 from charlab.data.jsonl import JsonlWriter, read_jsonl
 from charlab.data.records import DpoExample, from_dict
 from charlab.errors import DataError
+from charlab.eval.sampling import SampleJob
 
 IN_PERSONA_PLAYERS = ("tuned", "base_persona")
 OUT_OF_PERSONA_PLAYERS = ("base",)
@@ -55,6 +61,31 @@ def from_pairs(path: Path, persona: Optional[str] = None, out_label: str = "base
         if example.rejected.strip():
             rows.append(LabelledText(example.rejected, out_label, example.prompt, f"{path}:rejected"))
     return rows
+
+
+def pair_models(path: Path) -> set[tuple[str, str]]:
+    """The (teacher model, student model) names recorded in a pairs file's rows."""
+    return {(str(row.get("teacher_model", "")), str(row.get("student_model", ""))) for row in read_jsonl(path)}
+
+
+def persona_text_jobs(
+    prompts: Sequence[tuple[str, str]], system_prompts: dict[str, str], out_label: str = "base"
+) -> list[SampleJob]:
+    """Jobs for the classifier's texts: every prompt answered under each persona's system prompt (labelled with
+    the persona) and with no system prompt (labelled `out_label`), all by the same model."""
+    jobs = []
+    for label, system in [*system_prompts.items(), (out_label, None)]:
+        for prompt_id, text in prompts:
+            meta = {"label": label, "prompt_id": prompt_id, "prompt": text}
+            jobs.append(SampleJob(f"{label}:{prompt_id}", make_messages(text, system=system), meta))
+    return jobs
+
+
+def from_texts(rows: Sequence[dict[str, Any]], source: str) -> list[LabelledText]:
+    """Generated texts (`persona_text_jobs` rows with their `text`) as labelled rows; empty replies are dropped."""
+    return [
+        LabelledText(str(r["text"]), str(r["label"]), str(r["prompt"]), source) for r in rows if str(r["text"]).strip()
+    ]
 
 
 def from_replies(path: Path, persona: str, out_label: str = "base") -> list[LabelledText]:

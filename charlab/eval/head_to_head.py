@@ -1,10 +1,12 @@
-"""Head-to-head comparisons: every pair of players' replies judged in both orders; only consistent verdicts count.
+"""Head-to-head comparisons: every pair of players' replies judged in both orders, position bias averaged out.
 
 Players are named reply sets for the same held-out prompts (typically `base`, `base_persona` = base model with
 the constitution's system prompt, and `tuned` = base + adapter with no system prompt). For each prompt and pair
-(x, y) the judge sees x as reply A and y as B, then y as A and x as B. The two verdicts become one `Match` only
-when they agree (x both times, y both times, or a tie both times); disagreements and unparseable verdicts are
-counted, never guessed.
+(x, y) the judge sees x as reply A and y as B, then y as A and x as B. The two verdicts' probabilities are
+averaged per player (`charlab.eval.judging.average_orders`), so a judge that always prefers the first reply
+(or the second) contributes nothing but ties; the pair's outcome is x's expected score above, below or at 0.5
+(a win, a loss or a tie; two parsed text verdicts that disagree are a tie, as in MT-Bench). A pair where either
+order has no verdict is counted as unparseable and left out.
 """
 
 from __future__ import annotations
@@ -15,26 +17,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from charlab.data.records import Match
-from charlab.eval.judge import PAIR_CHOICES, pair_judge_messages, parse_verdict
-from charlab.eval.sampling import SampleJob
+from charlab.eval.judge import PAIR_CHOICES, pair_judge_messages
+from charlab.eval.judging import JudgeQuestion, average_orders, count_modes, decide
 
 TIE = "tie"
 
 
 @dataclass
 class JudgeTally:
-    """What became of the judged pairs."""
+    """What became of the judged pairs, and how their single verdicts were reached."""
 
     pairs: int = 0
-    consistent: int = 0
-    inconsistent: int = 0
-    unparseable: int = 0  # a pair with at least one malformed or ambiguous verdict
-    statuses: dict[str, int] = field(default_factory=dict)  # per single verdict: ok / malformed / ambiguous
+    decided: int = 0  # pairs with a winner
+    ties: int = 0
+    unparseable: int = 0  # pairs where at least one order has no verdict
+    modes: dict[str, int] = field(
+        default_factory=dict
+    )  # per single verdict: logprob / top_logprobs / text / unparseable
 
     @property
-    def consistency(self) -> float:
-        decided = self.consistent + self.inconsistent
-        return self.consistent / decided if decided else float("nan")
+    def usable(self) -> int:
+        """Pairs that became a match (a win or a tie)."""
+        return self.decided + self.ties
 
 
 def player_pairs(players: Sequence[str]) -> list[tuple[str, str]]:
@@ -42,14 +46,14 @@ def player_pairs(players: Sequence[str]) -> list[tuple[str, str]]:
     return list(itertools.combinations(players, 2))
 
 
-def judge_jobs(
+def judge_questions(
     prompts: Sequence[tuple[str, str]],
     replies: Mapping[str, Mapping[str, Any]],
     players: Sequence[str],
     criterion: str,
-) -> list[SampleJob]:
-    """Two judge jobs (both orders) per prompt and pair of players; replies keyed `"<player>:<prompt id>"`."""
-    jobs = []
+) -> list[JudgeQuestion]:
+    """Two judge questions (both orders) per prompt and pair of players; replies keyed `"<player>:<prompt id>"`."""
+    questions = []
     for prompt_id, prompt in prompts:
         for x, y in player_pairs(players):
             rx, ry = replies.get(f"{x}:{prompt_id}"), replies.get(f"{y}:{prompt_id}")
@@ -58,49 +62,39 @@ def judge_jobs(
             for order, (a, b) in enumerate((((x, rx), (y, ry)), ((y, ry), (x, rx)))):
                 meta = {"prompt_id": prompt_id, "prompt": prompt, "x": x, "y": y, "order": order, "A": a[0], "B": b[0]}
                 messages = pair_judge_messages(prompt, a[1]["text"], b[1]["text"], criterion)
-                jobs.append(SampleJob(f"{prompt_id}:{x}:{y}:{order}", messages, meta))
-    return jobs
+                questions.append(JudgeQuestion(f"{prompt_id}:{x}:{y}:{order}", messages, list(PAIR_CHOICES), meta))
+    return questions
 
 
-def _winner(row: Mapping[str, Any]) -> tuple[str, str]:
-    """(winner, status) of one judged order: a player's name or "tie", or None with the parse status."""
-    verdict = parse_verdict(row["text"], PAIR_CHOICES)
-    if not verdict.ok:
-        return "", verdict.status
-    if verdict.choice == TIE:
-        return TIE, verdict.status
-    return row[verdict.choice], verdict.status
-
-
-def consistent_matches(
+def pair_matches(
     judged: Sequence[Mapping[str, Any]], replies: Mapping[str, Mapping[str, Any]]
 ) -> tuple[list[Match], JudgeTally]:
-    """Matches from pairs whose two orders agree, and the tally of all pairs."""
+    """One match per pair judged in both orders (order-averaged verdict), and the tally of all pairs."""
     by_pair: dict[tuple[str, str, str], dict[int, Mapping[str, Any]]] = {}
     for row in judged:
         by_pair.setdefault((row["prompt_id"], row["x"], row["y"]), {})[int(row["order"])] = row
-    tally = JudgeTally(statuses={"ok": 0, "malformed": 0, "ambiguous": 0})
+    tally = JudgeTally(modes=count_modes(judged))
     matches = []
     for (prompt_id, x, y), orders in by_pair.items():
         if set(orders) != {0, 1}:
             continue  # an interrupted run: the other order is judged on resume
         tally.pairs += 1
-        results = [_winner(orders[0]), _winner(orders[1])]
-        for _, status in results:
-            tally.statuses[status] = tally.statuses.get(status, 0) + 1
-        if any(not winner for winner, _ in results):
+        probs = average_orders(
+            (row.get("probs"), {"A": row["A"], "B": row["B"], TIE: TIE}) for row in (orders[0], orders[1])
+        )
+        if probs is None:
             tally.unparseable += 1
             continue
-        if results[0][0] != results[1][0]:
-            tally.inconsistent += 1
-            continue
-        tally.consistent += 1
+        score = decide(probs, x, y, TIE)
+        winner = x if score == 1.0 else y if score == 0.0 else TIE
+        tally.decided += winner != TIE
+        tally.ties += winner == TIE
         matches.append(
             Match(
                 prompt=orders[0]["prompt"],
                 base_response=replies[f"{x}:{prompt_id}"]["text"],
                 tuned_response=replies[f"{y}:{prompt_id}"]["text"],
-                winner=results[0][0],
+                winner=winner,
                 player_a=x,
                 player_b=y,
             )

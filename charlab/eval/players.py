@@ -1,17 +1,23 @@
 """The models under test, by name: `base`, `base_persona` (base + the constitution's system prompt) and `tuned`.
 
 `tuned` is the base model with a LoRA adapter and no system prompt (what character training must achieve
-without a prompt). `base` and `base_persona` share one sampler.
+without a prompt). `base` and `base_persona` share one sampler. `player_replies` has every player answer the
+same held-out prompts into one `replies.jsonl` (rows `{id: "<player>:<prompt id>", player, prompt_id, prompt,
+text}`), reusing rows an earlier evaluation wrote for the same prompts (the classifier's replies feed Elo).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
+from charlab.chat_format import make_messages
+from charlab.data.jsonl import JsonlWriter, done_ids, iter_jsonl
 from charlab.errors import ConfigError
-from charlab.generation.base import Sampler
+from charlab.eval.sampling import SampleJob, sample_to_jsonl
+from charlab.generation.base import Sampler, SamplingParams
 
 PLAYERS = ("base", "base_persona", "tuned")
 
@@ -73,3 +79,48 @@ def close_players(players: Sequence[Player]) -> None:
         if id(player.sampler) not in seen:
             seen.add(id(player.sampler))
             player.sampler.close()
+
+
+def reply_id(player: str, prompt_id: str) -> str:
+    """The id of a player's reply to a prompt in `replies.jsonl`."""
+    return f"{player}:{prompt_id}"
+
+
+def reuse_replies(path: Path, sources: Sequence[Path], wanted: set[str]) -> int:
+    """Append to `path` the rows of earlier `replies.jsonl` files whose ids are wanted and missing; how many."""
+    have = done_ids(path)
+    copied = 0
+    with JsonlWriter(path, flush_every=256) as writer:
+        for source in sources:
+            for row in iter_jsonl(source):
+                if row.get("id") in wanted and row["id"] not in have:
+                    writer.write(row)
+                    have.add(row["id"])
+                    copied += 1
+    return copied
+
+
+def player_replies(
+    players: Sequence[Player],
+    prompts: Sequence[tuple[str, str]],
+    params: SamplingParams,
+    path: Path,
+    batch_size: int = 8,
+    on_batch: Optional[Callable[[str, int, int], None]] = None,
+) -> dict[str, dict[str, Any]]:
+    """Every player's reply to every (id, text) prompt, generated into `path` where missing; rows by id."""
+    replies: dict[str, dict[str, Any]] = {}
+    for player in players:
+        jobs = [
+            SampleJob(
+                reply_id(player.name, pid),
+                make_messages(text, system=player.system_prompt),
+                {"player": player.name, "prompt_id": pid, "prompt": text},
+            )
+            for pid, text in prompts
+        ]
+        report = (lambda done, total, p=player.name: on_batch(p, done, total)) if on_batch else None
+        replies.update(
+            sample_to_jsonl(player.sampler, jobs, params, path, batch_size, f"replies ({player.name})", report)
+        )
+    return replies

@@ -23,7 +23,7 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 def ci(low: float, high: float, digits: int = 3) -> str:
     """A confidence interval for a report ("–" when undefined)."""
-    if any(isinstance(v, float) and math.isnan(v) for v in (low, high)):
+    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in (low, high)):
         return "–"
     return f"{low:.{digits}f} – {high:.{digits}f}"
 
@@ -54,11 +54,12 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def rating_rows(ratings: Sequence[PlayerRating]) -> tuple[list[str], list[list[Any]]]:
     """Columns and rows of a ratings table (rank, player, Elo with CI, Bradley-Terry, record)."""
-    columns = ["rank", "player", "Elo", "95% CI", "Bradley-Terry", "games", "win rate"]
+    columns = ["rank", "player", "Elo", "95% CI", "Bradley-Terry", "95% CI (BT)", "games", "win rate"]
     rows = [
-        [i, r.player, f"{r.elo:.1f}", ci(r.elo_low, r.elo_high, 1), f"{r.bt:.1f}", r.games, r.win_rate]
+        [i, r.player, f"{r.elo:.1f}", ci(r.elo_low, r.elo_high, 1), f"{r.bt:.1f}", ci(r.bt_low, r.bt_high, 1), r.games,
+         r.win_rate]
         for i, r in enumerate(ratings, 1)
-    ]
+    ]  # fmt: skip
     return columns, rows
 
 

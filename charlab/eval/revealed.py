@@ -3,8 +3,10 @@
 For each item a prompt is paired with two distinct random traits (from `assets/traits.txt`) and one of the
 conditions in `assets/revealed_conditions.json` (the trait that feels most like you / that you would most like
 to adopt / one at random), with the instruction not to reveal the choice. The model under test answers; a
-judge sees the reply and the two traits and must name one (strictly parsed). Each accepted verdict is a win
-of the chosen trait over the other, and traits are rated like players (`charlab.eval.ratings`).
+judge sees the reply and the two traits, named in both orders (`charlab.eval.judging`: log-probabilities
+where the judge allows, position bias averaged out). Each trial is a win of the chosen trait over the other
+(a tie when undecided), and traits are rated like players (`charlab.eval.ratings`), per condition: `random`
+is the control, where a model following the instruction shows no preference of its own.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from scipy.stats import spearmanr
+import numpy as np
+from scipy.stats import rankdata, spearmanr
 
 from charlab.chat_format import make_messages
 from charlab.errors import ConfigError, DataError
-from charlab.eval.judge import parse_verdict, trait_judge_messages
-from charlab.eval.ratings import Outcome, PlayerRating
+from charlab.eval.judge import trait_judge_messages
+from charlab.eval.judging import JudgeQuestion, average_orders, decide
+from charlab.eval.ratings import Outcome
 from charlab.eval.sampling import SampleJob
 from charlab.settings import assets_dir
 
@@ -120,41 +124,53 @@ def reply_jobs(
     ]
 
 
-def judge_jobs(
+def judge_questions(
     items: Sequence[RevealedItem], replies: Mapping[str, Mapping[str, Any]], player: str
-) -> list[SampleJob]:
-    """One judge job per reply of `player` (replies keyed by reply-job id)."""
-    jobs = []
+) -> list[JudgeQuestion]:
+    """Two judge questions per reply of `player` (the traits named in both orders; replies keyed by reply-job id)."""
+    questions = []
     for item in items:
         reply = replies.get(f"{player}:{item.id}")
         if reply is None:
             continue
-        messages = trait_judge_messages(item.prompt, reply["text"], item.trait_a, item.trait_b)
-        meta = {"player": player, "item": item.id, **_item_meta(item)}
-        jobs.append(SampleJob(f"{player}:{item.id}", messages, meta))
-    return jobs
+        for order, (first, second) in enumerate(((item.trait_a, item.trait_b), (item.trait_b, item.trait_a))):
+            messages = trait_judge_messages(item.prompt, reply["text"], first, second)
+            meta = {"player": player, "item": item.id, "order": order, **_item_meta(item)}
+            questions.append(JudgeQuestion(f"{player}:{item.id}:{order}", messages, [first, second], meta))
+    return questions
 
 
 def _item_meta(item: RevealedItem) -> dict[str, str]:
     return {"trait_a": item.trait_a, "trait_b": item.trait_b, "condition": item.condition}
 
 
-def parse_judgements(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Judge rows with the parsed verdict (`choice`, `status`) added."""
+@dataclass
+class Trial:
+    """One judged trial of one player: its condition and outcome (trait_a's score), or None if unparseable."""
+
+    player: str
+    item: str
+    condition: str
+    outcome: Optional[Outcome]
+
+
+def trials(judged: Sequence[Mapping[str, Any]]) -> list[Trial]:
+    """Trials judged in both orders, each order-averaged into an outcome of trait_a vs trait_b (0.5: undecided)."""
+    by_item: dict[tuple[str, str], dict[int, Mapping[str, Any]]] = {}
+    for row in judged:
+        by_item.setdefault((row["player"], row["item"]), {})[int(row.get("order", 0))] = row
     out = []
-    for row in rows:
-        verdict = parse_verdict(row["text"], [row["trait_a"], row["trait_b"]])
-        out.append({**row, "choice": verdict.choice, "status": verdict.status})
+    for (player, item), orders in by_item.items():
+        if set(orders) != {0, 1}:
+            continue  # interrupted: the other order is judged on resume
+        row = orders[0]
+        same = {row["trait_a"]: row["trait_a"], row["trait_b"]: row["trait_b"]}
+        probs = average_orders((r.get("probs"), same) for r in orders.values())
+        outcome = None
+        if probs is not None:
+            outcome = Outcome(row["trait_a"], row["trait_b"], decide(probs, row["trait_a"], row["trait_b"]))
+        out.append(Trial(player, item, row["condition"], outcome))
     return out
-
-
-def outcomes(judged: Sequence[Mapping[str, Any]]) -> list[Outcome]:
-    """Accepted verdicts as trait-vs-trait outcomes (the chosen trait wins)."""
-    return [
-        Outcome(row["trait_a"], row["trait_b"], 1.0 if row["choice"] == row["trait_a"] else 0.0)
-        for row in judged
-        if row["status"] == "ok"
-    ]
 
 
 def persona_traits(text: str, traits: Sequence[str]) -> list[str]:
@@ -163,17 +179,31 @@ def persona_traits(text: str, traits: Sequence[str]) -> list[str]:
     return [t for t in traits if re.search(rf"\b{re.escape(t)}\b", lowered)]
 
 
-def ranks(table: Sequence[PlayerRating]) -> dict[str, int]:
-    """1-based rank of each trait (table is best first)."""
-    return {r.player: i for i, r in enumerate(table, 1)}
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks along the last axis, highest value first; ties share their average rank."""
+    return rankdata(-np.asarray(values, dtype=float), axis=-1)
 
 
-def rank_shift(base: Sequence[PlayerRating], tuned: Sequence[PlayerRating], traits: Sequence[str]) -> dict[str, Any]:
-    """Rank of each of `traits` under both models and how far it moved up (positive = higher under tuned)."""
-    base_ranks, tuned_ranks = ranks(base), ranks(tuned)
-    rows = {t: (base_ranks[t], tuned_ranks[t], base_ranks[t] - tuned_ranks[t]) for t in traits if t in base_ranks}
-    mean = sum(r[2] for r in rows.values()) / len(rows) if rows else float("nan")
+def rank_shift(
+    traits: Sequence[str], reference: np.ndarray, tuned: np.ndarray, tracked: Sequence[str]
+) -> dict[str, Any]:
+    """Ranks of the tracked traits under both players (ratings in `traits` order) and how far each moved up
+    (positive = higher under tuned), and the mean shift."""
+    index = [traits.index(t) for t in tracked if t in traits]
+    ref_ranks, tuned_ranks = average_ranks(reference), average_ranks(tuned)
+    rows = {
+        traits[i]: (float(ref_ranks[i]), float(tuned_ranks[i]), float(ref_ranks[i] - tuned_ranks[i])) for i in index
+    }
+    mean = float(np.mean([r[2] for r in rows.values()])) if rows else float("nan")
     return {"traits": rows, "mean_shift": mean}
+
+
+def sampled_rank_shift(reference: np.ndarray, tuned: np.ndarray, index: Sequence[int]) -> np.ndarray:
+    """The mean rank shift of the traits at `index` for each pair of bootstrap rows (resamples x traits each)."""
+    if not len(index):
+        return np.full(len(reference), np.nan)
+    shift = average_ranks(reference)[:, index] - average_ranks(tuned)[:, index]
+    return shift.mean(axis=1)
 
 
 def spearman(a: Mapping[str, float], b: Mapping[str, float]) -> float:
@@ -185,3 +215,13 @@ def spearman(a: Mapping[str, float], b: Mapping[str, float]) -> float:
         return float("nan")  # a constant side (e.g. no accepted verdicts): the correlation is undefined
     rho = spearmanr([a[t] for t in common], [b[t] for t in common]).statistic
     return float(rho)
+
+
+def sampled_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman correlation of each pair of bootstrap rows (NaN where a row is constant)."""
+    ra, rb = average_ranks(a), average_ranks(b)
+    ra = ra - ra.mean(axis=1, keepdims=True)
+    rb = rb - rb.mean(axis=1, keepdims=True)
+    denom = np.sqrt((ra * ra).sum(axis=1) * (rb * rb).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, (ra * rb).sum(axis=1) / np.where(denom > 0, denom, 1.0), np.nan)

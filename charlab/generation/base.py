@@ -26,6 +26,9 @@ class SamplingParams:
     prefill: str = ""
     # Structured output for OpenAI-compatible servers (e.g. {"type": "json_object"}); local samplers ignore it.
     response_format: Optional[dict] = None
+    # Ask for the k most likely tokens at each generated position (`Completion.logprobs`); 0: none. Providers
+    # that cannot return them leave `Completion.logprobs` as None.
+    top_logprobs: int = 0
 
 
 @dataclass
@@ -36,6 +39,9 @@ class Completion:
     finish_reason: str = "stop"
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # With `SamplingParams.top_logprobs`: per generated token {"token": text, "logprob": its log-probability,
+    # "top": {token text: logprob}}; None where the provider cannot send them.
+    logprobs: Optional[list[dict]] = None
 
 
 @runtime_checkable
@@ -50,4 +56,17 @@ class Sampler(Protocol):
 
     def close(self) -> None:
         """Free the model / connections."""
+        ...
+
+
+@runtime_checkable
+class ChoiceScorer(Protocol):
+    """A sampler that can also score fixed answers: the log-probability of each choice as the reply's next text."""
+
+    def score_choices(
+        self, conversations: list[list[Message]], choices: list[list[str]], prefill: str = ""
+    ) -> list[list[float]]:
+        """For each conversation, the log-probability of each of its choices right after the assistant turn
+        starts with `prefill` (a choice's text is appended to the prefill as is, e.g. prefill "ANSWER:",
+        choice " A")."""
         ...

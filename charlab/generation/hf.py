@@ -7,6 +7,11 @@ the batch's own tokens, so the same prompts with the same seed give the same rep
 
     sampler = HFSampler.load(model_cfg, cache_dir, batch_size=8)
     sampler.sample([[{"role": "user", "content": "Hi"}]], SamplingParams(max_new_tokens=64))
+    sampler.score_choices([[{"role": "user", "content": "A or B?"}]], [[" A", " B"]], prefill="ANSWER:")
+
+It is also a `ChoiceScorer`: a judge scores its allowed answers by log-probability instead of parsing text.
+With `SamplingParams.top_logprobs=k` each completion carries the k likeliest tokens at every generated
+position (raw model log-probabilities, before temperature), as an OpenAI-compatible server sends them.
 """
 
 from __future__ import annotations
@@ -98,6 +103,25 @@ class HFSampler:
                 self.model.train()
         return results  # type: ignore[return-value]
 
+    def score_choices(
+        self, conversations: list[list[Message]], choices: list[list[str]], prefill: str = ""
+    ) -> list[list[float]]:
+        """Log-probability of each choice as the continuation of `prefill` in the assistant's reply."""
+        from charlab.generation.choice_scoring import choice_logprobs
+
+        prompts, options = [], []
+        for messages, texts in zip(conversations, choices):
+            prompts.append(self.chat.encode_prompt(messages) + self.chat.encode_text(prefill))
+            options.append([self._continuation_ids(prefill, text) for text in texts])
+        return choice_logprobs(self.model, self.pad_id, prompts, options)
+
+    def _continuation_ids(self, prefill: str, text: str) -> list[int]:
+        """The tokens `text` adds after `prefill` (as the tokenizer splits the joined text, where it can)."""
+        head, joined = self.chat.encode_text(prefill), self.chat.encode_text(prefill + text)
+        if prefill and joined[: len(head)] == head and len(joined) > len(head):
+            return joined[len(head) :]
+        return self.chat.encode_text(text)
+
     def _generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
         import torch
         from transformers import GenerationConfig
@@ -118,8 +142,11 @@ class HFSampler:
             eos_token_id=self.stop_ids,
             pad_token_id=self.pad_id,
             stop_strings=list(params.stop) or None,
+            output_logits=params.top_logprobs > 0,
+            return_dict_in_generate=params.top_logprobs > 0,
         )
         seed = derive_seed(params.seed, prompts)
+        scores = params.top_logprobs > 0
         with self._rng(seed), torch.inference_mode():
             output = self.model.generate(
                 input_ids=input_ids.to(self.device),
@@ -127,8 +154,29 @@ class HFSampler:
                 generation_config=config,
                 tokenizer=self.tokenizer if params.stop else None,
             )
-        new_tokens = output[:, width:].tolist()
-        return [self._completion(len(p), ids, params) for p, ids in zip(prompts, new_tokens)]
+        sequences = output.sequences if scores else output
+        new_tokens = sequences[:, width:].tolist()
+        completions = [self._completion(len(p), ids, params) for p, ids in zip(prompts, new_tokens)]
+        if scores:
+            for row, completion in enumerate(completions):
+                completion.logprobs = self._top_logprobs(output.logits, row, new_tokens[row], completion, params)
+        return completions
+
+    def _top_logprobs(
+        self, logits: Any, row: int, ids: list[int], completion: Completion, params: SamplingParams
+    ) -> list[dict]:
+        """The k most likely tokens (as text, with their log-probabilities) at each generated position."""
+        import torch
+
+        out = []
+        for step, token in enumerate(ids[: completion.completion_tokens]):
+            logprobs = torch.log_softmax(logits[step][row].float(), dim=-1)
+            values, indices = logprobs.topk(int(params.top_logprobs))
+            top: dict[str, float] = {}
+            for value, index in zip(values.tolist(), indices.tolist()):
+                top.setdefault(self.tokenizer.decode([index]), value)
+            out.append({"token": self.tokenizer.decode([token]), "logprob": float(logprobs[token]), "top": top})
+        return out
 
     def _completion(self, prompt_len: int, ids: list[int], params: SamplingParams) -> Completion:
         stops = set(self.stop_ids)

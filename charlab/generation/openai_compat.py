@@ -95,6 +95,7 @@ class OpenAISampler:
         self.retry_backoff_max_s = float(retry_backoff_max_s)
         self.stats = {"requests": 0, "retries": 0}
         self._token_field = "max_tokens"  # switched once if the server wants max_completion_tokens
+        self._logprobs_refused = False  # set once if the server rejects logprobs (then replies come without)
 
     # ---- public -------------------------------------------------------------------------------------------
     def sample(self, conversations: list[list[Message]], params: SamplingParams) -> list[Completion]:
@@ -144,6 +145,8 @@ class OpenAISampler:
             body["seed"] = seed
         if params.response_format:
             body["response_format"] = dict(params.response_format)
+        if params.top_logprobs > 0 and not self._logprobs_refused:  # OpenAI allows at most 20
+            body["logprobs"], body["top_logprobs"] = True, min(20, int(params.top_logprobs))
         if params.prefill:  # vLLM's continuation of a started assistant turn
             body["messages"] = body["messages"] + [{"role": "assistant", "content": params.prefill}]
             body["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
@@ -164,6 +167,11 @@ class OpenAISampler:
             except openai.BadRequestError as err:
                 if self._token_field == "max_tokens" and "max_completion_tokens" in str(err):
                     self._token_field = "max_completion_tokens"
+                    continue
+                if "logprobs" in body and "logprobs" in str(err).lower():
+                    self._logprobs_refused = True  # e.g. reasoning models: a judge falls back to parsing text
+                    body.pop("logprobs"), body.pop("top_logprobs", None)
+                    log.warning("openai provider: %s refused logprobs; continuing without", self.base_url)
                     continue
                 raise ProviderError(
                     f"openai provider: {self.base_url} refused the request: {_one_line(err)}"
@@ -220,4 +228,21 @@ class OpenAISampler:
             finish_reason="length" if choice.finish_reason == "length" and not hit else "stop",
             prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
             completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            logprobs=_token_logprobs(choice) if params.top_logprobs > 0 else None,
         )
+
+
+def _token_logprobs(choice: Any) -> Optional[list[dict]]:
+    """Per generated token: its text and the server's top alternatives ({token: logprob}); None if not sent."""
+    content = getattr(getattr(choice, "logprobs", None), "content", None)
+    if not content:
+        return None
+    return [
+        {
+            "token": str(item.token),
+            "logprob": float(item.logprob),
+            "top": {str(alt.token): float(alt.logprob) for alt in (item.top_logprobs or [])}
+            or {str(item.token): float(item.logprob)},
+        }
+        for item in content
+    ]

@@ -20,6 +20,7 @@ class TrainingStageConfig(StageConfig):
     lr: float = MISSING
     schedule: str = MISSING  # linear | cosine | constant (after warmup)
     warmup_ratio: float = MISSING
+    min_lr_ratio: float = MISSING  # the floor linear/cosine decay to, as a share of lr
     epochs: int = MISSING
     max_grad_norm: float = MISSING
     weight_decay: float = MISSING
@@ -44,6 +45,7 @@ def loop_config(stage: DictConfig) -> LoopConfig:
         learning_rate=float(stage.lr),
         schedule=str(stage.schedule),
         warmup_ratio=float(stage.warmup_ratio),
+        min_lr_ratio=float(stage.min_lr_ratio),
         grad_accum=int(stage.grad_accum),
         max_grad_norm=float(stage.max_grad_norm),
         weight_decay=float(stage.weight_decay),

@@ -1,16 +1,24 @@
-"""`stage=classifier`: train the persona classifier on run artifacts, then attack the persona and measure it.
+"""`stage=classifier`: a persona classifier trained on one model in and out of persona, and the in-persona
+rate of base, base + constitution and tuned on held-out prompts.
 
-    python -m charlab.train stage=classifier persona=pirate stage.pairs=outputs/pirate/distill/<run>/pairs.jsonl
-    python -m charlab.train stage=classifier 'stage.pairs=[<pirate pairs>,<humor pairs>]' stage.robustness=false
-    python -m charlab.train stage=classifier stage.runs=[<elo run dir>] stage.adapter=<adapter folder>
+    python -m charlab.train stage=classifier persona=pirate stage.pairs=outputs/pirate/distill/<run>/pairs.jsonl \
+        stage.adapter=outputs/pirate/export/<run>/adapter
+    python -m charlab.train stage=classifier stage.pairs=<pairs> stage.data=generate 'stage.personas=[humor,sarcasm]'
 
-The labelled set (`train.jsonl`, `held_out.jsonl`) comes from pairs files (teacher `chosen` = in persona,
-student `rejected` = out), Elo runs' replies (tuned / base + constitution vs base) or labelled files, split by
-prompt. An encoder (MiniLM by default) is fine-tuned (`classifier/`) and scored on the held-out prompts:
-accuracy, macro-F1 (the headline), ROC-AUC, confusion matrix. Robustness: the model under test (the tuned
-model when `stage.adapter` is set, else base + constitution) answers held-out prompts with adversarial
-suffixes and a "keep going" turn (`robustness.jsonl`); the report gives the in-persona rate per attack. With
-`hydra.run.dir=<its run directory> stage.resume=true` a finished classifier and the attack replies are reused.
+Training texts (`train.jsonl`, `held_out.jsonl`, split by prompt) must differ only in persona, never in which
+model wrote them (`stage.data`): `pairs` uses the distillation pairs as they are (teacher `chosen` = in
+persona, student `rejected` = out), right when teacher and student are one model (the offline demo);
+`generate` has the base model under test answer the pairs' prompts with each persona's constitution as system
+prompt and without (`texts.jsonl`); `auto` picks `pairs` when the pairs' teacher and student are the model
+under test and no further persona is asked for, else `generate`. Several personas (`stage.personas`) make one
+multi-class classifier, as in the paper. The encoder (MiniLM by default; `eval.classifier_method`: a frozen
+encoder + logistic regression, or fine-tuned) is scored on the held-out prompts with bootstrap CIs.
+
+Then the players (`stage.players`: base, base + constitution, tuned with no system prompt) answer held-out
+prompts that no training step saw (`replies.jsonl`, reused by `stage=elo`); the share classified in persona is
+each one's in-persona rate, with a CI from resampling prompts (jointly, so tuned - base has a paired CI).
+base + constitution vs base is the run's own positive control. Robustness: the model under test answers with
+adversarial suffixes and a "keep going" turn (`robustness.jsonl`); the report gives the rate per attack.
 """
 
 from __future__ import annotations
@@ -20,60 +28,146 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 from omegaconf import MISSING, DictConfig
 from rich.console import Console
 
+from charlab.constitution import load_constitution, validate_persona_name
 from charlab.errors import ConfigError
 from charlab.eval import plots, report
+from charlab.eval.bootstrap import Estimate, grouped_metric, paired_rates
 from charlab.eval.classifier_data import (
     LabelledText,
     from_source,
+    from_texts,
     label_counts,
     label_order,
+    pair_models,
+    persona_text_jobs,
     read_labelled,
     split_by_prompt,
+    split_key,
     write_labelled,
 )
+from charlab.eval.classifier_report import classifier_sections
+from charlab.eval.metrics import roc_auc
 from charlab.eval.persona_classifier import LABELS_FILE, ClassifierConfig, PersonaClassifier, train_on_rows
-from charlab.eval.players import as_list, build_players, close_players
+from charlab.eval.players import as_list, build_players, check_players, close_players, reply_id
 from charlab.eval.robustness import in_persona_rates, load_suffixes, run_attacks
-from charlab.eval.sampling import fresh_file
+from charlab.eval.sampling import fresh_file, sample_to_jsonl
 from charlab.generation.factory import sampling_params
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_meta
 from charlab.schemas import StageConfig
 from charlab.stages._common import load_persona, to_plain
-from charlab.stages.elo import player_sampler_factory
+from charlab.stages._eval import base_model_name, eval_replies, player_sampler_factory, stage_prompts
+
+DATA_MODES = ("auto", "pairs", "generate")
 
 
 @dataclass
 class ClassifierStageConfig(StageConfig):
-    """`stage=classifier`: where the labelled texts come from, and the robustness attacks."""
+    """`stage=classifier`: where the labelled texts come from, who is measured, and the robustness attacks."""
 
     name: str = "classifier"
-    pairs: Any = None  # pairs / labelled file(s)
-    runs: Any = None  # run directories with pairs.jsonl or replies.jsonl
+    pairs: Any = None  # pairs / labelled file(s): training texts (data=pairs) or training prompts (data=generate)
+    runs: Any = None  # run directories with pairs.jsonl or labelled.jsonl
+    data: str = MISSING  # auto | pairs | generate
+    personas: Any = None  # further personas (constitution names) for a multi-class classifier
     eval_path: Optional[str] = None  # a separate held-out file; None: split by prompt
     eval_fraction: float = MISSING
     out_label: str = MISSING
+    players: Any = MISSING  # base | base_persona | tuned: whose in-persona rate is measured
+    prompts: str = MISSING  # generic | persona: the held-out prompts the players answer
+    adapter: Optional[str] = None  # the tuned model (no system prompt); None: no tuned player
     robustness: bool = MISSING
-    adapter: Optional[str] = None  # the tuned model under attack; None: base + constitution
     num_suffixes: int = MISSING
     keep_going: str = MISSING
 
 
-@register_stage("classifier", schema=ClassifierStageConfig, description="persona classifier + robustness attacks")
+def data_mode(cfg: DictConfig, pair_files: list[Path]) -> tuple[str, str]:
+    """`pairs` or `generate`, and why (for the report)."""
+    stage = cfg.stage
+    if stage.data not in DATA_MODES:
+        raise ConfigError(f"stage.data={stage.data!r} is not allowed; use one of {', '.join(DATA_MODES)}")
+    if stage.data != "auto":
+        return str(stage.data), f"stage.data={stage.data}"
+    base = base_model_name(cfg)
+    models = set().union(*(pair_models(p) for p in pair_files)) if pair_files else set()
+    same = bool(models) and all(t == s == base for t, s in models)
+    reasons = [] if not as_list(stage.personas) else ["several personas: one model writes every class"]
+    if not same:
+        found = ", ".join(sorted(f"{t or '?'} vs {s or '?'}" for t, s in models)) or "no pairs"
+        reasons.append(f"the pairs are not one model in and out of persona ({found}; model under test {base})")
+    if reasons:
+        return "generate", "; ".join(reasons)
+    return "pairs", f"the pairs' teacher and student are the model under test ({base})"
+
+
+def _pair_files(sources: list[str]) -> list[Path]:
+    files = []
+    for source in sources:
+        path = Path(source).expanduser()
+        path = path / "pairs.jsonl" if path.is_dir() else path
+        if path.is_file() and path.name != "labelled.jsonl":
+            files.append(path)
+    return files
+
+
+def generated_texts(cfg: DictConfig, run: Run, rows: list[LabelledText]) -> list[LabelledText]:
+    """The base model under test answers the sources' prompts in each persona and out of persona (`texts.jsonl`)."""
+    stage = cfg.stage
+    systems = {str(cfg.persona.name): load_persona(cfg).render_system_prompt("teacher")}
+    for name in as_list(stage.personas):
+        name = validate_persona_name(name)
+        other = load_constitution(Path(cfg.paths.constitutions) / f"{name}.json", name=name)
+        systems.setdefault(name, other.render_system_prompt("teacher"))
+    prompts = list(dict.fromkeys(r.prompt for r in rows if r.prompt))
+    jobs = persona_text_jobs([(f"c{i}", p) for i, p in enumerate(prompts)], systems, str(stage.out_label))
+    sampler = player_sampler_factory(cfg)(None)
+    try:
+        done = sample_to_jsonl(
+            sampler, jobs, sampling_params(to_plain(cfg.student)), fresh_file(run.path("texts.jsonl"), stage.resume),
+            int(cfg.eval.batch_size), "classifier texts",
+            lambda n, total: run.log_metrics({"classifier/texts": n}),
+        )  # fmt: skip
+    finally:
+        sampler.close()
+    return from_texts([done[j.id] for j in jobs if j.id in done], str(run.path("texts.jsonl")))
+
+
+def held_out_scores(clf: PersonaClassifier, rows: list[LabelledText], ev: Any, seed: int) -> dict[str, Estimate]:
+    """Held-out accuracy and ROC-AUC with CIs from resampling held-out prompts."""
+    known = [r for r in rows if r.label in clf.labels]
+    if not known:
+        return {}
+    probs = clf.score([r.text for r in known])
+    y = np.asarray([clf.labels.index(r.label) for r in known])
+    groups = [split_key(r) for r in known]
+    kwargs = {"resamples": int(ev.bootstrap), "level": float(ev.ci_level), "seed": seed}
+    return {
+        "accuracy": grouped_metric(lambda i: float((probs[i].argmax(axis=1) == y[i]).mean()), groups, **kwargs),
+        "roc_auc": grouped_metric(lambda i: roc_auc(y[i], probs[i]), groups, **kwargs),
+    }
+
+
+@register_stage("classifier", schema=ClassifierStageConfig, description="persona classifier: in-persona rates")
 def run(cfg: DictConfig, run: Run) -> StageResult:
-    """Build the labelled set, train and score the classifier, run the attacks, write the report."""
+    """Build the labelled set, train and score the classifier, measure the players, run the attacks, report."""
     stage, ev = cfg.stage, cfg.eval
     sources = as_list(stage.pairs) + as_list(stage.runs)
     if not sources:
         raise ConfigError("stage.pairs / stage.runs: give at least one pairs file, labelled file or run directory")
+    persona = load_persona(cfg)
     persona_name = str(cfg.persona.name)
+    names = check_players(list(stage.players), stage.adapter, minimum=1)
+    mode, why = data_mode(cfg, _pair_files(sources))
     rows: list[LabelledText] = []
     for i, source in enumerate(sources):
         run.add_parent(f"source_{i}", source)
         rows += from_source(Path(source), persona_name, stage.out_label)
+    if mode == "generate":
+        rows = generated_texts(cfg, run, rows)
     if stage.eval_path:
         run.add_parent("eval_path", stage.eval_path)
         train, held_out = rows, read_labelled(Path(stage.eval_path).expanduser(), persona_name, stage.out_label)
@@ -82,7 +176,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     write_labelled(train, fresh_file(run.path("train.jsonl"), resume=False))
     write_labelled(held_out, fresh_file(run.path("held_out.jsonl"), resume=False))
     labels = label_order(train + held_out, stage.out_label)
-    print(f"[charlab] classifier data: train {label_counts(train)}, held-out {label_counts(held_out)}")
+    print(f"[charlab] classifier data ({mode}): train {label_counts(train)}, held-out {label_counts(held_out)}")
 
     # ---- train (or reuse a finished model when resuming) ---------------------------------------------------
     out_dir = run.path("classifier")
@@ -93,6 +187,8 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
             train_path=run.path("train.jsonl"),
             eval_path=run.path("held_out.jsonl"),
             model_name=str(ev.classifier_model),
+            method=str(ev.classifier_method),
+            head_c=float(ev.classifier_head_c),
             num_epochs=int(ev.classifier_epochs),
             batch_size=int(ev.classifier_batch_size),
             lr=float(ev.classifier_lr),
@@ -100,31 +196,34 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
             output_dir=out_dir,
             seed=int(cfg.seed),
             out_label=str(stage.out_label),
-            extra={"sources": sources},
+            extra={"sources": sources, "data": mode},
         )
         clf = train_on_rows(train, held_out, config, log_fn=lambda m, step: run.log_metrics(m, step=step))
         write_meta(
             out_dir / "meta.json", run.config, dict(run.parents), labels=labels, metrics=report.json_safe(clf.metrics)
         )
     metrics = clf.metrics
+    scores = held_out_scores(clf, held_out, ev, int(cfg.seed))
     run.log_metrics({f"classifier/{k}": metrics[k] for k in ("accuracy", "macro_f1", "roc_auc")})
     confusion_png = plots.plot_matrix(
-        metrics["confusion_matrix"],
-        clf.labels,
-        run.path("confusion_matrix.png"),
-        "held-out confusion matrix",
-        xlabel="predicted",
-        ylabel="true",
-    )
-    predictions = clf.predict([r.text for r in held_out]) if held_out else []
-    run.tracker.log_table(
-        "classifier/held_out",
-        ["prompt", "text", "label", "predicted"],
-        [[r.prompt, r.text, r.label, p] for r, p in zip(held_out, predictions)],
-    )
+        metrics["confusion_matrix"], clf.labels, run.path("confusion_matrix.png"), "held-out confusion matrix",
+        xlabel="predicted", ylabel="true",
+    )  # fmt: skip
+    persona_label = _persona_label(clf.labels, persona_name, stage.out_label)
+
+    # ---- in-persona rates of the players on held-out prompts -----------------------------------------------
+    _, prompts = stage_prompts(cfg, run, persona)
+    seen = {split_key(r) for r in train + held_out}  # prompts of the classifier's own texts are not held out
+    prompts = [(pid, text) for pid, text in prompts if split_key(LabelledText("", "", text)) not in seen]
+    persona_prompt = persona.render_system_prompt("teacher", assistant_name=cfg.persona.assistant_name)
+    replies_path, replies = eval_replies(cfg, run, names, prompts, persona_prompt, "classifier")
+    rates: dict[str, Estimate] = {}
+    if persona_label is not None:
+        rates = player_rates(clf, replies, names, prompts, persona_label, ev, int(cfg.seed))
+        run.log_metrics({f"classifier/in_persona_rate_{k}": v.value for k, v in rates.items() if " - " not in k})
+        _log_replies(run, clf, replies, names, prompts)
 
     # ---- robustness ---------------------------------------------------------------------------------------
-    persona_label = _persona_label(clf.labels, persona_name, stage.out_label)
     attacks: dict[str, dict[str, Any]] = {}
     attack_png: Optional[Path] = None
     note = ""
@@ -133,48 +232,87 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     elif persona_label is None:
         note = f"Robustness skipped: persona {persona_name!r} is not a class of this classifier ({', '.join(labels)})."
     else:
-        attacks = _run_attacks(cfg, run, clf, held_out, persona_label)
+        attacks = _run_attacks(cfg, run, clf, prompts, persona_label)
         attack_png = plots.plot_bars(
-            {a: v["rate"] for a, v in attacks.items()},
-            run.path("robustness.png"),
-            f"in-persona rate per attack ({persona_label})",
-            "share of replies classified in persona",
-            (0, 1),
-        )
+            {a: v["rate"] for a, v in attacks.items()}, run.path("robustness.png"),
+            f"in-persona rate per attack ({persona_label})", "share of replies classified in persona", (0, 1),
+        )  # fmt: skip
 
     # ---- report -------------------------------------------------------------------------------------------
-    headline = metrics["macro_f1"]
+    focus = next((p for p in ("tuned", "base_persona", "base") if p in rates), None)
+    metric_name = f"in_persona_rate_{focus}" if focus else "macro_f1"
+    metric = rates[focus].value if focus else metrics["macro_f1"]
     summary = {
         "labels": clf.labels,
+        "persona_label": persona_label,
+        "data": mode,
+        "data_reason": why,
+        "method": clf.method,
         "train_size": len(train),
         "held_out_size": len(held_out),
         "accuracy": metrics["accuracy"],
-        "macro_f1": headline,
+        "macro_f1": metrics["macro_f1"],
         "roc_auc": metrics["roc_auc"],
+        "held_out": {k: v.as_dict() for k, v in scores.items()},
+        "prompts": len(prompts),
+        "in_persona": {k: v.as_dict() for k, v in rates.items()},
         "in_persona_rate": {a: v["rate"] for a, v in attacks.items()},
+        metric_name: metric,
     }
     report_path = report.write_report(
         run.path("report.md"),
         f"Persona classifier: {persona_name}",
-        _sections(metrics, clf.labels, train, held_out, confusion_png, attacks, attack_png, note, ev),
-    )
+        classifier_sections(
+            metrics, scores, rates, clf.labels, train, held_out, confusion_png, attacks, attack_png, note, ev,
+            mode, why, len(prompts),
+        ),
+    )  # fmt: skip
     Console().print(
-        f"[bold]persona classifier[/bold]: held-out macro-F1 {report.fmt(headline)}, accuracy "
-        f"{report.fmt(metrics['accuracy'])}, ROC-AUC {report.fmt(metrics['roc_auc'])} on {len(held_out)} texts"
-        + (
-            "; in-persona rate per attack: " + ", ".join(f"{a} {report.fmt(v['rate'], 2)}" for a, v in attacks.items())
-            if attacks
-            else ""
-        )
+        f"[bold]persona classifier[/bold] ({mode}, {clf.method}): accuracy {report.fmt(metrics['accuracy'])}, "
+        f"ROC-AUC {report.fmt(metrics['roc_auc'])} on {len(held_out)} texts; in-persona rate "
+        + ", ".join(f"{k} {report.fmt(v.value, 2)} [{report.ci(v.low, v.high, 2)}]" for k, v in rates.items())
     )
-    artifacts = {"classifier": out_dir, "report": report_path, "plot": confusion_png}
+    artifacts = {"classifier": out_dir, "report": report_path, "plot": confusion_png, "replies": replies_path}
     if attacks:
         artifacts["robustness"] = run.path("robustness.jsonl")
     return StageResult(
-        metric=None if math.isnan(headline) else headline,
-        metric_name="macro_f1",
+        metric=None if metric is None or math.isnan(metric) else metric,
+        metric_name=metric_name,
         artifacts=artifacts,
         summary=report.json_safe(summary),
+    )
+
+
+def player_rates(
+    clf: PersonaClassifier,
+    replies: dict[str, dict[str, Any]],
+    names: list[str],
+    prompts: list,
+    persona_label: str,
+    ev: Any,
+    seed: int,
+) -> dict[str, Estimate]:
+    """Each player's share of replies classified as `persona_label`, and each minus base, with paired CIs."""
+    hits: dict[str, list[float]] = {}
+    for name in names:
+        texts = [replies.get(reply_id(name, pid), {}).get("text", "") for pid, _ in prompts]
+        predicted = clf.predict([t for t in texts if t.strip()]) if any(t.strip() for t in texts) else []
+        it = iter(predicted)
+        hits[name] = [float(next(it) == persona_label) if t.strip() else float("nan") for t in texts]
+    reference = "base" if "base" in names else None
+    return paired_rates(hits, reference, int(ev.bootstrap), float(ev.ci_level), seed)
+
+
+def _log_replies(run: Run, clf: PersonaClassifier, replies: dict, names: list[str], prompts: list) -> None:
+    rows = [
+        [name, text, replies[reply_id(name, pid)]["text"]]
+        for name in names
+        for pid, text in prompts
+        if reply_id(name, pid) in replies
+    ]
+    predicted = clf.predict([r[2] for r in rows]) if rows else []
+    run.tracker.log_table(
+        "classifier/replies", ["player", "prompt", "reply", "predicted"], [r + [p] for r, p in zip(rows, predicted)]
     )
 
 
@@ -187,28 +325,23 @@ def _persona_label(labels: list[str], persona: str, out_label: str) -> Optional[
 
 
 def _run_attacks(
-    cfg: DictConfig, run: Run, clf: PersonaClassifier, held_out: list[LabelledText], persona_label: str
+    cfg: DictConfig, run: Run, clf: PersonaClassifier, prompts: list, persona_label: str
 ) -> dict[str, dict[str, Any]]:
     """Replies of the model under test to held-out prompts under each attack, classified."""
     stage, ev = cfg.stage, cfg.eval
     suffixes = load_suffixes()
     if not 1 <= int(stage.num_suffixes) <= len(suffixes):
         raise ConfigError(f"stage.num_suffixes={stage.num_suffixes} is not allowed; use 1 to {len(suffixes)}")
-    unique = list(dict.fromkeys(row.prompt for row in held_out if row.prompt))  # never seen in training
-    prompts = [(f"h{i}", text) for i, text in enumerate(unique[: int(ev.robustness_prompts)])]
+    prompts = prompts[: int(ev.robustness_prompts)]
     if not prompts:
         return {}
     persona = load_persona(cfg)
-    student = to_plain(cfg.student)
-    make = player_sampler_factory(cfg)
     name = "tuned" if stage.adapter else "base_persona"
-    if stage.adapter:
-        run.add_parent("adapter", stage.adapter)
     system = persona.render_system_prompt("teacher", assistant_name=cfg.persona.assistant_name)
-    (player,) = build_players([name], make, stage.adapter, system)
+    (player,) = build_players([name], player_sampler_factory(cfg), stage.adapter, system)
     try:
         rows = run_attacks(
-            player.sampler, prompts, suffixes[: int(stage.num_suffixes)], sampling_params(student),
+            player.sampler, prompts, suffixes[: int(stage.num_suffixes)], sampling_params(to_plain(cfg.student)),
             fresh_file(run.path("robustness.jsonl"), stage.resume), player.system_prompt, str(stage.keep_going),
             int(ev.batch_size), lambda done, total: run.log_metrics({"classifier/attack_replies": done}),
         )  # fmt: skip
@@ -225,57 +358,3 @@ def _run_attacks(
     for entry in rates.values():
         entry["model"] = name
     return rates
-
-
-def _sections(
-    metrics: dict[str, Any],
-    labels: list[str],
-    train: list[LabelledText],
-    held_out: list[LabelledText],
-    confusion_png: Path,
-    attacks: dict[str, dict[str, Any]],
-    attack_png: Optional[Path],
-    note: str,
-    ev: Any,
-) -> list[tuple[str, str]]:
-    scores = report.table(
-        ["metric", "held-out value"],
-        [["accuracy", metrics["accuracy"]], ["macro-F1", metrics["macro_f1"]], ["ROC-AUC", metrics["roc_auc"]]],
-    )
-    confusion = report.table(
-        ["true \\ predicted", *labels], [[t, *row] for t, row in zip(labels, metrics["confusion_matrix"])]
-    )
-    data = report.table(
-        ["split", "texts", "prompts", *labels],
-        [
-            [name, len(rows), len({r.prompt for r in rows})] + [label_counts(rows).get(label, 0) for label in labels]
-            for name, rows in (("train", train), ("held-out", held_out))
-        ],
-    )
-    sections = [
-        ("Headline", f"**held-out macro-F1: {report.fmt(metrics['macro_f1'])}**"),
-        ("Held-out scores", scores),
-        ("Confusion matrix", confusion + "\n\n" + report.image(confusion_png, "confusion matrix")),
-        ("Data (split by prompt: no prompt is in both)", data),
-    ]
-    if attacks:
-        model = next(iter(attacks.values()))["model"]
-        rows = [[a, v["suffix"], v["n"], v["rate"]] for a, v in attacks.items()]
-        body = (
-            f"Model under attack: {model}. `none` is the plain prompt; `keep_going` is the second reply after the "
-            "follow-up message.\n\n"
-            + report.table(["attack", "suffix / follow-up", "replies", "in-persona rate"], rows)
-        )
-        if attack_png is not None:
-            body += "\n\n" + report.image(attack_png, "in-persona rate per attack")
-        sections.append(("Robustness", body))
-    elif note:
-        sections.append(("Robustness", note))
-    sections.append(
-        (
-            "Setup",
-            f"encoder {ev.classifier_model}, {ev.classifier_epochs} epoch(s), batch {ev.classifier_batch_size}, "
-            f"lr {ev.classifier_lr}, max length {ev.classifier_max_length}.",
-        )
-    )
-    return sections

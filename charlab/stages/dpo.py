@@ -35,6 +35,7 @@ class DpoStageConfig(TrainingStageConfig):
     pairs: str = MISSING  # a pairs.jsonl (or a distill run directory holding one)
     beta: float = MISSING
     nll_coef: float = MISSING
+    kl_coef: float = MISSING
     resume_from: Optional[str] = None  # a dpo run directory whose newest checkpoint to continue (null: this run's)
 
 
@@ -44,6 +45,7 @@ def validate(stage: DictConfig) -> None:
     checks = [
         (stage.beta > 0, "beta", "a positive number (e.g. 0.1)"),
         (stage.nll_coef >= 0, "nll_coef", "0 (off) or a positive number (e.g. 0.1)"),
+        (stage.kl_coef >= 0, "kl_coef", "0 (off) or a positive number (e.g. 0.001)"),
         (stage.max_length >= 8, "max_length", "at least 8 tokens (e.g. 1024)"),
         (0 <= stage.eval_fraction < 1, "eval_fraction", "a value in [0, 1)"),
         (stage.eval_batch_size >= 1, "eval_batch_size", "a positive integer"),
@@ -73,7 +75,7 @@ def read_pairs(path: Path) -> tuple[Path, list[DpoExample]]:
 def run(cfg: DictConfig, run: Run) -> StageResult:
     """Train, export the adapter, report held-out accuracy."""
     from charlab.chat_format import ChatFormat
-    from charlab.training.dpo import DpoAlgorithm, encode_pairs, reference_key, split_eval
+    from charlab.training.dpo import DpoAlgorithm, encode_pairs, reference_key, split_pairs
     from charlab.training.factory import backend_config, create_backend, model_identity
     from charlab.training.loop import Trainer
 
@@ -95,11 +97,12 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         items, stats = encode_pairs(ChatFormat(backend.tokenizer), pairs, int(stage.max_length))
         if not items:
             raise DataError(f"stage.pairs: {pairs_path}: no pair has reply tokens within stage.max_length")
-        train_items, eval_items = split_eval(items, float(stage.eval_fraction), int(stage.seed))
+        train_items, eval_items = split_pairs(items, float(stage.eval_fraction), int(stage.seed))
         identity = model_identity(backend_cfg, model)
         algorithm = DpoAlgorithm(
             beta=float(stage.beta),
             nll_coef=float(stage.nll_coef),
+            kl_coef=float(stage.kl_coef),
             cache_dir=run.dir,
             model_identity=identity,
             extra_cache_dirs=[resume_root] if stage.resume_from else [],

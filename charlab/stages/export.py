@@ -7,6 +7,10 @@
 Writes `adapter/` (rank r_dpo + r_sft, delta W = w_dpo * dW_dpo + w_sft * dW_sft exactly), `adapter/README.md`
 (provenance and the `vllm serve ... --lora-modules` / transformers commands that load it), a `meta.json` beside
 the adapter and, with `stage.merge_full=true`, `merged/` (base + adapter as a full safetensors model).
+
+The SFT stage measured the prompt-distillation gap on base + DPO + 1.0 x SFT; the exported combination (the
+paper's 1.0 / 0.25 mix by default) is the model every evaluation sees, so its gap is measured here too, on the
+same held-out replies (the SFT run's `gap_conversations.jsonl`, or `stage.gap_data`): `gap/exported`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from omegaconf import MISSING, DictConfig
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_meta
 from charlab.schemas import StageConfig
-from charlab.stages._common import cache_dir, model_config, to_plain
+from charlab.stages._common import cache_dir, load_persona, model_config, to_plain
 
 
 @dataclass
@@ -36,6 +40,7 @@ class ExportStageConfig(StageConfig):
     sft_weight: float = MISSING
     merge_full: bool = MISSING  # also write merged/ (a full model in safetensors)
     served_name: str = MISSING  # the LoRA module name in the vLLM command
+    gap_data: Optional[str] = None  # conversations for the gap; None: the SFT run's gap_conversations.jsonl
     device: str = MISSING
     dtype: str = MISSING
 
@@ -51,6 +56,36 @@ def _source_provenance(path: Path) -> dict[str, Any]:
             keys = ("created_at", "started_at", "git_sha", "stage")
             return {k: meta[k] for k in keys if k in meta}
     return {}
+
+
+def exported_gap(cfg: DictConfig, run: Run, adapter_dir: Path, sources: list[Any]) -> Optional[Any]:
+    """The prompt-distillation gap of base + the exported adapter on the SFT run's held-out replies (None: none)."""
+    from peft import PeftModel
+
+    from charlab.chat_format import ChatFormat
+    from charlab.data.jsonl import iter_jsonl
+    from charlab.eval.distillation_gap import distillation_gap, hf_scorer
+    from charlab.models import load_causal_lm, load_tokenizer
+    from charlab.stages.sft import GAP_FILE
+
+    sft = next((s for s in sources if s.name == "sft"), None)
+    path = (
+        Path(cfg.stage.gap_data).expanduser() if cfg.stage.gap_data else (sft.path.parent / GAP_FILE if sft else None)
+    )
+    if path is None or not path.is_file():
+        return None
+    run.add_parent("gap_data", path)
+    conversations = [row["messages"] for row in iter_jsonl(path)]
+    model_cfg = model_config(cfg.model)
+    chat = ChatFormat(load_tokenizer(model_cfg, cache_dir(cfg)))
+    base = load_causal_lm(model_cfg, cache_dir(cfg), device=cfg.stage.device, dtype=cfg.stage.dtype)
+    model = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    persona = load_persona(cfg)
+    system_prompt = persona.render_system_prompt("teacher", assistant_name=cfg.persona.get("assistant_name"))
+    gap = distillation_gap(
+        hf_scorer(model, pad_id=chat.tokenizer.pad_token_id or 0), chat, conversations, system_prompt
+    )
+    return gap if gap.examples else None
 
 
 @register_stage("export", schema=ExportStageConfig, description="combine DPO + SFT adapters exactly; model card")
@@ -95,6 +130,12 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         "weights": {s.name: s.weight for s in sources},
         "merged": merged_dir is not None,
     }
+    del base
+    gap = exported_gap(cfg, run, adapter_dir, sources)
+    if gap is not None:
+        summary.update({"gap/exported": gap.gap, "gap_examples": gap.examples})
+        run.log_metrics(gap.as_metrics("gap/exported"), step=0)
+        print(f"[charlab] prompt-distillation gap of the exported adapter: {gap.gap:.4f} ({gap.examples} replies)")
     write_meta(adapter_dir / "meta.json", to_plain(run.config), dict(run.parents), summary=summary)
     run.log_metrics({"rank": result.rank, "max_relative_error": result.max_relative_error}, step=0)
     artifacts = {"adapter": adapter_dir, "model_card": adapter_dir / "README.md"}

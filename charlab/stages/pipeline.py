@@ -157,7 +157,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     if cfg.pipeline.report:
         from charlab.report import write_pipeline_report
 
-        report = write_pipeline_report(root, steps, persona=cfg.persona.name)
+        report = write_pipeline_report(root, steps, persona=cfg.persona.name, min_usable=int(cfg.eval.min_usable))
         result_artifacts["report"] = report.path
         summary.update(report.headline)
         print(f"[charlab] report: {report.path}")

@@ -5,11 +5,13 @@
     python -m charlab.train stage=revealed 'stage.players=[base]' 'stage.compare_runs=[outputs/x/revealed/<run>]'
 
 Every player answers the same trials (a prompt, two random traits, a condition; `replies.jsonl`); the judge
-names the trait each reply expresses (`judgments.jsonl`, unparseable verdicts counted). Traits are rated per
-player: order-averaged Elo with bootstrap CIs and Bradley-Terry (`ratings.json`). The report compares players:
-the rank shift of the constitution's traits (headline: mean shift from base to tuned), Spearman correlations
-(also against `stage.compare_runs`), and plots of the top and bottom traits. Replies and verdicts are appended
-as they come; `hydra.run.dir=<its run directory> stage.resume=true` continues an interrupted run.
+names the trait each reply expresses, asked in both orders (`judgments.jsonl`; verdict modes counted). Traits
+are rated per player and per condition (feels_like_you, would_adopt, and the control `random`): order-averaged
+Elo and Bradley-Terry, each with bootstrap CIs (`ratings.json`). Per condition the report gives the rank shift
+of the constitution's traits from the reference player (base) to tuned (or, without tuned, to base +
+constitution: the positive control) and the Spearman correlation of their trait ratings, each with a bootstrap
+CI; the headline pools the non-random conditions. Replies and verdicts
+are appended as they come; `hydra.run.dir=<its run directory> stage.resume=true` continues an interrupted run.
 """
 
 from __future__ import annotations
@@ -20,33 +22,40 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 from omegaconf import MISSING, DictConfig
 from rich.console import Console
 
 from charlab.errors import ConfigError, DataError
 from charlab.eval import plots, report
+from charlab.eval.bootstrap import Estimate
+from charlab.eval.judging import count_modes, judge_to_jsonl
 from charlab.eval.players import as_list, build_players, check_players, close_players
-from charlab.eval.ratings import PlayerRating, rating_table
+from charlab.eval.ratings import RatingFit, fit_ratings, percentile_ci
 from charlab.eval.revealed import (
-    judge_jobs,
+    judge_questions,
     load_conditions,
     load_traits,
-    outcomes,
-    parse_judgements,
     persona_traits,
     rank_shift,
-    ranks,
     reply_jobs,
     sample_items,
+    sampled_rank_shift,
+    sampled_spearman,
     spearman,
+    trials,
 )
+from charlab.eval.revealed_report import revealed_sections
 from charlab.eval.sampling import fresh_file, sample_to_jsonl
 from charlab.generation.factory import sampling_params
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run
 from charlab.schemas import StageConfig
-from charlab.stages._common import load_persona, sampler_for_role, to_plain
-from charlab.stages.elo import player_sampler_factory, stage_prompts
+from charlab.stages._common import load_persona, to_plain
+from charlab.stages._eval import judge_description, make_judge, player_sampler_factory, stage_prompts
+
+CONTROL = "random"
+PREFERENCE = "preference"  # the non-random conditions pooled
 
 
 @dataclass
@@ -66,9 +75,44 @@ class RevealedStageConfig(StageConfig):
     top_n: int = MISSING
 
 
+@dataclass
+class Comparison:
+    """Reference vs target in one condition: the persona traits' rank shift and the ratings' Spearman, with CIs."""
+
+    condition: str
+    shift: dict[str, Any]
+    shift_ci: Estimate
+    spearman: Estimate
+
+
+def _estimate(point: float, samples: np.ndarray, level: float, n: int) -> Estimate:
+    samples = samples[~np.isnan(samples)]
+    if math.isnan(point) or not len(samples):
+        return Estimate(point, float("nan"), float("nan"), n)
+    low, high = percentile_ci(samples, level)
+    return Estimate(float(point), float(low), float(high), n)
+
+
+def compare(
+    condition: str, ref: RatingFit, tuned: RatingFit, traits: list[str], tracked: list[str], level: float, n: int
+) -> Comparison:
+    """Rank shift (reference -> tuned) of the tracked traits, and Spearman of the ratings of the traits both
+    players' trials included (the rest sit tied at the start rating), with CIs."""
+    point_ref = np.asarray([ref.elo[t] for t in traits])
+    point_tuned = np.asarray([tuned.elo[t] for t in traits])
+    shift = rank_shift(traits, point_ref, point_tuned, tracked)
+    index = [traits.index(t) for t in tracked if t in traits]
+    shift_ci = _estimate(shift["mean_shift"], sampled_rank_shift(ref.elo_samples, tuned.elo_samples, index), level, n)
+    played = [i for i, t in enumerate(traits) if ref.games[t] and tuned.games[t]]  # unplayed traits: tied at start
+    rho = spearman({traits[i]: point_ref[i] for i in played}, {traits[i]: point_tuned[i] for i in played})
+    samples = sampled_spearman(ref.elo_samples[:, played], tuned.elo_samples[:, played])
+    rho_ci = _estimate(rho, samples, level, n)
+    return Comparison(condition, shift, shift_ci, rho_ci)
+
+
 @register_stage("revealed", schema=RevealedStageConfig, description="revealed trait preferences (Elo over traits)")
 def run(cfg: DictConfig, run: Run) -> StageResult:
-    """Run the trials, judge them, rate the traits per player and compare players."""
+    """Run the trials, judge them, rate the traits per player and condition, compare players."""
     stage, ev = cfg.stage, cfg.eval
     persona = load_persona(cfg)
     names = check_players(list(stage.players), stage.adapter, minimum=1)
@@ -85,7 +129,6 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     tracked = _persona_traits(stage.persona_traits, persona, traits)
 
     # ---- replies and verdicts -----------------------------------------------------------------------------
-    student = to_plain(cfg.student)
     persona_prompt = persona.render_system_prompt("teacher", assistant_name=cfg.persona.assistant_name)
     players = build_players(names, player_sampler_factory(cfg), stage.adapter, persona_prompt)
     replies_path = fresh_file(run.path("replies.jsonl"), stage.resume)
@@ -95,87 +138,120 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
             jobs = reply_jobs(items, player.name, all_conditions, player.system_prompt, stage.instruction_in)
             replies.update(
                 sample_to_jsonl(
-                    player.sampler, jobs, sampling_params(student), replies_path, int(ev.batch_size),
+                    player.sampler, jobs, sampling_params(to_plain(cfg.student)), replies_path, int(ev.batch_size),
                     f"trials ({player.name})",
                     lambda done, total, p=player.name: run.log_metrics({f"revealed/replies_{p}": done}),
                 )
             )  # fmt: skip
     finally:
         close_players(players)
-    judge_cfg = to_plain(cfg.judge)
     judgments_path = fresh_file(run.path("judgments.jsonl"), stage.resume)
-    judge = sampler_for_role(cfg, "judge")
-    judged: dict[str, list[dict[str, Any]]] = {}
+    judge = make_judge(cfg)
+    judged_rows: list[dict[str, Any]] = []
     try:
         for name in names:
-            jobs = judge_jobs(items, replies, name)
-            rows = sample_to_jsonl(
-                judge, jobs, sampling_params(judge_cfg), judgments_path, int(ev.batch_size), f"judging ({name})",
+            questions = judge_questions(items, replies, name)
+            rows = judge_to_jsonl(
+                judge, questions, judgments_path, int(ev.batch_size), f"judging ({name})",
                 lambda done, total, p=name: run.log_metrics({f"revealed/judged_{p}": done}),
             )  # fmt: skip
-            judged[name] = parse_judgements([rows[j.id] for j in jobs if j.id in rows])
+            judged_rows += [rows[q.id] for q in questions if q.id in rows]
+        judged_by = judge_description(cfg, judge)
     finally:
-        judge.close()
+        judge.sampler.close()
+    judged_trials = trials(judged_rows)
 
-    # ---- ratings and comparisons --------------------------------------------------------------------------
-    tables: dict[str, list[PlayerRating]] = {}
-    counts: dict[str, dict[str, int]] = {}
+    # ---- ratings per player and condition; comparisons ----------------------------------------------------
+    conditions = [*chosen, *([PREFERENCE] if len([c for c in chosen if c != CONTROL]) > 1 else [])]
+    fits: dict[str, dict[str, RatingFit]] = {}
+    usable: dict[str, dict[str, int]] = {}
     for name in names:
-        tables[name] = rating_table(
-            outcomes(judged[name]), traits, k=float(ev.k_factor), initial=float(ev.initial_rating),
-            orderings=int(ev.orderings), resamples=int(ev.bootstrap), bt_prior=float(ev.bt_prior),
-            level=float(ev.ci_level), seed=int(cfg.seed),
-        )  # fmt: skip
-        counts[name] = {s: sum(r["status"] == s for r in judged[name]) for s in ("ok", "malformed", "ambiguous")}
-        run.log_metrics({f"revealed/{name}_{s}": v for s, v in counts[name].items()})
+        fits[name], usable[name] = {}, {}
+        for condition in conditions:
+            wanted = [c for c in chosen if c != CONTROL] if condition == PREFERENCE else [condition]
+            outcomes = [
+                t.outcome
+                for t in judged_trials
+                if t.player == name and t.condition in wanted and t.outcome is not None
+            ]
+            usable[name][condition] = len(outcomes)
+            fits[name][condition] = fit_ratings(
+                outcomes, traits, k=float(ev.k_factor), initial=float(ev.initial_rating), orderings=int(ev.orderings),
+                resamples=int(ev.bootstrap), bt_prior=float(ev.bt_prior), level=float(ev.ci_level), seed=int(cfg.seed),
+            )  # fmt: skip
+    modes = {name: count_modes(r for r in judged_rows if r["player"] == name) for name in names}
+    unparseable = {name: sum(t.outcome is None for t in judged_trials if t.player == name) for name in names}
+    reference, target = compared_players(names)
+    comparisons: dict[str, Comparison] = {}
+    if reference and target:
+        for condition in conditions:
+            n = min(usable[reference][condition], usable[target][condition])
+            comparisons[condition] = compare(
+                condition, fits[reference][condition], fits[target][condition], traits, tracked, float(ev.ci_level), n
+            )
     ratings_path = run.path("ratings.json")
-    ratings_path.write_text(json.dumps({n: [asdict(r) for r in t] for n, t in tables.items()}, indent=1) + "\n")
-    elo_maps = {n: {r.player: r.elo for r in t} for n, t in tables.items()}
-    correlations = {f"{a} vs {b}": spearman(elo_maps[a], elo_maps[b]) for a in names for b in names if a < b}
-    for other in as_list(stage.compare_runs):
-        run.add_parent(f"compare_{Path(other).name}", other)
-        for player, their in _load_ratings(Path(other).expanduser()).items():
-            if player in elo_maps:
-                correlations[f"{player} vs {Path(other).name}:{player}"] = spearman(elo_maps[player], their)
-    reference = next((n for n in ("base", "base_persona") if n in names and n != "tuned"), None)
-    shift = rank_shift(tables[reference], tables["tuned"], tracked) if reference and "tuned" in names else None
-    metric, metric_name = _headline(shift, tables, tracked, names)
+    ratings_path.write_text(
+        json.dumps({n: {c: [asdict(r) for r in f.table] for c, f in by.items()} for n, by in fits.items()}, indent=1)
+    )
+    headline_condition = (
+        PREFERENCE if PREFERENCE in conditions else next((c for c in chosen if c != CONTROL), chosen[0])
+    )
+    correlations = _correlations(stage, run, fits, names, headline_condition)
+    metric_name = "persona_trait_rank_shift"
+    headline = comparisons.get(headline_condition)
+    metric = headline.shift_ci.value if headline and headline.shift["traits"] and headline.shift_ci.n else None
     summary = {
         "players": names,
         "trials": len(items),
-        "verdicts": counts,
+        "conditions": conditions,
+        "usable": usable,
+        "unparseable": unparseable,
+        "verdict_modes": modes,
+        "judge": judged_by,
         "persona_traits": tracked,
+        "reference": reference,
+        "target": target,
+        "headline_condition": headline_condition,
+        "comparisons": {
+            c: {"rank_shift": v.shift_ci.as_dict(), "spearman": v.spearman.as_dict(),
+                "traits": {t: r[2] for t, r in v.shift["traits"].items()}}
+            for c, v in comparisons.items()
+        },
         "spearman": correlations,
-        "top_traits": {n: [r.player for r in t[:5]] for n, t in tables.items()},
-        "persona_trait_ranks": {n: {t: ranks(tables[n])[t] for t in tracked} for n in names},
+        "top_traits": {n: [r.player for r in f[headline_condition].table[:5]] for n, f in fits.items()},
         metric_name: metric,
-    }
-    if shift is not None:
-        summary["rank_shift"] = {t: v[2] for t, v in shift["traits"].items()}
+    }  # fmt: skip
+    if headline:
+        summary[f"{metric_name}_ci"] = [headline.shift_ci.low, headline.shift_ci.high]
     run.log_metrics(
         {f"revealed/{metric_name}": metric} | {f"revealed/spearman/{k}": v for k, v in correlations.items()}
     )
 
     # ---- report -------------------------------------------------------------------------------------------
+    tables = {n: f[headline_condition].table for n, f in fits.items()}
     top_png = plots.plot_top_bottom(tables, run.path("top_bottom_traits.png"), int(stage.top_n))
     images = [report.image(top_png, "top and bottom traits")]
     artifacts = {"ratings": ratings_path, "report": run.path("report.md"), "plot": top_png}
-    if reference and "tuned" in names:
+    if reference and target:
         scatter = plots.plot_rank_scatter(
-            elo_maps[reference], elo_maps["tuned"], run.path("trait_scatter.png"), reference, "tuned", tracked
-        )
-        images.append(report.image(scatter, "trait Elo, reference vs tuned"))
-    _log_tables(run, replies, judged)
+            fits[reference][headline_condition].elo, fits[target][headline_condition].elo,
+            run.path("trait_scatter.png"), reference, target, tracked,
+        )  # fmt: skip
+        images.append(report.image(scatter, f"trait Elo ({headline_condition}), {reference} vs {target}"))
+    _log_tables(run, replies, judged_rows)
     report.write_report(
         artifacts["report"],
         f"Revealed preferences: {persona.name}",
-        _sections(names, tables, counts, tracked, shift, correlations, metric_name, metric, images, stage, len(items)),
-    )
+        revealed_sections(
+            names, fits, conditions, usable, unparseable, modes, tracked, comparisons, correlations,
+            headline_condition, (reference, target), images, stage, len(items), judged_by,
+        ),
+    )  # fmt: skip
     Console().print(
-        f"[bold]revealed preferences[/bold]: {metric_name} = {report.fmt(metric)}; top traits: "
-        + "; ".join(f"{n}: {', '.join(r.player for r in t[:5])}" for n, t in tables.items())
-        + "; verdicts ok/total: "
-        + ", ".join(f"{n} {c['ok']}/{sum(c.values())}" for n, c in counts.items())
+        f"[bold]revealed preferences[/bold]: {metric_name} ({headline_condition}) = {report.fmt(metric)}"
+        + (f" (95% CI {report.ci(headline.shift_ci.low, headline.shift_ci.high)})" if headline else "")
+        + "; usable trials: "
+        + ", ".join(f"{n} {sum(u[c] for c in chosen)}/{len(items)}" for n, u in usable.items())
     )
     return StageResult(
         metric=None if metric is None or math.isnan(metric) else metric,
@@ -183,6 +259,29 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         artifacts=artifacts,
         summary=report.json_safe(summary),
     )
+
+
+def compared_players(names: list[str]) -> tuple[Optional[str], Optional[str]]:
+    """(reference, target) of the rank shift: base -> tuned, else base -> base + constitution (the positive
+    control), else base + constitution -> tuned; (None, None) with one player."""
+    for reference, target in (("base", "tuned"), ("base", "base_persona"), ("base_persona", "tuned")):
+        if reference in names and target in names:
+            return reference, target
+    return None, None
+
+
+def _correlations(
+    stage: Any, run: Run, fits: dict[str, dict[str, RatingFit]], names: list[str], condition: str
+) -> dict[str, float]:
+    """Spearman of players' trait ratings (in `condition`), also against `stage.compare_runs`' players."""
+    elo = {n: fits[n][condition].elo for n in names}
+    correlations = {f"{a} vs {b}": spearman(elo[a], elo[b]) for a in names for b in names if a < b}
+    for other in as_list(stage.compare_runs):
+        run.add_parent(f"compare_{Path(other).name}", other)
+        for player, theirs in _load_ratings(Path(other).expanduser(), condition).items():
+            if player in elo:
+                correlations[f"{player} vs {Path(other).name}:{player}"] = spearman(elo[player], theirs)
+    return correlations
 
 
 def _persona_traits(value: Any, persona: Any, traits: list[str]) -> list[str]:
@@ -197,97 +296,28 @@ def _persona_traits(value: Any, persona: Any, traits: list[str]) -> list[str]:
     return persona_traits(text, traits)
 
 
-def _load_ratings(directory: Path) -> dict[str, dict[str, float]]:
+def _load_ratings(directory: Path, condition: str) -> dict[str, dict[str, float]]:
+    """Trait Elo per player of another revealed run (its `condition`, else its pooled or only table)."""
     path = directory / "ratings.json" if directory.is_dir() else directory
     if not path.is_file():
         raise DataError(f"{directory}: no ratings.json (stage.compare_runs takes revealed run directories)")
     data = json.loads(path.read_text())
-    return {player: {r["player"]: r["elo"] for r in rows} for player, rows in data.items()}
+    out = {}
+    for player, by in data.items():
+        rows = by if isinstance(by, list) else by.get(condition) or next(iter(by.values()))
+        out[player] = {r["player"]: r["elo"] for r in rows}
+    return out
 
 
-def _headline(
-    shift: Optional[dict], tables: dict[str, list[PlayerRating]], tracked: list[str], names: list[str]
-) -> tuple[Optional[float], str]:
-    """Mean rank shift of the persona traits (base -> tuned); else the persona traits' mean rank percentile."""
-    if shift is not None and shift["traits"]:
-        if not all(any(r.games for r in table) for table in tables.values()):
-            return None, "persona_trait_rank_shift"  # a player without accepted verdicts has no ranking
-        return float(shift["mean_shift"]), "persona_trait_rank_shift"
-    name = "tuned" if "tuned" in names else names[-1]
-    if not any(r.games for r in tables[name]):
-        return None, f"persona_trait_percentile_{name}"  # no accepted verdict: ranks would be alphabetical
-    table_ranks = ranks(tables[name])
-    size = len(table_ranks)
-    positions = [1.0 - (table_ranks[t] - 1) / max(1, size - 1) for t in tracked if t in table_ranks]
-    return (sum(positions) / len(positions) if positions else None), f"persona_trait_percentile_{name}"
-
-
-def _sections(
-    names: list[str],
-    tables: dict[str, list[PlayerRating]],
-    counts: dict[str, dict[str, int]],
-    tracked: list[str],
-    shift: Optional[dict],
-    correlations: dict[str, float],
-    metric_name: str,
-    metric: Optional[float],
-    images: list[str],
-    stage: Any,
-    trials: int,
-) -> list[tuple[str, str]]:
-    n = int(stage.top_n)
-    sections = [("Headline", f"**{metric_name}: {report.fmt(metric)}**")]
-    if shift is not None:
-        rows = [[t, b, tuned, s] for t, (b, tuned, s) in shift["traits"].items()]
-        sections.append(
-            (
-                "Persona traits: rank shift (positive = higher under tuned)",
-                report.table(["trait", "reference rank", "tuned rank", "shift"], rows),
-            )
-        )
-    else:
-        rows = [[t] + [ranks(tables[p])[t] for p in names] for t in tracked]
-        sections.append(("Persona traits: ranks", report.table(["trait", *names], rows) if rows else "none found"))
-    sections.append(
-        (
-            "Correlations (Spearman of trait Elo)",
-            report.table(["pair", "rho"], [[k, v] for k, v in correlations.items()]) if correlations else "one player",
-        )
-    )
-    for name in names:
-        columns, rows = report.rating_rows(tables[name])
-        sections.append((f"{name}: top {n} and bottom {n} traits", report.table(columns, rows[:n] + rows[-n:])))
-    verdicts = [[p, c["ok"], c["malformed"], c["ambiguous"]] for p, c in counts.items()]
-    sections.append(("Judge verdicts", report.table(["player", "ok", "malformed", "ambiguous"], verdicts)))
-    sections.append(("Plots", "\n\n".join(images)))
-    sections.append(
-        (
-            "Setup",
-            f"{trials} trials per player over {stage.prompts} prompts; conditions {', '.join(stage.conditions)}; "
-            f"instruction in the {stage.instruction_in} message; persona traits: {', '.join(tracked) or 'none'}.",
-        )
-    )
-    return sections
-
-
-def _log_tables(run: Run, replies: dict, judged: dict[str, list[dict[str, Any]]]) -> None:
-    rows = []
-    for name, judged_rows in judged.items():
-        for row in judged_rows:
-            reply = replies.get(row["id"], {})
-            rows.append(
-                [
-                    name,
-                    reply.get("prompt", ""),
-                    row["trait_a"],
-                    row["trait_b"],
-                    row["condition"],
-                    reply.get("text", ""),
-                ]
-                + [row["text"], row["choice"] or "", row["status"]]
-            )
+def _log_tables(run: Run, replies: dict, judged: list[dict[str, Any]]) -> None:
+    rows = [
+        [r["player"], replies.get(f"{r['player']}:{r['item']}", {}).get("prompt", ""), r["trait_a"], r["trait_b"],
+         r["condition"], r["order"], replies.get(f"{r['player']}:{r['item']}", {}).get("text", ""), r["mode"],
+         r["choice"] or ""]
+        for r in judged
+    ]  # fmt: skip
     run.tracker.log_table(
         "revealed/verdicts",
-        ["player", "prompt", "trait_a", "trait_b", "condition", "reply", "judge reply", "choice", "status"],
+        ["player", "prompt", "trait_a", "trait_b", "condition", "order", "reply", "mode", "choice"],
         rows,
     )

@@ -112,7 +112,7 @@ def gap_conversations(stage: DictConfig, held_out: list[IntrospectionExample]) -
     if stage.gap_pairs:
         from charlab.stages.dpo import read_pairs
 
-        pairs = read_pairs(Path(stage.gap_pairs).expanduser())
+        _, pairs = read_pairs(Path(stage.gap_pairs).expanduser())
         return [[{"role": "user", "content": p.prompt}, {"role": "assistant", "content": p.chosen}] for p in pairs[:n]]
     conversations = []
     for example in held_out[:n]:  # the last reply and the user turn it answers (bounded length, same for all models)
@@ -120,6 +120,19 @@ def gap_conversations(stage: DictConfig, held_out: list[IntrospectionExample]) -
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
         conversations.append(messages[max(0, last - 1) : last + 1])
     return conversations
+
+
+GAP_FILE = "gap_conversations.jsonl"
+
+
+def save_gap_conversations(path: Path, conversations: list[list[dict[str, str]]]) -> Path:
+    """The held-out conversations the gap is measured on (one `{"messages": [...]}` per line)."""
+    from charlab.data.jsonl import JsonlWriter
+
+    path.unlink(missing_ok=True)
+    with JsonlWriter(path, flush_every=256) as writer:
+        writer.write_many({"messages": messages} for messages in conversations)
+    return path
 
 
 def backend_scorer(backend: Any, reference: bool = False) -> Any:
@@ -216,6 +229,8 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     train_items, eval_items = split_eval(items, float(stage.eval_fraction), int(stage.seed))
     by_id = {example.id or str(row): example for row, example in enumerate(examples, 1)}
     conversations = gap_conversations(stage, [by_id[item.id] for item in eval_items]) if stage.gap_examples else []
+    if conversations:  # stage=export measures the gap of the exported combination on exactly these replies
+        save_gap_conversations(run.path(GAP_FILE), conversations)
 
     gaps: dict[str, Any] = {}
     if conversations and init_adapter and not continued:  # otherwise the backend's reference weights are the base
@@ -287,7 +302,8 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     if init_adapter and not continued:
         notes.append(
             "The adapter applies on top of base + DPO merged: `stage=export stage.sft_weight=1.0` gives one adapter "
-            "for the trained model; the paper's released mix is sft_weight=0.25."
+            "for the trained model; the paper's released mix is sft_weight=0.25. The gaps above describe base + "
+            "DPO + 1.0 x SFT; `stage=export` measures the gap of the combination it exports on the same replies."
         )
     write_report(run.path("report.md"), result, gaps, notes)
     print(f"[charlab] sft adapter: {adapter}")
@@ -300,6 +316,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
             "checkpoints": run.dir / "checkpoints",
             "report": run.dir / "report.md",
             **remote,
+            **({"gap_conversations": run.path(GAP_FILE)} if conversations else {}),
         },
         summary=result,
     )

@@ -289,3 +289,18 @@ def small_markdown(text: str, levels: int = 3) -> None:
     import re
 
     st.markdown(re.sub(r"^(#{1,6}) ", lambda m: "#" * min(6, len(m.group(1)) + levels) + " ", text, flags=re.M))
+
+
+def show_evaluation(run: RunInfo) -> bool:
+    """The run's verdict line and in-persona rates (as the pipeline's report.md opens); False if it has none."""
+    from charlab.studio.evaluation import evaluation_of
+
+    view = evaluation_of(run)
+    if view is None:
+        return False
+    with st.container(border=True):
+        st.markdown(view.verdict)
+        if view.rates:
+            st.caption("In-persona rate on held-out prompts (persona classifier)")
+            st.dataframe(view.rates, hide_index=True, width="stretch")
+    return True

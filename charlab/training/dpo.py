@@ -8,10 +8,16 @@
 Each pair is a chosen and a rejected reply to the same user prompt, rendered by the one chat format; the
 loss reads summed log-probabilities over the reply's tokens only (the chat format's loss mask). The sigmoid
 loss `-log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r)))` is optionally joined by `nll_coef` times the
-per-token negative log-likelihood of the chosen reply. Chosen and rejected of a micro-batch go through the
-backend as one batch (`[c0, r0, c1, r1, ...]`), so the local backend runs one forward for both. Reference
-log-probabilities are computed once for every pair before training and cached on disk under a key of the
-token ids, loss masks and model identity; the training loop never runs the reference model.
+per-token negative log-likelihood of the chosen reply and by `kl_coef` times a squared-log-ratio estimate of
+KL(policy || reference) on the reply tokens of both sides (`mean_t (log pi_t - log ref_t)^2` per sequence,
+averaged over sequences: OpenRLHF's `kl_loss_coef`, the paper's 0.001). Chosen and rejected of a micro-batch
+go through the backend as one batch (`[c0, r0, c1, r1, ...]`), so the local backend runs one forward for
+both. Reference log-probabilities are computed once for every pair before training and cached on disk under a
+key of the token ids, loss masks and model identity (per token, too, when the KL term needs them); the
+training loop never runs the reference model.
+
+The held-out split keeps every sample of a prompt on one side (`split_eval(..., group=...)`): with several
+samples per prompt an item-level split would evaluate on prompts it trained on.
 """
 
 from __future__ import annotations
@@ -20,12 +26,13 @@ import hashlib
 import json
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 from charlab.chat_format import ChatFormat, make_messages
+from charlab.data.prompts import prompt_id
 from charlab.data.records import DpoExample
 from charlab.training.backend import LossFn, TokenSequence, TrainingBackend
 
@@ -33,6 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 log = logging.getLogger("charlab")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,7 @@ class DpoItem:
     chosen: TokenSequence
     rejected: TokenSequence
     id: str = ""
+    group: str = ""  # the prompt it answers: every sample of a prompt lands on the same side of the split
 
     def __len__(self) -> int:
         return len(self.chosen) + len(self.rejected)
@@ -71,29 +80,43 @@ def encode_pairs(chat: ChatFormat, pairs: Sequence[DpoExample], max_length: int)
         if chosen.num_trained == 0 or rejected.num_trained == 0:
             stats.dropped.append(pair.id or f"row {row}")
             continue
-        items.append(DpoItem(len(items), chosen, rejected, pair.id or str(row)))
+        group = pair.prompt_id or prompt_id(pair.prompt)
+        items.append(DpoItem(len(items), chosen, rejected, pair.id or str(row), group))
     stats.kept = len(items)
     return items, stats
 
 
-def prompt_key(item_id: str, index: int) -> str:
-    """The prompt an item was sampled from: distill and introspect ids are `<prompt id>:<sample index>`."""
-    return item_id.rsplit(":", 1)[0] if item_id else f"#{index}"
+def split_eval(
+    items: list[T], eval_fraction: float, seed: int, group: Optional[Callable[[T], str]] = None
+) -> tuple[list[T], list[T]]:
+    """A seeded held-out split of about `eval_fraction` of the items (at least one group when > 0).
 
-
-def split_eval(items: list[Any], eval_fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
-    """A seeded held-out split by prompt: `round(eval_fraction * prompts)` prompts (at least one when the fraction
-    is > 0) with every sample of each, so held-out metrics are on prompts the model never trained on."""
-    groups: dict[str, list[int]] = {}
-    for i, item in enumerate(items):
-        groups.setdefault(prompt_key(getattr(item, "id", ""), i), []).append(i)
-    keys = list(groups)
-    if eval_fraction <= 0 or len(keys) < 2:
+    With `group`, whole groups (every sample of one prompt) are held out until the share is reached, so no
+    held-out item shares its group with a trained one; without it every item is its own group.
+    """
+    keys = [group(it) if group else str(i) for i, it in enumerate(items)]
+    groups = list(dict.fromkeys(keys))
+    if eval_fraction <= 0 or len(groups) < 2:
         return list(items), []
-    n_eval = min(len(keys) - 1, max(1, round(eval_fraction * len(keys))))
-    random.Random(f"eval-split:{seed}").shuffle(keys)
-    held = {i for key in keys[:n_eval] for i in groups[key]}
-    return [it for i, it in enumerate(items) if i not in held], [it for i, it in enumerate(items) if i in held]
+    target = max(1, round(eval_fraction * len(items)))
+    random.Random(f"eval-split:{seed}").shuffle(groups)
+    sizes = {g: 0 for g in groups}
+    for key in keys:
+        sizes[key] += 1
+    held: set[str] = set()
+    count = 0
+    for g in groups[:-1]:  # at least one group trains
+        if count >= target:
+            break
+        held.add(g)
+        count += sizes[g]
+    train = [it for it, key in zip(items, keys) if key not in held]
+    return train, [it for it, key in zip(items, keys) if key in held]
+
+
+def split_pairs(items: list[DpoItem], eval_fraction: float, seed: int) -> tuple[list[DpoItem], list[DpoItem]]:
+    """The DPO held-out split, grouped by prompt."""
+    return split_eval(items, eval_fraction, seed, group=lambda item: item.group)
 
 
 # ------------------------------------------------------------------------------------------------ the loss
@@ -110,6 +133,20 @@ def sequence_logprobs(batch: Sequence[TokenSequence], logprobs_list: Sequence[to
     return torch.stack(sums)
 
 
+def squared_log_ratio(
+    batch: Sequence[TokenSequence], logprobs_list: Sequence[torch.Tensor], ref_list: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """Each sequence's mean over its trained tokens of `(log pi - log ref)^2` (a KL(pi || ref) estimate)."""
+    import torch
+
+    values = []
+    for seq, lp, ref in zip(batch, logprobs_list, ref_list, strict=True):
+        weights = torch.tensor(seq.target_weights, dtype=lp.dtype, device=lp.device)
+        delta = lp - ref.to(lp.device, lp.dtype)
+        values.append((delta.pow(2) * weights).sum() / weights.sum().clamp(min=1.0))
+    return torch.stack(values)
+
+
 def dpo_loss(
     chosen: torch.Tensor,
     rejected: torch.Tensor,
@@ -118,11 +155,14 @@ def dpo_loss(
     beta: float,
     nll_coef: float = 0.0,
     chosen_tokens: Optional[torch.Tensor] = None,
+    kl_coef: float = 0.0,
+    kl: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Mean sigmoid DPO loss (+ `nll_coef` x per-token NLL of chosen) over pairs, and its metrics.
+    """Mean sigmoid DPO loss (+ `nll_coef` x per-token NLL of chosen + `kl_coef` x KL estimate) over pairs.
 
-    All inputs are per-pair summed log-probabilities; `chosen_tokens` (trained tokens of each chosen reply)
-    normalises the NLL term and is required when `nll_coef` > 0.
+    Inputs are per-pair summed log-probabilities; `chosen_tokens` (trained tokens of each chosen reply)
+    normalises the NLL term and is required when `nll_coef` > 0; `kl` (`squared_log_ratio` of every chosen
+    and rejected sequence) is required when `kl_coef` > 0.
     """
     import torch.nn.functional as F
 
@@ -131,11 +171,17 @@ def dpo_loss(
     margins = reward_chosen - reward_rejected
     dpo = -F.logsigmoid(margins).mean()
     nll = (-chosen / chosen_tokens).mean() if chosen_tokens is not None else chosen.new_zeros(())
-    loss = dpo + nll_coef * nll if nll_coef else dpo
+    kl_mean = kl.mean() if kl is not None else chosen.new_zeros(())
+    loss = dpo
+    if nll_coef:
+        loss = loss + nll_coef * nll
+    if kl_coef:
+        loss = loss + kl_coef * kl_mean
     metrics = {
         "loss": float(loss.detach()),
         "dpo_loss": float(dpo.detach()),
         "nll": float(nll.detach()),
+        "kl": float(kl_mean.detach()),
         "accuracy": float((margins > 0).float().mean()),
         "margin": float(margins.detach().mean()),
         "reward_chosen": float(reward_chosen.detach().mean()),
@@ -149,8 +195,17 @@ def interleave(items: Sequence[DpoItem]) -> list[TokenSequence]:
     return [seq for item in items for seq in (item.chosen, item.rejected)]
 
 
-def make_loss_fn(items: Sequence[DpoItem], refs: torch.Tensor, beta: float, nll_coef: float, weight: float) -> LossFn:
-    """The loss of one micro-batch of `interleave(items)`; `refs[i]` = (ref chosen, ref rejected) of item i."""
+def make_loss_fn(
+    items: Sequence[DpoItem],
+    refs: torch.Tensor,
+    beta: float,
+    nll_coef: float,
+    weight: float,
+    kl_coef: float = 0.0,
+    ref_tokens: Optional[Sequence[torch.Tensor]] = None,
+) -> LossFn:
+    """The loss of one micro-batch of `interleave(items)`; `refs[i]` = (ref chosen, ref rejected) of item i and
+    `ref_tokens` the per-token reference log-probs of `interleave(items)` (needed when `kl_coef` > 0)."""
     import torch
 
     chosen_tokens = torch.tensor([float(it.chosen.num_trained) for it in items])
@@ -158,8 +213,17 @@ def make_loss_fn(items: Sequence[DpoItem], refs: torch.Tensor, beta: float, nll_
     def loss_fn(batch: list[TokenSequence], logprobs_list: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
         sums = sequence_logprobs(batch, logprobs_list)
         ref = refs.to(sums.device, sums.dtype)
+        kl = squared_log_ratio(batch, logprobs_list, ref_tokens) if ref_tokens is not None else None
         loss, metrics = dpo_loss(
-            sums[0::2], sums[1::2], ref[:, 0], ref[:, 1], beta, nll_coef, chosen_tokens.to(sums.device, sums.dtype)
+            sums[0::2],
+            sums[1::2],
+            ref[:, 0],
+            ref[:, 1],
+            beta,
+            nll_coef,
+            chosen_tokens.to(sums.device, sums.dtype),
+            kl_coef,
+            kl,
         )
         return loss * weight, metrics
 
@@ -179,7 +243,7 @@ def reference_key(items: Sequence[DpoItem], model_identity: str) -> str:
 
 
 class DpoAlgorithm:
-    """DPO for `charlab.training.loop.Trainer`: reference sums cached once, one loss per micro-batch."""
+    """DPO for `charlab.training.loop.Trainer`: reference log-probs cached once, one loss per micro-batch."""
 
     name = "dpo"
 
@@ -191,13 +255,15 @@ class DpoAlgorithm:
         model_identity: str = "",
         extra_cache_dirs: Sequence[Path] = (),
         eval_batch_size: int = 16,
+        kl_coef: float = 0.0,
     ):
-        self.beta, self.nll_coef = float(beta), float(nll_coef)
+        self.beta, self.nll_coef, self.kl_coef = float(beta), float(nll_coef), float(kl_coef)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.extra_cache_dirs = [Path(p) for p in extra_cache_dirs]
         self.model_identity = model_identity
         self.eval_batch_size = eval_batch_size
         self.refs: Optional[torch.Tensor] = None  # [n_items, 2], indexed by DpoItem.index
+        self.ref_tokens: Optional[list[list[torch.Tensor]]] = None  # per item: [chosen, rejected] per-token refs
         self.cache_path: Optional[Path] = None
         self.reference_calls = 0  # how many times reference log-probs were computed (tests: exactly once)
 
@@ -206,55 +272,73 @@ class DpoAlgorithm:
 
     # ---- references, once ------------------------------------------------------------------------------
     def prepare(self, backend: TrainingBackend, items: list[Any]) -> None:
-        """Reference sums for every item: from the cache when its key matches, else computed and cached."""
+        """Reference log-probs for every item (sums; per token too for the KL term): from the cache when its key
+        matches, else computed and cached."""
         import torch
 
         items = sorted(items, key=lambda it: it.index)
         key = reference_key(items, self.model_identity)
-        name = f"ref_logprobs-{key[:16]}.json"
+        name, tokens_name = f"ref_logprobs-{key[:16]}.json", f"ref_tokens-{key[:16]}.pt"
+        need_tokens = self.kl_coef > 0
         for folder in [d for d in [self.cache_dir, *self.extra_cache_dirs] if d is not None]:
             path = folder / name
-            if path.is_file():
+            if path.is_file() and (not need_tokens or (folder / tokens_name).is_file()):
                 data = json.loads(path.read_text())
                 if data.get("key") == key and len(data["refs"]) == len(items):
                     self.refs = torch.tensor(data["refs"], dtype=torch.float64)
+                    if need_tokens:
+                        self.ref_tokens = torch.load(folder / tokens_name, weights_only=True)
                     self.cache_path = path
                     log.info("reference log-probs: %d pairs from %s", len(items), path)
                     return
-        self.refs = self._compute(backend, items)
+        self.refs, self.ref_tokens = self._compute(backend, items, need_tokens)
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
+            if self.ref_tokens is not None:
+                tmp_tokens = self.cache_dir / (tokens_name + ".tmp")
+                torch.save(self.ref_tokens, tmp_tokens)
+                tmp_tokens.replace(self.cache_dir / tokens_name)
             self.cache_path = self.cache_dir / name
             tmp = self.cache_path.with_suffix(".tmp")
             tmp.write_text(json.dumps({"key": key, "model": self.model_identity, "refs": self.refs.tolist()}))
             tmp.replace(self.cache_path)
 
-    def _compute(self, backend: TrainingBackend, items: list[DpoItem]) -> torch.Tensor:
+    def _compute(
+        self, backend: TrainingBackend, items: list[DpoItem], keep_tokens: bool
+    ) -> tuple[torch.Tensor, Optional[list[list[torch.Tensor]]]]:
         import torch
         from tqdm.auto import tqdm
 
         self.reference_calls += 1
         refs = torch.zeros((len(items), 2), dtype=torch.float64)
+        tokens: list[list[torch.Tensor]] = [[] for _ in items]
         order = sorted(range(len(items)), key=lambda i: -len(items[i]))  # similar lengths share a forward
         chunk = max(1, self.eval_batch_size * 4)
         with tqdm(total=len(items), desc="reference log-probs", disable=None) as bar:
             for start in range(0, len(order), chunk):
                 part = [items[i] for i in order[start : start + chunk]]
                 batch = interleave(part)
-                sums = sequence_logprobs(batch, backend.logprobs(batch, reference=True)).double().cpu()
+                logprobs = backend.logprobs(batch, reference=True)
+                sums = sequence_logprobs(batch, logprobs).double().cpu()
                 for j, item in enumerate(part):
                     refs[item.index] = sums[2 * j : 2 * j + 2]
+                    if keep_tokens:
+                        tokens[item.index] = [logprobs[2 * j].float().cpu(), logprobs[2 * j + 1].float().cpu()]
                 bar.update(len(part))
-        return refs
+        return refs, (tokens if keep_tokens else None)
 
     # ---- training and eval -------------------------------------------------------------------------------
-    def _refs(self, items: Sequence[DpoItem]) -> torch.Tensor:
+    def _loss_fn(self, items: Sequence[DpoItem], weight: float) -> LossFn:
         if self.refs is None:
             raise RuntimeError("DpoAlgorithm.prepare must run before training")
-        return self.refs[[it.index for it in items]].float()
+        refs = self.refs[[it.index for it in items]].float()
+        ref_tokens = None
+        if self.kl_coef > 0 and self.ref_tokens is not None:
+            ref_tokens = [t for it in items for t in self.ref_tokens[it.index]]
+        return make_loss_fn(items, refs, self.beta, self.nll_coef, weight, self.kl_coef, ref_tokens)
 
     def micro_batch(self, items: list[DpoItem], weight: float) -> tuple[list[TokenSequence], LossFn]:
-        return interleave(items), make_loss_fn(items, self._refs(items), self.beta, self.nll_coef, weight)
+        return interleave(items), self._loss_fn(items, weight)
 
     def evaluate(self, backend: TrainingBackend, items: list[Any]) -> dict[str, float]:
         """DPO metrics of the current weights on `items` (no gradient), averaged over pairs."""
@@ -265,8 +349,7 @@ class DpoAlgorithm:
             part = items[start : start + self.eval_batch_size]
             batch = interleave(part)
             with torch.no_grad():
-                loss_fn = make_loss_fn(part, self._refs(part), self.beta, self.nll_coef, 1.0)
-                _, metrics = loss_fn(batch, backend.logprobs(batch))
+                _, metrics = self._loss_fn(part, 1.0)(batch, backend.logprobs(batch))
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + v * len(part)
         return {k: v / len(items) for k, v in totals.items()}

@@ -1,9 +1,10 @@
 """The generic training loop every algorithm (DPO, SFT) plugs into, on any `TrainingBackend`.
 
 It owns what algorithms share: seeded, length-grouped batches; the learning-rate schedule (warmup, then
-linear, cosine or constant); gradient accumulation; metrics every step through a callback; evaluation every
-`eval_every` steps and at the end; checkpoints every `save_every` steps and at the end; resuming from the
-newest complete checkpoint. The algorithm supplies the sequences and the loss of each micro-batch.
+linear, cosine or constant, decaying to `min_lr_ratio` x the peak); gradient accumulation; metrics every
+step through a callback; evaluation every `eval_every` steps and at the end; checkpoints every `save_every`
+steps and at the end; resuming from the newest complete checkpoint. The algorithm supplies the sequences and
+the loss of each micro-batch.
 
 Requests are pipelined: step t+1's forward/backward and optimizer step are submitted before step t's
 results are awaited, which keeps a remote backend (Tinker) busy; the local backend finishes each call at once.
@@ -47,6 +48,7 @@ class LoopConfig:
     learning_rate: float
     schedule: str = "linear"
     warmup_ratio: float = 0.0
+    min_lr_ratio: float = 0.0  # the floor linear/cosine decay to, as a share of learning_rate
     grad_accum: int = 1
     max_grad_norm: float = 0.0
     weight_decay: float = 0.0
@@ -69,6 +71,7 @@ def validate_loop_config(cfg: LoopConfig, prefix: str = "") -> None:
         (cfg.grad_accum >= 1, "grad_accum", "a positive integer"),
         (cfg.learning_rate > 0, "lr", "a positive number (e.g. 1.0e-4)"),
         (0 <= cfg.warmup_ratio < 1, "warmup_ratio", "a value in [0, 1)"),
+        (0 <= cfg.min_lr_ratio <= 1, "min_lr_ratio", "a value in [0, 1] (0: decay to zero)"),
         (cfg.schedule in SCHEDULES, "schedule", " | ".join(SCHEDULES)),
         (cfg.max_grad_norm >= 0, "max_grad_norm", "0 (off) or a positive number"),
         (cfg.save_every >= 0, "save_every", "0 (only at the end) or a positive integer"),
@@ -81,16 +84,18 @@ def validate_loop_config(cfg: LoopConfig, prefix: str = "") -> None:
             raise ConfigError(f"{prefix}{key}={values[key]} is not allowed; use {allowed}")
 
 
-def learning_rate_at(step: int, total: int, base: float, warmup: int, schedule: str) -> float:
-    """The learning rate of optimizer step `step` (0-based): linear warmup, then the schedule down to 0."""
+def learning_rate_at(
+    step: int, total: int, base: float, warmup: int, schedule: str, min_ratio: float = 0.0
+) -> float:
+    """The learning rate of optimizer step `step` (0-based): linear warmup, then the schedule down to
+    `min_ratio` x `base` (cosine with `min_ratio=0.1` is OpenRLHF's `cosine_with_min_lr`, the paper's)."""
     if step < warmup:
         return base * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     if schedule == "constant":
         return base
-    if schedule == "cosine":
-        return base * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return base * (1.0 - progress)
+    decay = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+    return base * (min_ratio + (1.0 - min_ratio) * decay)
 
 
 def plan_epoch(lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool) -> list[list[int]]:
@@ -240,7 +245,7 @@ class Trainer:
 
     def params(self, step: int) -> AdamParams:
         c = self.config
-        lr = learning_rate_at(step, self.total_steps, c.learning_rate, self.warmup, c.schedule)
+        lr = learning_rate_at(step, self.total_steps, c.learning_rate, self.warmup, c.schedule, c.min_lr_ratio)
         return AdamParams(lr, c.adam_beta1, c.adam_beta2, c.adam_eps, c.weight_decay, c.max_grad_norm)
 
     def resume(self, source: Path) -> int:

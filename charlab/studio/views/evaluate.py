@@ -12,7 +12,7 @@ EVAL_STAGES = ("classifier", "revealed", "elo")
 ui.header(
     "Evaluation",
     "Three ways to measure a persona: a classifier that recognises its voice, the traits it reveals when it "
-    "chooses, and head-to-head Elo against the base model.",
+    "chooses, and head-to-head Elo against the base model. Each number comes with its 95% CI.",
 )
 results_tab, launch_tab = st.tabs([":material/insights: Results", ":material/rocket_launch: Launch an evaluation"])
 
@@ -33,6 +33,7 @@ with results_tab:
         run = ui.run_picker(runs, "Evaluation run", key="eval_run", root=root)
         if run is not None:
             live.run_status(run)
+            ui.show_evaluation(run)
             headline = {run.metric_name: run.metric} if run.metric is not None else {}
             numbers = {**headline, **{k: v for k, v in run.summary.items() if isinstance(v, (int, float))}}
             if numbers:

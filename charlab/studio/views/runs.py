@@ -58,6 +58,7 @@ if run is None:
 overview, metrics, config, log, adapters = st.tabs(["Overview", "Metrics", "Config", "Log", "Adapters"])
 with overview:
     live.run_status(run)
+    ui.show_evaluation(run)
     if run.summary:
         st.markdown("**Summary**")
         st.json(run.summary, expanded=True)

@@ -1,0 +1,98 @@
+"""What the evaluation stages (classifier, revealed, elo) share: held-out prompts, the models under test,
+their replies (generated once, reused across stages) and the judge."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from charlab.data.jsonl import done_ids, iter_jsonl
+from charlab.eval.judging import Judge
+from charlab.eval.players import as_list, build_players, close_players, player_replies, reply_id, reuse_replies
+from charlab.eval.prompts import held_out_prompts, training_prompts
+from charlab.eval.sampling import fresh_file
+from charlab.generation.base import Sampler
+from charlab.generation.factory import sampling_params
+from charlab.run import Run
+from charlab.stages._common import sampler_for_role, to_plain
+
+
+def base_model_name(cfg: DictConfig) -> str:
+    """The name of the base model under test: `eval.base_model`, else the student provider's model, else the run's."""
+    return str(cfg.eval.base_model or cfg.student.get("model") or cfg.model.name)
+
+
+def stage_prompts(cfg: DictConfig, run: Run, persona: Any) -> tuple[list[Path], list]:
+    """Held-out prompts for an eval stage (training prompts of `stage.pairs` excluded), inputs recorded."""
+    stage = cfg.stage
+    exclude_files = [Path(p).expanduser() for p in as_list(stage.pairs)]
+    for i, path in enumerate(exclude_files):
+        run.add_parent(f"pairs_{i}" if i else "pairs", path)
+    if stage.adapter:
+        run.add_parent("adapter", stage.adapter)
+    prompts = held_out_prompts(
+        stage.prompts, persona, int(cfg.eval.num_prompts), training_prompts(exclude_files), seed=int(cfg.seed)
+    )
+    return exclude_files, prompts
+
+
+def player_sampler_factory(cfg: DictConfig) -> Callable[[Optional[str]], Sampler]:
+    """`make(adapter_or_None)`: the models under test are the student provider on `eval.base_model` (default: the
+    student's own model); the tuned model is that same base with the adapter."""
+    if cfg.eval.base_model:
+        cfg = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+        cfg.student.model = cfg.eval.base_model
+    return lambda adapter: sampler_for_role(cfg, "student", adapter)
+
+
+def eval_replies(
+    cfg: DictConfig, run: Run, names: list[str], prompts: list, persona_prompt: str, metric_prefix: str
+) -> tuple[Path, dict[str, dict[str, Any]]]:
+    """Every player's replies to the held-out prompts in `replies.jsonl`: rows of `stage.replies` (an earlier
+    evaluation's replies to the same prompts) are reused, only missing ones are generated."""
+    stage, ev = cfg.stage, cfg.eval
+    path = fresh_file(run.path("replies.jsonl"), stage.resume)
+    wanted = {reply_id(n, pid) for n in names for pid, _ in prompts}
+    sources = [Path(p).expanduser() for p in as_list(stage.get("replies"))]
+    for i, source in enumerate(sources):
+        run.add_parent(f"replies_{i}" if i else "replies", source)
+    reused = reuse_replies(path, [s for s in sources if s.is_file()], wanted)
+    if reused:
+        print(f"[charlab] reusing {reused} replies from {', '.join(map(str, sources))}")
+    have = done_ids(path)
+    missing = [n for n in names if any(reply_id(n, pid) not in have for pid, _ in prompts)]
+    players = build_players(missing, player_sampler_factory(cfg), stage.adapter, persona_prompt)
+    try:
+        player_replies(
+            players, prompts, sampling_params(to_plain(cfg.student)), path, int(ev.batch_size),
+            lambda player, done, total: run.log_metrics({f"{metric_prefix}/replies_{player}": done}),
+        )  # fmt: skip
+    finally:
+        close_players(players)
+    return path, {row["id"]: row for row in iter_jsonl(path) if row.get("id") in wanted}
+
+
+def make_judge(cfg: DictConfig) -> Judge:
+    """The judge provider as a `Judge` in `eval.judge_mode` (auto: log-probabilities where available)."""
+    sampler = sampler_for_role(cfg, "judge")
+    try:
+        return Judge(
+            sampler, sampling_params(to_plain(cfg.judge)), str(cfg.eval.judge_mode), int(cfg.eval.judge_top_logprobs)
+        )
+    except Exception:
+        sampler.close()
+        raise
+
+
+def judge_description(cfg: DictConfig, judge: Judge) -> str:
+    """Which judge, and how its verdicts are reached (for reports)."""
+    judge_cfg = cfg.judge
+    how = (
+        "log-probabilities of the allowed answers"
+        if judge.scores
+        else "top log-probabilities where sent, else parsed text"
+    )
+    return f"{judge_cfg.kind} ({judge_cfg.model or cfg.model.name}), eval.judge_mode={cfg.eval.judge_mode}: {how}"
