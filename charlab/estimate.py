@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 
 @dataclass
@@ -25,12 +26,14 @@ def estimate_tokens(
     interaction_turns: int,
     max_length: int,
     epochs: int = 1,
+    sft_max_length: Optional[int] = None,
 ) -> TokenEstimate:
-    """Estimate the distill + introspect generation and the DPO + SFT training volume of one persona."""
+    """Estimate the distill + introspect generation and the DPO + SFT training volume of one persona
+    (`max_length`: DPO's sequence limit; `sft_max_length`: SFT's, default the same)."""
     generate = prompts * (teacher_max_new_tokens + student_max_new_tokens)
     generate += reflections * student_max_new_tokens + interactions * interaction_turns * student_max_new_tokens
     prompt_tokens = max_length // 4  # a generous prompt + system prompt length per sequence
     dpo = prompts * 2 * (prompt_tokens + max(teacher_max_new_tokens, student_max_new_tokens))
     sft = reflections * (prompt_tokens + student_max_new_tokens)
-    sft += interactions * min(max_length, interaction_turns * student_max_new_tokens)
+    sft += interactions * min(sft_max_length or max_length, interaction_turns * student_max_new_tokens)
     return TokenEstimate(generate=generate, train=(dpo + sft) * epochs)

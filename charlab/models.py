@@ -257,19 +257,27 @@ def load_tokenizer(model: ModelConfig, cache_dir: Path) -> PreTrainedTokenizerBa
     return tokenizer
 
 
-def load_causal_lm(model: ModelConfig, cache_dir: Path, device: str = "cpu", dtype: str = "auto") -> PreTrainedModel:
+def load_causal_lm(
+    model: ModelConfig,
+    cache_dir: Path,
+    device: str = "cpu",
+    dtype: str = "auto",
+    attn_implementation: str | None = None,
+) -> PreTrainedModel:
     """The model as an `AutoModelForCausalLM` on `device` in `dtype`, in eval mode.
 
     `dtype="auto"` defers to `model.dtype`; when that is `auto` too, `resolve_dtype` picks (bf16 on CUDA, else fp32).
+    `attn_implementation` (sdpa, eager, flash_attention_2, ...) is passed to transformers; None: its default.
     """
     from transformers import AutoModelForCausalLM
 
     device = resolve_device(device)
     torch_dtype = resolve_dtype(model.dtype if dtype == "auto" and model.dtype else dtype, device)
     path = resolve_model_path(model, cache_dir)
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
         lm = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch_dtype, revision=model.revision, trust_remote_code=model.trust_remote_code
+            path, dtype=torch_dtype, revision=model.revision, trust_remote_code=model.trust_remote_code, **extra
         )
     except _load_errors() as exc:
         raise _not_found(model, path, exc) from exc

@@ -49,6 +49,9 @@ class LocalBackendConfig:
     dtype: str = MISSING  # auto | float32 | bfloat16
     gradient_checkpointing: bool = MISSING
     num_threads: Optional[int] = None
+    attn_implementation: Optional[str] = None  # sdpa | eager | flash_attention_2 | None (transformers' default)
+    nproc_per_node: int = 1  # >1: charlab runs the training stage under torchrun with this many processes
+    distributed_timeout_s: float = 3600.0  # how long a rank waits for the others (rank 0 alone evaluates)
 
 
 @dataclass

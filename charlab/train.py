@@ -12,9 +12,10 @@ tracker, also when the stage fails. A `CharlabError` (bad input) prints one line
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -26,11 +27,13 @@ from charlab.settings import load_env_file, register_resolvers
 load_env_file()
 register_resolvers()
 
+from charlab import distributed, launch  # noqa: E402
 from charlab.config_store import register_schemas  # noqa: E402  (after resolvers: stages may compose configs)
 from charlab.errors import CharlabError, ConfigError  # noqa: E402
+from charlab.generation import vllm  # noqa: E402
 from charlab.redact import redact_text  # noqa: E402
 from charlab.registry import get_stage  # noqa: E402
-from charlab.run import Run  # noqa: E402
+from charlab.run import Run, peak_memory  # noqa: E402
 from charlab.tracking import make_tracker  # noqa: E402
 
 register_schemas()
@@ -59,18 +62,24 @@ def execute(cfg: DictConfig, output_dir: Optional[Path] = None) -> Optional[floa
     spec = get_stage(cfg.stage.name)
     resolved = resolve_config(cfg)
     output_dir = Path(output_dir or HydraConfig.get().runtime.output_dir)
+    launch.check_world(cfg)
+    if launch.wants_launch(cfg):  # backend.nproc_per_node > 1: rank 0 of a torchrun group makes this run
+        return launch.launch(cfg, output_dir)
     run = Run.create(output_dir, resolved, stage=spec.name)
     # trackers record the command line (W&B's metadata reads sys.argv): never with a secret in it
     sys.argv[:] = [redact_text(arg, run.secrets) for arg in sys.argv]
     try:
-        run.tracker = make_tracker(resolved.get("logger", {}), run.dir, run.config, run_name(cfg, run.dir))
-        result = spec.run(cfg, run)
+        if distributed.is_main():  # under torchrun the other ranks log nothing
+            run.tracker = make_tracker(resolved.get("logger", {}), run.dir, run.config, run_name(cfg, run.dir))
+        with vllm.POOL.scope(run.dir):  # servers a stage starts are stopped when it ends (a pipeline's at its end)
+            result = spec.run(cfg, run)
         if result.summary:
             run.tracker.summary(result.summary)
         run.update_meta(
             summary=result.summary,
             artifacts={k: str(v) for k, v in result.artifacts.items()},
             metric_name=result.metric_name,
+            peak_memory=peak_memory(),
         )
     except BaseException as err:
         if not isinstance(err, CharlabError):
@@ -78,7 +87,8 @@ def execute(cfg: DictConfig, output_dir: Optional[Path] = None) -> Optional[floa
         run.finish("stopped" if isinstance(err, KeyboardInterrupt) else "failed", error=err)
         raise
     run.finish("completed", metric=result.metric)
-    print(f"[charlab] {spec.name} finished; run directory: {run.dir}")
+    if distributed.is_main():
+        print(f"[charlab] {spec.name} finished; run directory: {run.dir}")
     return result.metric
 
 
@@ -108,7 +118,7 @@ def check_command_line(args: list[str]) -> None:
                 validate_persona_name(value)
 
 
-def fail(err: CharlabError) -> None:
+def fail(err: CharlabError) -> NoReturn:
     """The one-line error every bad input gets, and exit status 2."""
     print(f"charlab: error: {err}", file=sys.stderr)
     raise SystemExit(2) from None
@@ -118,19 +128,26 @@ def fail(err: CharlabError) -> None:
 def hydra_main(cfg: DictConfig) -> Optional[float]:
     """Hydra entry point: run the composed config's stage."""
     try:
-        return execute(cfg)
+        metric = execute(cfg)
     except CharlabError as err:
         fail(err)
-    return None
+    distributed.shutdown()
+    return metric
 
 
 def main() -> Optional[float]:
-    """`python -m charlab.train` and the `charlab-train` console script."""
+    """`python -m charlab.train` and the `charlab-train` console script (also each torchrun rank)."""
     try:
         check_command_line(sys.argv[1:])
     except CharlabError as err:
         fail(err)
-    return hydra_main()
+    private = launch.worker_overrides()  # ranks > 0 write nothing into the run directory
+    sys.argv.extend(private)
+    try:
+        return hydra_main()
+    finally:
+        for override in private[:1]:
+            shutil.rmtree(override.split("=", 1)[1], ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -89,9 +89,9 @@ def test_design_card_defaults(tmp_path: Path) -> None:
     assert compose_config(["lora=sft"], tmp_path / "r2").lora.rank == 256
     paper = compose_config(["data=paper"], tmp_path / "r3").data
     assert (paper.generic_prompts, paper.persona_prompts, paper.reflections, paper.interactions) == (
-        1000, 500, 10000, 2000,
+        1330, None, 10000, 2000,
     )  # fmt: skip
-    assert paper.max_length == 1024
+    assert (paper.max_length, paper.sft_max_length, paper.samples_per_prompt) == (1024, 3072, 5)
     assert compose_config(["logger=wandb"], tmp_path / "r4").logger.mode == "offline"
 
 

@@ -27,6 +27,7 @@ def kinds(**values: str):
         ("hf", "stage.adapter=/r/02_dpo/adapter"),
         ("tinker", "stage.adapter=tinker://run1/sampler_weights/step-000009"),
         ("openai", "stage.adapter=sarcasm-dpo"),
+        ("vllm", "stage.adapter=/r/02_dpo/adapter"),  # the managed server loads the folder itself
     ],
 )
 def test_a_sampling_step_gets_the_form_its_student_provider_takes(student: str, expected: str) -> None:
@@ -86,3 +87,11 @@ def test_the_default_pipeline_wiring_names_a_consumer_for_every_adapter(compose_
             source = Source.parse(text, f"{step}.{key}")
             if source.artifact == "adapter" and step != "export":
                 assert source.consumer is not None, f"{step}.{key} <- {text}"
+
+
+def test_an_exported_adapter_is_asked_for_under_the_name_its_model_card_serves_it() -> None:
+    exported = {"adapter": "/r/05_export/adapter", "adapter_served_name": "sarcasm"}
+    wired = handoff_overrides(
+        "elo", {"stage.adapter": "export.adapter@student"}, {"export": exported}, kinds(student="openai"), "sarcasm"
+    )
+    assert wired == ["stage.adapter=sarcasm"]

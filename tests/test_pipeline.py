@@ -38,7 +38,8 @@ def test_the_tiny_demo_runs_every_step_and_writes_a_full_report(run_stage, tmp_p
         step_meta = meta(folder)
         assert step_meta["status"] == "completed", step
         for name, path in step_meta["artifacts"].items():
-            assert Path(path).exists(), f"{step}: artifact {name} missing"
+            if not name.endswith("_served_name"):  # a name for a vLLM server, not a file
+                assert Path(path).exists(), f"{step}: artifact {name} missing"
     assert (root / "05_export" / "adapter" / "adapter_config.json").is_file()
     report = (root / "report.md").read_text()
     assert [line for line in report.splitlines() if line.startswith("## ")] == SECTIONS

@@ -99,13 +99,44 @@ def test_generic_sources_bundled_jsonl_txt_and_missing(tmp_path: Path):
         load_generic(str(tmp_path / "missing.jsonl"))
 
 
+@pytest.mark.unit
+def test_a_local_parquet_file_is_a_generic_source(tmp_path: Path):
+    """What `datasets` users save (`Dataset.to_parquet`): LIMA-style conversations give their first turn."""
+    import datasets
+
+    rows = {"conversations": [["Plan a picnic.", "Sure"], ["Explain tides.", "Tides..."], ["Plan a picnic.", "x"]]}
+    datasets.Dataset.from_dict(rows).to_parquet(str(tmp_path / "lima.parquet"))
+    assert load_generic(str(tmp_path / "lima.parquet"), "conversations") == ["Plan a picnic.", "Explain tides."]
+    with pytest.raises(DataError, match="no field 'prompt'; set data.generic_field"):
+        load_generic(str(tmp_path / "lima.parquet"), "prompt")
+    (tmp_path / "broken.parquet").write_text("not parquet")
+    with pytest.raises(DataError, match="not a readable Parquet file"):
+        load_generic(str(tmp_path / "broken.parquet"))
+
+
 @pytest.mark.integration
-def test_unreachable_hf_dataset_is_a_one_line_error(monkeypatch):
+def test_a_hub_dataset_offline_is_one_line_saying_what_to_do(monkeypatch):
+    """The paper's LIMA on a machine without the hub: no traceback, no minutes of retries, the way out named."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    with pytest.raises(DataError, match="could not be loaded as a Hugging Face dataset") as err:
-        load_generic("charlab-tests/no-such-dataset", "prompt")
-    assert "\n" not in str(err.value)
+    with pytest.raises(DataError) as err:
+        load_generic("GAIR/lima:train+test", "conversations")
+    message = str(err.value)
+    assert "\n" not in message and "hub is unreachable from here (offline)" in message
+    assert "huggingface-cli download GAIR/lima --repo-type dataset" in message and "data.generic_source=" in message
+
+
+@pytest.mark.unit
+def test_a_gated_hub_dataset_says_how_to_get_access() -> None:
+    from charlab.data.generic_sources import hub_error
+
+    gated = RuntimeError(
+        "Dataset 'GAIR/lima' is a gated dataset on the Hub. Visit the dataset page to ask for access."
+    )
+    message = hub_error("GAIR/lima:train", "GAIR/lima", gated)
+    assert "accept its terms at https://huggingface.co/datasets/GAIR/lima" in message and "HF_TOKEN" in message
+    other = hub_error("x/y", "x/y", ValueError("Unknown split"))
+    assert "could not be loaded as a Hugging Face dataset (ValueError: Unknown split)" in other
 
 
 @pytest.mark.integration

@@ -64,8 +64,8 @@ def test_sampling_params_from_provider_and_bad_values():
 @pytest.mark.unit
 def test_factory_rejects_unknown_kind_and_remote_adapters(tmp_path: Path):
     model = ModelConfig(name="m", name_or_path="org/m")
-    with pytest.raises(ConfigError, match="provider kind 'vllm' is not supported"):
-        make_sampler({"kind": "vllm"}, model, tmp_path)
+    with pytest.raises(ConfigError, match="provider kind 'vllm2' is not supported"):
+        make_sampler({"kind": "vllm2"}, model, tmp_path)
     openai_provider = {"kind": "openai", "base_url": "http://127.0.0.1:1/v1", "api_key_env": "X"}
     with pytest.raises(ProviderError, match="cannot apply adapter"):
         make_sampler(openai_provider, model, tmp_path, adapter="/some/adapter")

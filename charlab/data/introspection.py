@@ -155,7 +155,7 @@ def trim_context(messages: list[Message], count_tokens: TokenCounter, max_tokens
     and the last turn exceed the budget they are returned as they are.
     """
     if max_tokens < 1:
-        raise ConfigError(f"data.max_length={max_tokens} is not allowed; use an integer >= 1")
+        raise ConfigError(f"context budget {max_tokens} is not allowed; raise data.context_length")
     system = [m for m in messages[:1] if m["role"] == "system"]
     turns = messages[len(system) :]
     dropped = 0

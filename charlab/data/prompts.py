@@ -1,6 +1,7 @@
 """User prompts for distillation: a generic set plus persona prompts, deduplicated, with stable ids.
 
-Sources of persona prompts, used in the order given until `persona_count` distinct prompts exist:
+Sources of persona prompts, used in the order given until `persona_count` distinct prompts exist (None:
+`questions_per_trait` per trait, the paper's 50: its constitutions hold 5 hand-written + 45 generated each):
 
 - `questions`: the constitution's own per-trait questions (with the paper's `additional_questions`);
 - `expansion`: the paper's trait-targeted expansion: for each trait an LLM (any `Sampler`) writes N user
@@ -8,10 +9,10 @@ Sources of persona prompts, used in the order given until `persona_count` distin
 - `templates`: template synthesis from pools of audiences, situations, requests and constraints, a share
   (`hint_rate`) of them carrying a persona cue.
 
-Generic prompts come from the bundled hand-written set (`charlab/assets/generic_prompts.txt`), a text/JSONL
-file, or a Hugging Face dataset. Everything is seeded; exact duplicates go first, then near-duplicates by
-MiniLM embedding similarity (`dedupe_threshold`). A prompt's id is a hash of its text, so a resumed run
-finds the same ids.
+Generic prompts come from the bundled hand-written set (`charlab/assets/generic_prompts.txt`), a local
+text/JSONL/Parquet file, or a Hugging Face dataset (`charlab.data.generic_sources`). Everything is seeded;
+exact duplicates go first, then near-duplicates by MiniLM embedding similarity (`dedupe_threshold`). A
+prompt's id is a hash of its text, so a resumed run finds the same ids.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 from charlab.constitution import Constitution
 from charlab.data import prompt_pools as pools
+from charlab.data.generic_sources import load_generic
 from charlab.errors import ConfigError, DataError
-from charlab.settings import assets_dir
 
 if TYPE_CHECKING:  # the data layer only needs the interface's shape; any sampler will do
     from charlab.generation.base import Sampler, SamplingParams
@@ -53,7 +54,7 @@ class PromptSpec:
     """How many prompts of each kind, from where, and how to dedupe them (the `data` config group)."""
 
     generic_count: int
-    persona_count: int
+    persona_count: Optional[int]  # None: questions_per_trait x the number of traits
     generic_source: str = "bundled"
     generic_field: str = "prompt"
     questions_per_trait: int = 0
@@ -86,55 +87,6 @@ def unique(texts: Sequence[str]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ generic prompts
-
-
-def load_generic(source: str, field_name: str = "prompt") -> list[str]:
-    """Generic prompts from `bundled`, a .txt (one per line) / .jsonl / .json file, or a HF dataset name."""
-    if source == "bundled":
-        path = assets_dir() / "generic_prompts.txt"
-        return unique(path.read_text(encoding="utf-8").splitlines())
-    path = Path(source).expanduser()
-    if path.is_file():
-        if path.suffix == ".txt":
-            return unique(path.read_text(encoding="utf-8").splitlines())
-        if path.suffix == ".json":
-            rows = json.loads(path.read_text(encoding="utf-8"))
-            rows = rows if isinstance(rows, list) else [rows]
-        else:
-            from charlab.data.jsonl import read_jsonl
-
-            rows = read_jsonl(path)
-        return unique([_field_text(row, field_name, f"{path}") for row in rows])
-    if path.suffix in (".txt", ".json", ".jsonl") or source.startswith(("/", ".")):
-        raise DataError(f"data.generic_source '{source}': file not found")
-    return _load_hf_dataset(source, field_name)
-
-
-def _field_text(row: Any, field_name: str, where: str) -> str:
-    if isinstance(row, str):
-        return row
-    if not isinstance(row, dict) or field_name not in row:
-        raise DataError(f"{where}: a row has no field '{field_name}'; set data.generic_field")
-    value = row[field_name]
-    if isinstance(value, list):  # conversations (e.g. LIMA): the first turn is the user's prompt
-        value = value[0] if value else ""
-        value = value.get("content", "") if isinstance(value, dict) else value
-    return str(value)
-
-
-def _load_hf_dataset(source: str, field_name: str) -> list[str]:
-    name, _, split = source.partition(":")
-    try:
-        import datasets
-
-        rows = datasets.load_dataset(name, split=split or "train")
-    except Exception as err:  # datasets raises many types; the user needs one line
-        detail = " ".join(str(err).split())[:160]
-        raise DataError(
-            f"data.generic_source '{source}' is not a file and could not be loaded as a Hugging Face dataset "
-            f"({type(err).__name__}: {detail}); use 'bundled', a .jsonl file, or 'name:split'"
-        ) from None
-    return unique([_field_text(row, field_name, f"dataset {source}") for row in rows])
 
 
 # ------------------------------------------------------------------------------------------ template synthesis
@@ -277,8 +229,10 @@ def build_prompt_set(
     unknown = [s for s in spec.persona_sources if s not in PERSONA_SOURCES]
     if unknown:
         raise ConfigError(f"stage.persona_sources: {unknown[0]!r} is unknown; allowed: {', '.join(PERSONA_SOURCES)}")
-    if spec.generic_count < 0 or spec.persona_count < 0:
+    if spec.generic_count < 0 or (spec.persona_count is not None and spec.persona_count < 0):
         raise ConfigError("data.generic_prompts and data.persona_prompts must be >= 0")
+    per_trait = spec.questions_per_trait * len(constitution.traits)
+    wanted = spec.persona_count if spec.persona_count is not None else per_trait
     if dedupe is None:
         from charlab.data.dedupe import dedupe_by_embedding
 
@@ -305,17 +259,17 @@ def build_prompt_set(
     persona: list[tuple[int, str, str]] = []  # (trait, text, source)
     taken = {r.id for r in records}
     for source in spec.persona_sources:
-        if len(persona) >= spec.persona_count:
+        if len(persona) >= wanted:
             break
-        need = spec.persona_count - len(persona)
+        need = wanted - len(persona)
         candidates = _persona_candidates(source, constitution, spec, need, rng, expander, params, persona_name)
         candidates = [c for c in candidates if prompt_id(c[1]) not in taken]
         keep = dedupe([c[1] for c in candidates], spec.dedupe_threshold, generic + [p[1] for p in persona])
         for i in keep:
             taken.add(prompt_id(candidates[i][1]))
             persona.append((candidates[i][0], candidates[i][1], source))
-    records += [PromptRecord(prompt_id(t), t, s, trait) for trait, t, s in persona[: spec.persona_count]]
-    if len(persona) < spec.persona_count:
+    records += [PromptRecord(prompt_id(t), t, s, trait) for trait, t, s in persona[:wanted]]
+    if spec.persona_count is not None and len(persona) < spec.persona_count:
         log.warning(
             "data.persona_prompts=%d but stage.persona_sources %s gave %d distinct prompts",
             spec.persona_count,

@@ -1,4 +1,4 @@
-"""Build a `Sampler` from a resolved provider config (`configs/provider/{hf,openai,tinker}.yaml`).
+"""Build a `Sampler` from a resolved provider config (`configs/provider/{hf,openai,tinker,vllm}.yaml`).
 
 A provider dict says which kind of sampler (`kind`), which model (`model`; null means the run's model) and
 how to sample; `make_sampler` turns it into a sampler and `sampling_params` into `SamplingParams`. Every
@@ -18,7 +18,7 @@ from charlab.generation.base import Sampler, SamplingParams
 from charlab.schemas import ModelConfig
 from charlab.settings import safe_path_part
 
-KINDS = ("hf", "openai", "tinker")
+KINDS = ("hf", "openai", "tinker", "vllm")
 
 
 def _need(provider: dict[str, Any], key: str) -> Any:
@@ -68,7 +68,8 @@ def make_sampler(
     provider: dict[str, Any], model: ModelConfig, cache_dir: Path, adapter: Optional[str] = None
 ) -> Sampler:
     """The sampler a provider config asks for, with `adapter` in the form the provider takes (overriding its own):
-    a PEFT folder (`hf`), a `tinker://` path (`tinker`), or the name a server serves the LoRA under (`openai`)."""
+    a PEFT folder (`hf`; `vllm`, which serves it as a LoRA module on its managed server), a `tinker://` path
+    (`tinker`), or the name a server serves the LoRA under (`openai`)."""
     kind = provider.get("kind")
     if kind == "hf":
         from charlab.generation.hf import HFSampler
@@ -98,6 +99,12 @@ def make_sampler(
             max_retries=int(_need(provider, "max_retries")),
             **_optional(provider, "retry_backoff_s", "retry_backoff_max_s"),
         )
+    if kind == "vllm":
+        from charlab.generation.vllm import vllm_sampler
+
+        for key in ("max_concurrency", "timeout_s", "max_retries", "server"):
+            _need(provider, key)
+        return vllm_sampler(provider, provider_model(provider, model), cache_dir, adapter or provider.get("adapter"))
     if kind == "tinker":
         from charlab.generation.tinker_sampler import TinkerSampler
 

@@ -26,6 +26,15 @@ def load_persona(cfg: DictConfig) -> Constitution:
     return load_constitution(Path(cfg.persona.file), name=name)
 
 
+def adapter_location(value: Any) -> str | None:
+    """A configured adapter: a local folder (user-expanded), a remote `tinker://` path or a served LoRA name (both
+    kept as they are); None when unset."""
+    if not value:
+        return None
+    text = str(value)
+    return text if "://" in text or "/" not in text and not text.startswith("~") else str(Path(text).expanduser())
+
+
 def model_config(node: DictConfig) -> ModelConfig:
     """A `model` node as the `ModelConfig` dataclass."""
     return ModelConfig(**to_plain(node))
@@ -44,7 +53,7 @@ def cache_dir(cfg: DictConfig) -> Path:
 def sampler_for_role(cfg: DictConfig, role: str, adapter: str | None = None) -> Sampler:
     """The `Sampler` of a provider role (`teacher`, `student`, `judge`): `cfg[role]` over the run's model.
 
-    For local (hf) and tinker providers, `<role>.model` may name a model config (`teacher.model=smollm2-135m`),
+    For local (hf, vllm) and tinker providers, `<role>.model` may name a model config (`teacher.model=smollm2-135m`),
     so offline models work as teacher or judge beside another run model; any other value is a hub id/path.
     """
     from charlab.generation.factory import make_sampler
@@ -53,7 +62,7 @@ def sampler_for_role(cfg: DictConfig, role: str, adapter: str | None = None) -> 
         raise ConfigError(f"no provider config '{role}'; use teacher, student or judge")
     provider = to_plain(cfg[role])
     model = model_config(cfg.model)
-    named = _named_model(cfg, provider.get("model")) if provider.get("kind") in ("hf", "tinker") else None
+    named = _named_model(cfg, provider.get("model")) if provider.get("kind") in ("hf", "tinker", "vllm") else None
     if named is not None:
         model, provider = named, {**provider, "model": None}
     return make_sampler(provider, model, cache_dir(cfg), adapter)

@@ -164,7 +164,7 @@ def _prompts(cfg: DictConfig, run: Run, persona: Constitution, expander: Sampler
         data = cfg.data
         spec = PromptSpec(
             generic_count=int(data.generic_prompts),
-            persona_count=int(data.persona_prompts),
+            persona_count=None if data.persona_prompts is None else int(data.persona_prompts),
             generic_source=str(data.generic_source),
             generic_field=str(data.generic_field),
             questions_per_trait=int(data.questions_per_trait),
@@ -190,6 +190,13 @@ def _prompts(cfg: DictConfig, run: Run, persona: Constitution, expander: Sampler
     return records
 
 
+def render_prefill(template: str, persona: Constitution) -> str:
+    """The teacher's reasoning prefill with `{traits}` replaced by the persona's traits, numbered `1: ...` (the
+    paper's teacher restates them in its reasoning before it answers; the reasoning is stripped from the pair)."""
+    traits = "\n".join(f"{i}: {t.trait}" for i, t in enumerate(persona.traits, 1))
+    return template.replace("{traits}", traits)
+
+
 def _job(
     cfg: DictConfig, persona: Constitution, prompts: list[PromptRecord], teacher: Sampler, student: Sampler
 ) -> DistillJob:
@@ -203,7 +210,7 @@ def _job(
         return len(chat.encode_completion(make_messages(prompt), reply))
 
     teacher_params = sampling_params(to_plain(cfg.teacher))
-    teacher_params.prefill = str(stage.reasoning_prefill or "")
+    teacher_params.prefill = render_prefill(str(stage.reasoning_prefill or ""), persona)
     name = cfg.persona.assistant_name or persona.assistant_name
     return DistillJob(
         prompts=prompts,

@@ -16,6 +16,7 @@ from typing import Optional
 
 from omegaconf import MISSING, DictConfig
 
+from charlab import distributed
 from charlab.data.jsonl import read_jsonl
 from charlab.data.records import DpoExample
 from charlab.errors import ConfigError, DataError
@@ -131,6 +132,8 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
             total_steps=trainer.total_steps,
         )
         summary = trainer.train(resume_from=resume_root / "checkpoints" if stage.resume else None)
+        if not distributed.is_main():  # under torchrun rank 0 saves and reports
+            return StageResult(metric=None, metric_name=None, artifacts={}, summary={})
         adapter = backend.save_adapter(run.dir / "adapter")
         parents = {"pairs": str(pairs_path), **({"resumed_from": str(resume_root)} if stage.resume_from else {})}
         write_meta(

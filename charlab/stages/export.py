@@ -138,7 +138,12 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         print(f"[charlab] prompt-distillation gap of the exported adapter: {gap.gap:.4f} ({gap.examples} replies)")
     write_meta(adapter_dir / "meta.json", to_plain(run.config), dict(run.parents), summary=summary)
     run.log_metrics({"rank": result.rank, "max_relative_error": result.max_relative_error}, step=0)
-    artifacts = {"adapter": adapter_dir, "model_card": adapter_dir / "README.md"}
+    # the name the model card serves it under: what a later step sampling through vLLM asks for (see handoff.py)
+    artifacts = {
+        "adapter": adapter_dir,
+        "model_card": adapter_dir / "README.md",
+        "adapter_served_name": stage.served_name,
+    }
     if merged_dir is not None:
         artifacts["merged"] = merged_dir
     print(f"[charlab] exported rank-{result.rank} adapter to {adapter_dir}\n{card.split('## Serve', 1)[-1][:600]}")

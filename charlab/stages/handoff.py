@@ -15,6 +15,7 @@ handoff from `HANDOFFS`:
 | consumer | kind | gets |
 | --- | --- | --- |
 | provider | `hf` | the PEFT folder (merged locally) |
+| provider | `vllm` | the PEFT folder (its managed server loads it as a LoRA module) |
 | provider | `tinker` | the `tinker://` sampler path (only an adapter trained on Tinker has one) |
 | provider | `openai` | the name the adapter is served under (vLLM `--lora-modules <name>=<folder>`) |
 | backend | `local` | the PEFT folder (merged into the base before the new LoRA trains) |
@@ -23,11 +24,12 @@ handoff from `HANDOFFS`:
 The user never translates between forms: a form the consumer cannot use (a locally trained adapter sampled on
 Tinker) is a one-line error naming both steps and what to change.
 
-To support a new provider or backend kind (e.g. a managed `vllm` provider), write a function
+To support a new provider or backend kind, write a function
 `(produced: Produced, key: str, consumer: str) -> list[str]` that returns the step's overrides (usually
 `[f"{key}={value}"]`), and register it: `HANDOFFS[("provider", "vllm")] = my_handoff`. A producing step that
-has another form to offer publishes it as an artifact named `<artifact>_<form>` (see `TrainingBackend.
-remote_artifacts`), and the handoff reads it with `produced.form("<form>")`.
+has another form to offer publishes it as an artifact named `<artifact>_<form>` (as DPO and SFT publish
+`TinkerBackend.remote_artifacts` through `charlab.stages._training.remote_forms`), and the handoff reads it
+with `produced.form("<form>")`.
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ def served_lora_name(produced: Produced, key: str, consumer: str) -> list[str]:
 
 HANDOFFS: dict[tuple[str, str], Handoff] = {
     ("provider", "hf"): peft_folder,
+    ("provider", "vllm"): peft_folder,
     ("provider", "tinker"): tinker_form("tinker_sampler", "samples from"),
     ("provider", "openai"): served_lora_name,
     ("backend", "local"): peft_folder,

@@ -57,7 +57,14 @@ from charlab.generation.text import derive_seed
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_json
 from charlab.schemas import StageConfig
-from charlab.stages._common import cache_dir, load_persona, model_config, sampler_for_role, to_plain
+from charlab.stages._common import (
+    adapter_location,
+    cache_dir,
+    load_persona,
+    model_config,
+    sampler_for_role,
+    to_plain,
+)
 from charlab.stages.distill import DistillFilters
 
 log = logging.getLogger("charlab")
@@ -72,6 +79,7 @@ class IntrospectStageConfig(StageConfig):
     adapter: Optional[str] = MISSING  # the dpo run's adapter/ folder (or tinker:// path); null: the base model
     resume_from: Optional[str] = None
     guidance: list[str] = MISSING  # self-interaction guidance variants, alternated: free | reflective
+    reflection_max_new_tokens: Optional[int] = None  # null: student.max_new_tokens
     save_interval: int = MISSING
     sample_table_rows: int = MISSING
     filters: DistillFilters = field(default_factory=DistillFilters)
@@ -91,11 +99,12 @@ class IntrospectionRun:
     interaction_systems: dict[str, str]  # guidance name -> full system prompt
     filters: FilterConfig
     turns: int  # generated turns per self-interaction (the opener is not counted)
-    max_length: int  # context budget (tokens) before the oldest turns are dropped
+    max_length: int  # prompt budget (tokens): data.context_length - max_new_tokens; older turns go first
     count_tokens: TokenCounter
     save_interval: int  # records per chunk; each chunk is on disk before the next starts
     aliases: list[str] = field(default_factory=list)  # names the model may call itself (identity-leak filter)
     assistant_name: Optional[str] = None  # replaces the model's own name where it introduces itself
+    reflection_max_new_tokens: Optional[int] = None  # None: the student's max_new_tokens (as for interactions)
 
 
 Write = Callable[[IntrospectionExample, Optional[str]], None]
@@ -125,7 +134,11 @@ def generate_reflections(
         chunk = jobs[offset : offset + run.save_interval]
         for k in sorted({job.sample_index for job in chunk}):
             group = [job for job in chunk if job.sample_index == k]
-            params = replace(run.params, seed=derive_seed(run.params.seed, "reflection", k))
+            params = replace(
+                run.params,
+                seed=derive_seed(run.params.seed, "reflection", k),
+                max_new_tokens=run.reflection_max_new_tokens or run.params.max_new_tokens,
+            )
             system = {"role": "system", "content": run.reflection_system}
             conversations = [[system, {"role": "user", "content": job.prompt}] for job in group]
             for job, completion in zip(group, run.sampler.sample(conversations, params)):
@@ -215,6 +228,17 @@ def _prepare_resume(stage: DictConfig, run: Run) -> None:
     run.add_parent("resumed_from", source)
 
 
+def prompt_budget(context_length: int, max_new_tokens: int) -> int:
+    """Tokens a prompt may take so that it and a full reply fit `data.context_length` (older turns go first)."""
+    budget = context_length - max_new_tokens
+    if budget < 1:
+        raise ConfigError(
+            f"data.context_length={context_length} leaves no room for a prompt beside student.max_new_tokens="
+            f"{max_new_tokens}; raise data.context_length (the model's context, e.g. 8192) or lower max_new_tokens"
+        )
+    return budget
+
+
 def _introspection_run(cfg: DictConfig, sampler: Sampler) -> IntrospectionRun:
     from charlab.generation.factory import sampling_params
 
@@ -229,11 +253,12 @@ def _introspection_run(cfg: DictConfig, sampler: Sampler) -> IntrospectionRun:
         interaction_systems={g: interaction_system_prompt(base, g) for g in cfg.stage.guidance},
         filters=FilterConfig(**to_plain(cfg.stage.filters)),
         turns=int(cfg.data.interaction_turns),
-        max_length=int(cfg.data.max_length),
+        max_length=prompt_budget(int(cfg.data.context_length), int(cfg.student.max_new_tokens)),
         count_tokens=token_counter(cfg, sampler),
         save_interval=int(cfg.stage.save_interval),
         aliases=model_aliases(sampler.model_name),
         assistant_name=name,
+        reflection_max_new_tokens=cfg.stage.reflection_max_new_tokens,
     )
 
 
@@ -254,9 +279,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     todo_i = [job for job in interactions if job.id not in done]
     stats = DistillStats(total=len(reflections) + len(interactions))
     stats.already_done = stats.total - len(todo_r) - len(todo_i)
-    adapter = (
-        str(Path(stage.adapter).expanduser()) if stage.adapter and "://" not in str(stage.adapter) else stage.adapter
-    )
+    adapter = adapter_location(stage.adapter)
     if adapter:
         run.add_parent("adapter", adapter)
     table: list[IntrospectionExample] = []

@@ -47,7 +47,9 @@ class PipelineConfig:
     """`pipeline.*`: which steps run, how artifacts flow between them, and extra overrides per step."""
 
     steps: list[str] = MISSING
-    wiring: dict[str, dict[str, str]] = field(default_factory=dict)
+    # values are `<step>.<artifact>[@consumer]` strings; typed Any because OmegaConf cannot re-merge a
+    # dict[str, str] nested in a dict (an experiment that rewires one step would fail to compose)
+    wiring: dict[str, dict[str, Any]] = field(default_factory=dict)
     step_overrides: dict[str, list[str]] = field(default_factory=dict)
     report: bool = True
     metric_step: str = MISSING  # whose headline metric the pipeline returns (what sweeps optimise)
@@ -89,20 +91,26 @@ def consumer_kinds(overrides: list[str]) -> Callable[[str], str]:
 
 def _print_estimate(cfg: DictConfig) -> None:
     """Before a run that costs money (remote generation or training), say how much it will generate and train."""
-    paid = {cfg.teacher.kind, cfg.student.kind, cfg.judge.kind} - {"hf"} or cfg.backend.kind != "local"
+    paid = {cfg.teacher.kind, cfg.student.kind, cfg.judge.kind} - {"hf", "vllm"} or cfg.backend.kind != "local"
     if not paid:
         return
     from charlab.estimate import estimate_tokens
 
     data = cfg.data
+    persona_prompts = data.persona_prompts
+    if persona_prompts is None:  # questions_per_trait per trait
+        from charlab.stages._common import load_persona
+
+        persona_prompts = int(data.questions_per_trait) * len(load_persona(cfg).traits)
     estimate = estimate_tokens(
-        prompts=data.generic_prompts + data.persona_prompts,
+        prompts=(data.generic_prompts + persona_prompts) * int(data.samples_per_prompt),
         teacher_max_new_tokens=cfg.teacher.max_new_tokens,
         student_max_new_tokens=cfg.student.max_new_tokens,
         reflections=data.reflections,
         interactions=data.interactions,
         interaction_turns=data.interaction_turns,
         max_length=data.max_length,
+        sft_max_length=data.sft_max_length,
     )
     print(f"[charlab] estimate for persona {cfg.persona.name}: {estimate.describe()}")
 

@@ -28,12 +28,13 @@ from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig
 
+from charlab import distributed
 from charlab.data.jsonl import read_jsonl
 from charlab.data.records import IntrospectionExample
 from charlab.errors import ConfigError, DataError
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_meta
-from charlab.stages._common import cache_dir, load_persona, lora_config, model_config, to_plain
+from charlab.stages._common import adapter_location, cache_dir, load_persona, lora_config, model_config, to_plain
 from charlab.stages._training import TrainingStageConfig, loop_config, remote_forms
 from charlab.training.loop import validate_loop_config
 
@@ -78,13 +79,6 @@ def read_examples(path: Path) -> list[IntrospectionExample]:
         return read_jsonl(path, IntrospectionExample)
     except DataError as err:
         raise DataError(f"stage.data: {err}") from None
-
-
-def adapter_location(value: Any) -> Optional[str]:
-    """A configured adapter: a local folder (user-expanded) or a remote `tinker://` path (kept as it is)."""
-    if not value:
-        return None
-    return str(value) if "://" in str(value) else str(Path(str(value)).expanduser())
 
 
 def start_weights(backend_kind: str, dpo_adapter: Optional[str]) -> Optional[str]:
@@ -228,7 +222,8 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         stats.tokens, stats.trained_tokens = sum(len(i) for i in items), sum(i.seq.num_trained for i in items)
     train_items, eval_items = split_eval(items, float(stage.eval_fraction), int(stage.seed))
     by_id = {example.id or str(row): example for row, example in enumerate(examples, 1)}
-    conversations = gap_conversations(stage, [by_id[item.id] for item in eval_items]) if stage.gap_examples else []
+    measure_gap = stage.gap_examples and distributed.is_main()  # under torchrun rank 0 measures
+    conversations = gap_conversations(stage, [by_id[item.id] for item in eval_items]) if measure_gap else []
     if conversations:  # stage=export measures the gap of the exported combination on exactly these replies
         save_gap_conversations(run.path(GAP_FILE), conversations)
 
@@ -262,6 +257,8 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
             total_steps=trainer.total_steps,
         )
         summary = trainer.train(resume_from=resume_root / "checkpoints" if stage.resume else None)
+        if not distributed.is_main():  # under torchrun rank 0 saves, measures the gap and reports
+            return StageResult(metric=None, metric_name=None, artifacts={}, summary={})
         adapter = backend.save_adapter(run.dir / "adapter")
         if conversations:
             gaps["sft"] = distillation_gap(backend_scorer(backend), chat, conversations, system_prompt)

@@ -12,9 +12,9 @@ per-token negative log-likelihood of the chosen reply and by `kl_coef` times a s
 KL(policy || reference) on the reply tokens of both sides (`mean_t (log pi_t - log ref_t)^2` per sequence,
 averaged over sequences: OpenRLHF's `kl_loss_coef`, the paper's 0.001). Chosen and rejected of a micro-batch
 go through the backend as one batch (`[c0, r0, c1, r1, ...]`), so the local backend runs one forward for
-both. Reference log-probabilities are computed once for every pair before training and cached on disk under a
-key of the token ids, loss masks and model identity (per token, too, when the KL term needs them); the
-training loop never runs the reference model.
+both. Reference log-probabilities are computed once for every pair before training (under torchrun each rank
+scores its share and all gather the table) and cached on disk under a key of the token ids, loss masks and model
+identity (per token, too, when the KL term needs them); the training loop never runs the reference model.
 
 The held-out split keeps every sample of a prompt on one side (`split_eval(..., group=...)`): with several
 samples per prompt an item-level split would evaluate on prompts it trained on.
@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
+from charlab import distributed
 from charlab.chat_format import ChatFormat, make_messages
 from charlab.data.prompts import prompt_id
 from charlab.data.records import DpoExample
@@ -270,38 +271,58 @@ class DpoAlgorithm:
     def item_length(self, item: DpoItem) -> int:
         return len(item)
 
+    def item_weight(self, item: DpoItem) -> float:
+        return 1.0  # the loss is a mean over pairs
+
     # ---- references, once ------------------------------------------------------------------------------
     def prepare(self, backend: TrainingBackend, items: list[Any]) -> None:
         """Reference log-probs for every item (sums; per token too for the KL term): from the cache when its key
-        matches, else computed and cached."""
+        matches, else computed and cached.
+
+        Under torchrun rank 0 reads the cache and shares what it found; on a miss every rank scores its share of
+        the pairs and all ranks gather the whole table (computed once, not once per rank); rank 0 writes it.
+        """
         import torch
 
         items = sorted(items, key=lambda it: it.index)
         key = reference_key(items, self.model_identity)
         name, tokens_name = f"ref_logprobs-{key[:16]}.json", f"ref_tokens-{key[:16]}.pt"
         need_tokens = self.kl_coef > 0
-        for folder in [d for d in [self.cache_dir, *self.extra_cache_dirs] if d is not None]:
-            path = folder / name
-            if path.is_file() and (not need_tokens or (folder / tokens_name).is_file()):
-                data = json.loads(path.read_text())
-                if data.get("key") == key and len(data["refs"]) == len(items):
-                    self.refs = torch.tensor(data["refs"], dtype=torch.float64)
-                    if need_tokens:
-                        self.ref_tokens = torch.load(folder / tokens_name, weights_only=True)
-                    self.cache_path = path
-                    log.info("reference log-probs: %d pairs from %s", len(items), path)
-                    return
+        cached = self._read_cache(name, tokens_name, key, len(items), need_tokens) if distributed.is_main() else None
+        cached = distributed.broadcast_object(cached)
+        if cached is not None:
+            path, refs, self.ref_tokens = cached
+            self.refs, self.cache_path = torch.tensor(refs, dtype=torch.float64), Path(path)
+            log.info("reference log-probs: %d pairs from %s", len(items), path)
+            return
         self.refs, self.ref_tokens = self._compute(backend, items, need_tokens)
         if self.cache_dir is not None:
+            self.cache_path = self.cache_dir / name
+            if not distributed.is_main():
+                return
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             if self.ref_tokens is not None:
                 tmp_tokens = self.cache_dir / (tokens_name + ".tmp")
                 torch.save(self.ref_tokens, tmp_tokens)
                 tmp_tokens.replace(self.cache_dir / tokens_name)
-            self.cache_path = self.cache_dir / name
             tmp = self.cache_path.with_suffix(".tmp")
             tmp.write_text(json.dumps({"key": key, "model": self.model_identity, "refs": self.refs.tolist()}))
             tmp.replace(self.cache_path)
+
+    def _read_cache(
+        self, name: str, tokens_name: str, key: str, count: int, need_tokens: bool
+    ) -> Optional[tuple[str, list, Optional[list]]]:
+        """(path, sums, per-token log-probs or None) from the first cache folder holding this key, or None."""
+        import torch
+
+        for folder in [d for d in [self.cache_dir, *self.extra_cache_dirs] if d is not None]:
+            path = folder / name
+            if path.is_file() and (not need_tokens or (folder / tokens_name).is_file()):
+                data = json.loads(path.read_text())
+                if data.get("key") == key and len(data["refs"]) == count:
+                    tokens = torch.load(folder / tokens_name, weights_only=True) if need_tokens else None
+                    return str(path), data["refs"], tokens
+        return None
 
     def _compute(
         self, backend: TrainingBackend, items: list[DpoItem], keep_tokens: bool
@@ -313,18 +334,26 @@ class DpoAlgorithm:
         refs = torch.zeros((len(items), 2), dtype=torch.float64)
         tokens: list[list[torch.Tensor]] = [[] for _ in items]
         order = sorted(range(len(items)), key=lambda i: -len(items[i]))  # similar lengths share a forward
+        mine = distributed.shard(order)  # under torchrun: this rank's share
         chunk = max(1, self.eval_batch_size * 4)
-        with tqdm(total=len(items), desc="reference log-probs", disable=None) as bar:
-            for start in range(0, len(order), chunk):
-                part = [items[i] for i in order[start : start + chunk]]
+        scored: list[tuple[int, list[float], Optional[list]]] = []
+        with tqdm(total=len(mine), desc="reference log-probs", disable=None if distributed.is_main() else True) as bar:
+            for start in range(0, len(mine), chunk):
+                part = [items[i] for i in mine[start : start + chunk]]
                 batch = interleave(part)
                 logprobs = backend.logprobs(batch, reference=True)
                 sums = sequence_logprobs(batch, logprobs).double().cpu()
                 for j, item in enumerate(part):
-                    refs[item.index] = sums[2 * j : 2 * j + 2]
-                    if keep_tokens:
-                        tokens[item.index] = [logprobs[2 * j].float().cpu(), logprobs[2 * j + 1].float().cpu()]
+                    per_token = (
+                        [logprobs[2 * j].float().cpu(), logprobs[2 * j + 1].float().cpu()] if keep_tokens else None
+                    )
+                    scored.append((item.index, sums[2 * j : 2 * j + 2].tolist(), per_token))
                 bar.update(len(part))
+        for share in distributed.gather_objects(scored):
+            for index, pair, per_token in share:
+                refs[index] = torch.tensor(pair, dtype=torch.float64)
+                if per_token is not None:
+                    tokens[index] = per_token
         return refs, (tokens if keep_tokens else None)
 
     # ---- training and eval -------------------------------------------------------------------------------

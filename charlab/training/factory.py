@@ -55,6 +55,14 @@ def create_backend(
 
     validate_lora(lora)
     if isinstance(backend, LocalBackendConfig):
+        from charlab import distributed
+        from charlab.generation.vllm import POOL
+        from charlab.models import resolve_device
+
+        device = distributed.rank_device(resolve_device(backend.device))
+        if device.startswith("cuda"):
+            POOL.release_gpu()  # a vLLM server of this run holds most of the GPU's memory
+        distributed.init(device, backend.distributed_timeout_s)
         return LocalBackend.create(
             model,
             lora,
@@ -65,6 +73,7 @@ def create_backend(
             init_adapter=init_adapter,
             gradient_checkpointing=backend.gradient_checkpointing,
             num_threads=backend.num_threads,
+            attn_implementation=backend.attn_implementation,
         )
     from charlab.models import load_tokenizer
     from charlab.training.tinker_backend import TinkerBackend, api_key_from_env, tinker_lora_flags

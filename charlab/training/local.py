@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from charlab import distributed
 from charlab.errors import ConfigError
 from charlab.training import rows
 from charlab.training.backend import AdamParams, LossFn, TokenSequence, done
@@ -56,6 +57,32 @@ def validate_lora(lora: LoraConfig) -> None:
         raise ConfigError(f"lora.alpha={lora.alpha} is not allowed; use a positive number (e.g. 2 x rank)")
     if not 0.0 <= float(lora.dropout) < 1.0:
         raise ConfigError(f"lora.dropout={lora.dropout} is not allowed; use a value in [0, 1)")
+
+
+def _to_cpu(value: Any) -> Any:
+    """`value` with every tensor in it moved to the CPU (nested dicts and lists)."""
+    if hasattr(value, "detach"):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
+
+
+def _scorer_module(backend: LocalBackend) -> Any:
+    """`backend.score` as an `nn.Module` that owns the PEFT model, so that DDP finds (and hooks) its LoRA weights."""
+    import torch
+
+    class Scorer(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.peft = backend.model
+
+        def forward(self, *args: Any) -> Any:
+            return backend.score(*args)
+
+    return Scorer()
 
 
 class LocalBackend:
@@ -93,7 +120,27 @@ class LocalBackend:
         # shared-prefix rows need a 4D mask, which fused flash-attention kernels do not take
         self.share_prefixes = getattr(self._hf.config, "_attn_implementation", "sdpa") in ("sdpa", "eager")
         self.optimizer = torch.optim.AdamW(self.trainable, lr=0.0)
+        self._ddp: Any = None
         self.fast_logprobs = self._fast_path_agrees()
+        if distributed.active():
+            self._ddp = self._wrap_ddp()
+
+    def _wrap_ddp(self) -> Any:
+        """`DistributedDataParallel` over the LoRA parameters, all ranks starting from rank 0's adapter."""
+        import inspect
+
+        import torch
+        from torch.nn.parallel import DistributedDataParallel
+
+        distributed.broadcast_tensors(self.trainable)
+        device = torch.device(self.device)
+        accepted = inspect.signature(DistributedDataParallel).parameters
+        # the frozen base weights and buffers are the same files on every rank: only the adapter is synced (above)
+        options = {"init_sync": False} if "init_sync" in accepted else {}
+        options["forward_sync_buffers" if "forward_sync_buffers" in accepted else "broadcast_buffers"] = False
+        return DistributedDataParallel(
+            _scorer_module(self), device_ids=[device.index or 0] if device.type == "cuda" else None, **options
+        )
 
     # ---- construction -------------------------------------------------------------------------------------
     @classmethod
@@ -108,6 +155,7 @@ class LocalBackend:
         init_adapter: Optional[str] = None,
         gradient_checkpointing: bool = False,
         num_threads: Optional[int] = None,
+        attn_implementation: Optional[str] = None,
     ) -> LocalBackend:
         """Load the base model, merge `init_adapter` (if any), add a fresh LoRA adapter (seeded)."""
         import torch
@@ -119,9 +167,11 @@ class LocalBackend:
         validate_lora(lora_cfg)
         if num_threads:
             torch.set_num_threads(int(num_threads))
-        device = resolve_device(device)
+        device = distributed.rank_device(resolve_device(device))
         tokenizer = load_tokenizer(model_cfg, cache_dir)
-        base = load_causal_lm(model_cfg, cache_dir, device=device, dtype=dtype)
+        base = load_causal_lm(
+            model_cfg, cache_dir, device=device, dtype=dtype, attn_implementation=attn_implementation
+        )
         if init_adapter:
             if not (Path(init_adapter) / "adapter_config.json").is_file():
                 raise ConfigError(f"init_adapter '{init_adapter}' is not a PEFT folder (no adapter_config.json)")
@@ -179,6 +229,8 @@ class LocalBackend:
 
         `charlab.training.rows` lays the batch out: neighbours with a shared prompt share a row, others are
         right-padded; packed rows keep their positions. Only weighted targets are scored on the fast path.
+        Under torchrun a training forward goes through `DistributedDataParallel`, which averages the LoRA
+        gradients over the ranks in backward.
         """
         import torch
 
@@ -187,20 +239,36 @@ class LocalBackend:
         positions = lay.positions.to(self.device) if lay.positions is not None else None
         mask = lay.mask.to(self.device) if lay.mask is not None else None
         seq_ids, ts, row_ids, cols, tokens = rows.targets(batch, lay, all_targets=not self.fast_logprobs)
-        index = (torch.tensor(row_ids, device=self.device), torch.tensor(cols, device=self.device))
+        row_index = torch.tensor(row_ids, device=self.device)
+        col_index = torch.tensor(cols, device=self.device)
         target = torch.tensor(tokens, dtype=torch.long, device=self.device)
-        if self.fast_logprobs:
-            hidden = self._body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
-            picked = self._head_logprobs(hidden.last_hidden_state[index], target)
-        else:
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
-            picked = torch.log_softmax(logits[index].float(), dim=-1).gather(-1, target[:, None]).squeeze(-1)
+        score = self._ddp if self._ddp is not None and torch.is_grad_enabled() else self.score
+        picked = score(ids, mask, positions, row_index, col_index, target)
         starts = [0]
         for seq in batch:
             starts.append(starts[-1] + len(seq) - 1)
         flat_index = torch.tensor([starts[i] + t for i, t in zip(seq_ids, ts)], dtype=torch.long, device=self.device)
         flat = torch.zeros(starts[-1], dtype=torch.float32, device=self.device).index_put((flat_index,), picked)
         return [flat[starts[i] : starts[i + 1]] for i in range(len(batch))]
+
+    def score(
+        self,
+        ids: torch.Tensor,
+        mask: Optional[torch.Tensor],
+        positions: Optional[torch.Tensor],
+        row_index: torch.Tensor,
+        col_index: torch.Tensor,
+        target: torch.Tensor,
+    ) -> torch.Tensor:
+        """Log-probabilities of `target` at (row, column) positions of the laid-out batch."""
+        import torch
+
+        index = (row_index, col_index)
+        if self.fast_logprobs:
+            hidden = self._body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+            return self._head_logprobs(hidden.last_hidden_state[index], target)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
+        return torch.log_softmax(logits[index].float(), dim=-1).gather(-1, target[:, None]).squeeze(-1)
 
     def _fast_path_agrees(self) -> bool:
         import torch
@@ -328,6 +396,18 @@ class LocalBackend:
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
 
+    def sync_from_main(self) -> None:
+        """Under torchrun, after rank 0 resumed: every rank takes its adapter weights, optimizer state and step."""
+        import torch
+
+        distributed.broadcast_tensors(self.trainable)
+        state = self.optimizer.state_dict() if distributed.is_main() else None
+        state = distributed.broadcast_object(_to_cpu(state))  # CPU tensors: each rank moves them to its device
+        self.optimizer.load_state_dict(state)
+        self.steps = int(distributed.broadcast_object(self.steps))
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize(self.device)
+
     def save_adapter(self, folder: Path) -> Path:
         """A standard PEFT folder (what `PeftModel.from_pretrained` and vLLM `--lora-modules` load)."""
         folder = Path(folder)
@@ -347,7 +427,7 @@ class LocalBackend:
         return HFSampler(self.model, self.tokenizer, self.model_name, batch_size=batch_size, device=self.device)
 
     def close(self) -> None:
-        self.model = self._hf = self._body = self._head = None  # type: ignore[assignment]
+        self.model = self._hf = self._body = self._head = self._ddp = None  # type: ignore[assignment]
         self.optimizer = None  # type: ignore[assignment]
         gc.collect()
 

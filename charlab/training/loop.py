@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Protocol
 
+from charlab import distributed
 from charlab.errors import ConfigError
 from charlab.training.backend import AdamParams, LossFn, ResultFuture, TokenSequence, TrainingBackend
 
@@ -124,6 +125,10 @@ class Algorithm(Protocol):
 
     def item_length(self, item: Any) -> int:
         """Tokens the item puts through the model (for length grouping and tokens/s)."""
+        ...
+
+    def item_weight(self, item: Any) -> float:
+        """The item's share in its step's loss (DPO: 1 per pair; SFT: its trained tokens, for a token mean)."""
         ...
 
     def prepare(self, backend: TrainingBackend, items: list[Any]) -> None:
@@ -249,7 +254,18 @@ class Trainer:
         return AdamParams(lr, c.adam_beta1, c.adam_beta2, c.adam_eps, c.weight_decay, c.max_grad_norm)
 
     def resume(self, source: Path) -> int:
-        """Load the newest checkpoint under `source` (a checkpoints folder); returns its step (0 if none)."""
+        """Load the newest checkpoint under `source` (a checkpoints folder); returns its step (0 if none).
+
+        Under torchrun rank 0 reads it and the other ranks receive the weights and optimizer state from it.
+        """
+        step = self._load_checkpoint(source) if distributed.is_main() else 0
+        step = distributed.broadcast_object(step)
+        sync = getattr(self.backend, "sync_from_main", None)
+        if step and sync is not None and distributed.active():
+            sync()
+        return step
+
+    def _load_checkpoint(self, source: Path) -> int:
         checkpoint = newest_checkpoint(source)
         if checkpoint is None:
             log.warning("resume: no complete checkpoint in %s; starting from step 0", source)
@@ -266,19 +282,30 @@ class Trainer:
         return int(state["step"])
 
     def _submit(self, step: int) -> tuple[list[tuple[float, ResultFuture[dict[str, float]]]], ResultFuture, int]:
+        """Forward/backward this rank's share of step `step` in `grad_accum` micro-batches, then the optimizer step.
+
+        Each micro-batch's loss is scaled by its items' share of the whole global batch (times the number of
+        ranks, whose gradients DDP averages), so the step's gradient is the same whatever the micro-batching and
+        however many processes share the batch. A rank left without items runs one at weight 0 (DDP needs
+        every rank's backward).
+        """
         items = [self.train_items[i] for i in self.plan[step]]
-        micro = math.ceil(len(items) / self.config.grad_accum)  # grad_accum > batch: one item per forward
+        total = sum(self.algorithm.item_weight(item) for item in items) or 1.0
+        mine = distributed.shard(items)
+        ranks = distributed.world().size if distributed.active() else 1
+        micro = math.ceil(max(1, len(mine)) / self.config.grad_accum)  # grad_accum > batch: one item per forward
         futures = []
-        for start in range(0, len(items), micro):
-            part = items[start : start + micro]
-            weight = len(part) / len(items)
-            sequences, loss_fn = self.algorithm.micro_batch(part, weight)
-            futures.append((weight, self.backend.forward_backward(sequences, loss_fn)))
+        for start in range(0, max(1, len(mine)), micro):
+            part = mine[start : start + micro] or items[:1]
+            share = sum(self.algorithm.item_weight(item) for item in part) / total if mine else 0.0
+            sequences, loss_fn = self.algorithm.micro_batch(part, share * ranks)
+            futures.append((share, self.backend.forward_backward(sequences, loss_fn)))
         tokens = sum(self.algorithm.item_length(item) for item in items)
         return futures, self.backend.optim_step(self.params(step)), tokens
 
     def evaluate(self, step: int) -> dict[str, float]:
-        if not self.eval_items:
+        """Held-out metrics (rank 0 alone: the weights are the same on every rank)."""
+        if not self.eval_items or not distributed.is_main():
             return {}
         metrics = {f"eval/{k}": v for k, v in self.algorithm.evaluate(self.backend, self.eval_items).items()}
         self.on_metrics(metrics, step)
@@ -292,14 +319,15 @@ class Trainer:
         start = self.resume(resume_from) if resume_from is not None else 0
         summary = TrainSummary(steps=self.total_steps, start_step=start, train=self._resumed_train)
         c = self.config
-        bar = tqdm(total=self.total_steps, initial=start, desc=self.algorithm.name, disable=self.progress is False)
+        quiet = self.progress is False or not distributed.is_main()
+        bar = tqdm(total=self.total_steps, initial=start, desc=self.algorithm.name, disable=quiet)
         pending: deque[tuple[int, Any, Any, int]] = deque()
         started, tokens_done, steps_done = time.perf_counter(), 0, 0
 
         def finish() -> None:
             nonlocal tokens_done, steps_done
             step, futures, optim, tokens = pending.popleft()
-            metrics = _merge([(w, f.result()) for w, f in futures])
+            metrics = distributed.sum_metrics(_merge([(w, f.result()) for w, f in futures]))  # global-batch means
             metrics.update({f"optim/{k}": float(v) for k, v in (optim.result() or {}).items()})
             # Running averages since (re)start: with requests in flight one step's own time is not observable.
             tokens_done, steps_done = tokens_done + tokens, steps_done + 1
@@ -339,6 +367,8 @@ class Trainer:
         summary.checkpoint = self._checkpoint(self.total_steps, summary)
         return summary
 
-    def _checkpoint(self, step: int, summary: TrainSummary) -> Path:
+    def _checkpoint(self, step: int, summary: TrainSummary) -> Optional[Path]:
+        if not distributed.is_main():  # the weights are the same on every rank: rank 0 writes them
+            return None
         state = {"fingerprint": self.fingerprint, "total_steps": self.total_steps, "train": summary.train}
         return write_checkpoint(self.backend, self.checkpoint_dir, step, state, self.config.keep_checkpoints)

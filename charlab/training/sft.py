@@ -6,7 +6,8 @@
 
 Introspection transcripts are trained on with NO system prompt: the persona the DPO'd model showed with its
 constitution in context must come from the weights alone. The loss is the token-mean cross-entropy over the
-assistant turns the chat format's mask selects (every assistant turn, or only the last). A conversation longer
+assistant turns the chat format's mask selects (every assistant turn, or only the last), over all of a step's
+trained tokens (so micro-batching and data-parallel ranks do not change it). A conversation longer
 than `max_length` is cut, not dropped, and counted; only one left with no assistant token is dropped (and
 counted). Batches are length-grouped by the loop, so the local backend pads little; with `pack_length`,
 the sequences of a micro-batch are packed into rows of at most that many tokens (each row's sequences attend
@@ -163,6 +164,9 @@ class SftAlgorithm:
 
     def item_length(self, item: SftItem) -> int:
         return len(item)
+
+    def item_weight(self, item: SftItem) -> float:
+        return float(item.seq.num_trained)  # the loss is a mean over the step's trained tokens
 
     def prepare(self, backend: TrainingBackend, items: list[Any]) -> None:
         """Nothing to precompute (SFT has no reference model)."""

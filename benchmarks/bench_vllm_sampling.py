@@ -1,0 +1,114 @@
+"""vLLM vs `hf` sampling throughput on SmolLM2-135M on this CPU: same prompts, same max tokens, a ratio.
+
+    bash scripts/setup_vllm.sh                                              # once: the vLLM environment
+    flock /tmp/charlab-heavy.lock python benchmarks/bench_vllm_sampling.py  # 48 prompts x 96 new tokens
+    python benchmarks/bench_vllm_sampling.py --prompts 64 --hf-batch-sizes 16,64 --vllm-env VLLM_CPU_KVCACHE_SPACE=4
+
+Both engines get the same 48 bundled generic prompts (chat template applied by each), temperature 0.7, top_p
+0.95, seed 0, and the same `--max-new-tokens`. `hf` is charlab's batched `HFSampler` at each of
+`--hf-batch-sizes` (its best is the peer's number); vLLM is charlab's own `provider=vllm` path: a managed
+`vllm serve` (the YAML's settings, plus any `--vllm-env`) driven by the openai client with every request in
+flight. Tokens/s counts the tokens each engine generated (a reply that ends at EOS counts what it produced) over
+the wall time of the sampling call; vLLM's server start-up is reported apart. Prints a table and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+from charlab.generation.base import SamplingParams  # noqa: E402
+
+
+def conversations(n: int) -> list[list[dict[str, str]]]:
+    from charlab.data.prompts import load_generic
+
+    return [[{"role": "user", "content": text}] for text in load_generic("bundled")[:n]]
+
+
+def timed(sampler, prompts, params: SamplingParams) -> tuple[float, int]:
+    sampler.sample(prompts[:2], params)  # warm-up (first-call allocations, server connection)
+    start = time.perf_counter()
+    completions = sampler.sample(prompts, params)
+    seconds = time.perf_counter() - start
+    return seconds, sum(c.completion_tokens for c in completions)
+
+
+def provider_setup(kind: str) -> tuple[dict, object, Path]:
+    """(the `student` provider as composed for `provider@student=<kind>`, the run's model, the model cache)."""
+    from charlab.compose import composed
+    from charlab.stages._common import cache_dir, model_config, to_plain
+
+    with composed([f"provider@student={kind}", "logger=none"], Path(tempfile.mkdtemp()), log=False) as cfg:
+        return to_plain(cfg.student), model_config(cfg.model), cache_dir(cfg)
+
+
+def bench_hf(prompts, params: SamplingParams, batch_size: int) -> tuple[float, int]:
+    from charlab.generation.factory import make_sampler
+
+    provider, model, cache = provider_setup("hf")
+    sampler = make_sampler({**provider, "batch_size": batch_size}, model, cache)
+    try:
+        return timed(sampler, prompts, params)
+    finally:
+        sampler.close()
+
+
+def bench_vllm(prompts, params: SamplingParams, env: dict[str, str]) -> tuple[float, int, float]:
+    from charlab.generation import vllm
+    from charlab.generation.factory import make_sampler
+
+    provider, model, cache = provider_setup("vllm")
+    provider["server"]["env"] = {**provider["server"]["env"], **env}
+    provider["max_concurrency"] = len(prompts)
+    with tempfile.TemporaryDirectory() as run_dir, vllm.POOL.scope(Path(run_dir)):
+        start = time.perf_counter()
+        sampler = make_sampler(provider, model, cache)
+        startup = time.perf_counter() - start
+        seconds, tokens = timed(sampler, prompts, params)
+    return seconds, tokens, startup
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=48)
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--hf-batch-sizes", default="16,48", help="comma-separated, best counts; empty: vLLM only")
+    parser.add_argument("--vllm-env", action="append", default=[], help="KEY=VALUE for the server (repeatable)")
+    args = parser.parse_args()
+
+    prompts = conversations(args.prompts)
+    params = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=args.max_new_tokens, seed=0)
+    rows = []
+    for batch_size in [int(b) for b in args.hf_batch_sizes.split(",") if b.strip()]:
+        seconds, tokens = bench_hf(prompts, params, batch_size)
+        rows.append((f"hf batch {batch_size}", seconds, tokens, None))
+        print(f"hf batch {batch_size}: {tokens} tokens, {seconds:.1f} s, {tokens / seconds:.1f} tokens/s", flush=True)
+    env = dict(item.split("=", 1) for item in args.vllm_env)
+    seconds, tokens, startup = bench_vllm(prompts, params, env)
+    label = "vllm" + "".join(f" {k}={v}" for k, v in env.items())
+    rows.append((label, seconds, tokens, startup))
+    print(f"{label}: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:.1f} tokens/s (start-up {startup:.0f} s)")
+
+    best_hf = max((r for r in rows if r[0].startswith("hf")), key=lambda r: r[2] / r[1], default=None)
+    print(f"\n{args.prompts} prompts, max {args.max_new_tokens} new tokens, SmolLM2-135M fp32, {os.cpu_count()} CPUs")
+    print("| engine | tokens | seconds | tokens/s | start-up s |\n| --- | --- | --- | --- | --- |")
+    for name, seconds, tokens, start in rows:
+        startup = "" if start is None else f"{start:.0f}"
+        print(f"| {name} | {tokens} | {seconds:.1f} | {tokens / seconds:.1f} | {startup} |")
+    if best_hf is not None:
+        ratio = (rows[-1][2] / rows[-1][1]) / (best_hf[2] / best_hf[1])
+        print(f"\nvLLM / best hf ({best_hf[0]}) tokens/s: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

