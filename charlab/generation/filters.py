@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Optional, Protocol
@@ -224,26 +224,27 @@ LOOSEN = {
 SIDES = {"chosen": "teacher", "rejected": "student", "turn": None}  # reason prefixes distill/introspect write
 
 
-def nothing_kept(stage: str, records: str, reasons: Mapping[str, int], dropped: Path, role: str) -> EmptyOutputError:
-    """The one-line error of a stage that kept nothing: the filter counts and the settings to change.
+def nothing_kept(stage: str, records: str, dropped: Path, role: str) -> EmptyOutputError:
+    """The one-line error of a stage that kept nothing: the filter counts in `dropped` and the settings to change.
 
-    `reasons` counts the dropped records by reason (`chosen_truncated`, `turn_repetition`, ...); `role` is the
+    Each row of the dropped file names its reason (`chosen_truncated`, `turn_repetition`, ...); `role` is the
     provider that wrote the replies when a reason does not say (introspection: `student`).
     """
-    total = sum(reasons.values())
-    if not total:
+    from charlab.data.jsonl import iter_jsonl
+
+    rows = iter_jsonl(dropped) if dropped.is_file() else []
+    ranked = Counter(str(row.get("reason")) for row in rows).most_common()
+    if not ranked:
         return EmptyOutputError(f"{stage} had no {records} to generate: raise its data.* counts")
     fixes: list[str] = []
-    for reason, _ in Counter(reasons).most_common():
+    for reason, _ in ranked:
         side, _, name = reason.partition("_")
         who = SIDES.get(side, role) or role
-        name = name if side in SIDES else reason
-        fix = LOOSEN.get(name, "loosen stage.filters").format(role=who)
+        fix = LOOSEN.get(name if side in SIDES else reason, "loosen stage.filters").format(role=who)
         if fix not in fixes:
             fixes.append(fix)
-    counts = ", ".join(f"{reason} {n}" for reason, n in Counter(reasons).most_common())
+    counts = ", ".join(f"{reason} {n}" for reason, n in ranked)
     return EmptyOutputError(
-        f"{stage} kept 0 of {total} {records}: every one was dropped by a filter ({counts}; see {dropped}); "
-        + "; ".join(fixes)
-        + "; then start a new run (a resumed one skips what was dropped)"
+        f"{stage} kept 0 of {sum(n for _, n in ranked)} {records}: every one was dropped by a filter ({counts}; "
+        f"see {dropped}); " + "; ".join(fixes) + "; then start a new run (a resumed one skips what was dropped)"
     )

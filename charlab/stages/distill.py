@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -265,8 +264,7 @@ def _finish(
         rows = [[r.id, r.source, r.prompt, r.chosen, r.rejected] for r in table]
         run.tracker.log_table("distill/samples", ["id", "source", "prompt", "chosen", "rejected"], rows)
     if summary["pairs_in_file"] == 0:  # DPO would only fail later with "file is empty": stop here, say why
-        reasons = Counter(str(row.get("reason")) for row in iter_jsonl(dropped)) if dropped.is_file() else {}
-        raise nothing_kept("distill", "pairs", reasons, dropped, role="teacher")
+        raise nothing_kept("distill", "pairs", dropped, role="teacher")
     return StageResult(
         metric=summary["kept_fraction_total"],
         metric_name="kept_fraction_total",

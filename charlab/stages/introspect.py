@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -346,8 +345,7 @@ def _finish(run: Run, stats: DistillStats, table: list[IntrospectionExample], mo
         rows = [[r.id, r.kind, r.prompt, r.reflection] for r in table]
         run.tracker.log_table("introspect/samples", ["id", "kind", "prompt", "reflection"], rows)
     if in_file == 0:  # SFT would only fail later with "file is empty": stop here, say why
-        reasons = Counter(str(row.get("reason")) for row in iter_jsonl(dropped)) if dropped.is_file() else {}
-        raise nothing_kept("introspect", "records", reasons, dropped, role="student")
+        raise nothing_kept("introspect", "records", dropped, role="student")
     return StageResult(
         metric=summary["kept_fraction_total"],
         metric_name="kept_fraction_total",
