@@ -202,7 +202,7 @@ def test_introspect_stage_with_the_tiny_model(run_stage, tiny_chat: ChatFormat, 
 
 
 @pytest.mark.integration
-def test_introspect_that_keeps_nothing_stops_naming_the_filter_counts(run_stage, compose_cfg, tmp_path) -> None:
+def test_introspect_keeping_nothing_stops_with_the_counts_and_never_overwrites(run_stage, compose_cfg, tmp_path):
     """Injected bug: `_finish` only warning when nothing was kept -> the stage succeeds with an empty file."""
     with pytest.raises(EmptyOutputError) as err:
         run_stage(["stage=introspect", "model=tiny", "stage.adapter=null", "data.reflections=4", "data.interactions=0",
