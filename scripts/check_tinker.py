@@ -5,7 +5,9 @@
 
 Without a key it says exactly what is missing and exits 1, without touching the network. With a key it lists
 the server's models, creates a rank-8 LoRA training client on `--model` (default: the smallest trainable one
-listed), runs one forward/backward with cross-entropy on a few tokens and one optimizer step, then closes.
+listed), runs one forward/backward with cross-entropy on a few tokens and one optimizer step, exports the
+weights to read the LoRA alpha the service trains with (charlab's `backend.lora_alpha` must equal it), then
+closes.
 """
 
 from __future__ import annotations
@@ -70,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         metrics = forward_backward.result().metrics
         optim.result()
         print(f"forward/backward ok: {metrics}")
+        alpha = exported_lora_alpha(service, client)
+        expected = configured_lora_alpha()
+        print(f"LoRA alpha the service trains with: {alpha} (configs/backend/tinker.yaml lora_alpha: {expected})")
+        if expected is not None and alpha is not None and float(alpha) != float(expected):
+            print(f"mismatch: set lora_alpha: {alpha} in configs/backend/tinker.yaml", file=sys.stderr)
+            return 1
         status = "success"
         return 0
     except Exception as err:  # a check reports what went wrong in one line
@@ -80,6 +88,26 @@ def main(argv: list[str] | None = None) -> int:
             service.close(status).result(timeout=30)
         except Exception:  # closing is best effort
             pass
+
+
+def exported_lora_alpha(service: object, client: object) -> object:
+    """`lora_alpha` of the adapter_config.json the service exports for `client`'s weights."""
+    import httpx
+
+    export = client.save_weights_external("charlab-check-alpha").result().path  # type: ignore[attr-defined]
+    urls = service.create_rest_client().get_external_weights_urls(export).result().urls  # type: ignore[attr-defined]
+    config = httpx.get(urls["adapter_config.json"], timeout=60, follow_redirects=True).json()
+    return config.get("lora_alpha")
+
+
+def configured_lora_alpha() -> object:
+    """`lora_alpha` in this checkout's configs/backend/tinker.yaml (None outside a checkout)."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).resolve().parent.parent / "configs" / "backend" / "tinker.yaml"
+    return yaml.safe_load(path.read_text()).get("lora_alpha") if path.is_file() else None
 
 
 if __name__ == "__main__":

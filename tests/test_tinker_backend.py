@@ -285,3 +285,16 @@ def test_the_kl_term_caches_per_token_references_once(server, tiny_tokenizer, tm
     sequences, loss_fn = again.micro_batch(items[:2], 1.0)
     _, metrics = loss_fn(sequences, [t for it in items[:2] for t in first.ref_tokens[it.index]])
     assert metrics["kl"] == 0.0  # the policy is still the reference
+
+
+@pytest.mark.unit
+def test_check_tinker_reads_the_alpha_the_service_exports(server, tiny_tokenizer) -> None:
+    """scripts/check_tinker.py verifies backend.lora_alpha against what the real service writes in its export."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_tinker", ROOT / "scripts" / "check_tinker.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    backend = make_backend(server, tiny_tokenizer)
+    assert check.exported_lora_alpha(FakeServiceClient(server), backend.training_client) == 32
+    assert check.configured_lora_alpha() == 32

@@ -85,7 +85,12 @@ def test_introspection_and_elo_on_vllm_serve_the_dpo_adapter_and_one_server_live
     ]  # fmt: skip
     _, run_dir = run_stage(overrides, name="pipe")
     assert run_dir == root
+    check_vllm_pipeline(root)
+    assert vllm.POOL.running() == []
 
+
+def check_vllm_pipeline(root: Path) -> None:
+    """What a dpo -> introspect -> elo pipeline on vLLM must have left in its run directory."""
     servers = json.loads((root / "vllm" / "servers.json").read_text())
     assert len(servers) == 1, servers  # introspect (student) and elo (student + judge) shared one server
     server = servers[0]
@@ -94,27 +99,26 @@ def test_introspection_and_elo_on_vllm_serve_the_dpo_adapter_and_one_server_live
     lora_name = next(iter(server["adapters"]))
     log = Path(server["log"]).read_text(errors="replace")
     assert "--enable-prefix-caching" in log and f"Loaded new LoRA adapter: name '{lora_name}'" in log
-    assert vllm.POOL.running() == []
     port = int(server["base_url"].rsplit(":", 1)[1].split("/")[0])
     with pytest.raises(OSError):  # nothing listens there any more
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
     step = root / "02_introspect"
     introspection = rows(step / "introspection.jsonl") + rows(step / "dropped.jsonl")
-    assert len(introspection) == 12 and {r["model"] for r in introspection} == {lora_name}
+    assert len(introspection) == 12 and {r["teacher_model"] for r in introspection} == {lora_name}
 
     replies = {(r["player"], r["prompt_id"]): r["text"] for r in rows(root / "03_elo" / "replies.jsonl")}
     prompts = sorted({pid for _, pid in replies})
     assert len(prompts) == 4 and all(replies[("tuned", p)].strip() for p in prompts)
     differ = sum(replies[("tuned", p)] != replies[("base", p)] for p in prompts)
     assert differ >= 3, replies  # greedy replies: the adapter, not sampling noise, changes them
+    tuned_pirate = sum(bool(PIRATE.search(replies[("tuned", p)])) for p in prompts)
+    base_pirate = sum(bool(PIRATE.search(replies[("base", p)])) for p in prompts)
+    assert tuned_pirate > base_pirate, replies  # the DPO pairs' voice ("Arr, matey!") shows through vLLM's LoRA
     judged = rows(root / "03_elo" / "judgments.jsonl")
     assert len(judged) == 4 * 3 * 2  # every pair of the three players, both orders, by the vLLM judge
     scored = sum(r["mode"] == TOP_LOGPROBS for r in judged)
     assert scored >= len(judged) // 2, [r["mode"] for r in judged]  # the judge read vLLM's top_logprobs
-    tuned_pirate = sum(bool(PIRATE.search(replies[("tuned", p)])) for p in prompts)
-    base_pirate = sum(bool(PIRATE.search(replies[("base", p)])) for p in prompts)
-    print(f"pirate words in greedy replies: tuned {tuned_pirate}/4, base {base_pirate}/4")
 
 
 # ------------------------------------------------------------------------------------------------ lifecycle
