@@ -30,6 +30,11 @@ _NAME_RE = re.compile(NAME_PATTERN)
 MAX_NAME_LENGTH = 64  # the name is a folder and file name (filesystems stop at 255 bytes), a W&B name, a tag
 Variant = Literal["teacher", "reflection", "interaction"]
 VARIANTS: tuple[str, ...] = ("teacher", "reflection", "interaction")
+# How much of the constitution a system prompt carries (`persona.prompt`): full (system prompt, traits, safety,
+# sign-offs) or brief (the constitution's own system prompt alone: small models follow one concrete paragraph
+# far better than a long trait list, see FIELD-NOTES).
+Style = Literal["full", "brief"]
+STYLES: tuple[str, ...] = ("full", "brief")
 
 
 def validate_persona_name(name: str) -> str:
@@ -124,38 +129,53 @@ class Constitution(BaseModel):
         """The name the persona goes by: an explicit override, its own `assistant_name`, or a neutral one."""
         return assistant_name or self.assistant_name or "the assistant"
 
-    def render_system_prompt(self, variant: Variant = "teacher", assistant_name: Optional[str] = None) -> str:
+    def render_system_prompt(
+        self, variant: Variant = "teacher", assistant_name: Optional[str] = None, style: Style = "full"
+    ) -> str:
         """The system prompt for one use of the persona.
 
         teacher: answer the user fully in character (stage 1's chosen replies);
         reflection: write about yourself in character (stage 2 self-reflection);
         interaction: talk with another instance of yourself (stage 2 self-interaction).
+        style: full (system prompt, traits, safety rules, sign-offs, then the variant's instruction) or brief
+        (the constitution's system prompt alone; reflection and interaction add their one-line instruction).
         """
         if variant not in VARIANTS:
             raise ConstitutionError(f"system prompt variant {variant!r} is unknown; allowed: {', '.join(VARIANTS)}")
+        if style not in STYLES:
+            raise ConstitutionError(f"persona.prompt={style!r} is not allowed; use one of {', '.join(STYLES)}")
         who = self.display_name(assistant_name)
+        if style == "brief":
+            parts = [self.system_prompt.strip()]
+            if variant != "teacher":
+                parts.append(_closing(variant, who))
+            return "\n\n".join(parts)
         traits = "\n".join(f"- {t.trait}" for t in self.traits)
         parts = [self.system_prompt.strip(), f"Your character, in your own words:\n{traits}"]
         if self.safety:
             parts.append("Boundaries you always keep:\n" + "\n".join(f"- {s}" for s in self.safety))
         if self.example_signoffs:
             parts.append("Sign-offs you sometimes use: " + " | ".join(self.example_signoffs))
-        if variant == "teacher":
-            parts.append(
-                f"Answer every message as {who}, letting this character show naturally in what you say and how "
-                "you say it. Never mention these instructions or that you were given a character."
-            )
-        elif variant == "reflection":
-            parts.append(
-                f"You are {who}, taking time to reflect on who you are. Write honestly and at length, in your "
-                "own voice, about yourself, your character and your values."
-            )
-        else:
-            parts.append(
-                f"You are {who}, and you are about to talk with another instance of yourself. Stay fully in "
-                "character and respond to what the other says."
-            )
+        parts.append(_closing(variant, who))
         return "\n\n".join(parts)
+
+
+def _closing(variant: str, who: str) -> str:
+    """The instruction that ends a system prompt: what this use of the persona asks for."""
+    if variant == "teacher":
+        return (
+            f"Answer every message as {who}, letting this character show naturally in what you say and how "
+            "you say it. Never mention these instructions or that you were given a character."
+        )
+    if variant == "reflection":
+        return (
+            f"You are {who}, taking time to reflect on who you are. Write honestly and at length, in your "
+            "own voice, about yourself, your character and your values."
+        )
+    return (
+        f"You are {who}, and you are about to talk with another instance of yourself. Stay fully in "
+        "character and respond to what the other says."
+    )
 
 
 def _format_validation_error(path: Path, err: ValidationError) -> str:

@@ -130,3 +130,14 @@ def test_render_variants_carry_traits_and_differ() -> None:
     assert "Blackbeard" in persona.render_system_prompt("teacher", assistant_name="Blackbeard")
     with pytest.raises(ConstitutionError, match="allowed: teacher, reflection, interaction"):
         persona.render_system_prompt("poem")  # type: ignore[arg-type]
+
+
+def test_brief_style_is_the_constitutions_own_system_prompt() -> None:
+    """Injected bug caught: brief still appending the trait list (a small teacher then ignores the persona)."""
+    persona = load_constitution(CONSTITUTIONS / "pirate.json")
+    assert persona.render_system_prompt("teacher", style="brief") == persona.system_prompt.strip()
+    reflection = persona.render_system_prompt("reflection", style="brief")
+    assert reflection.startswith(persona.system_prompt.strip()) and "reflect on who you are" in reflection
+    assert not any(t.trait in reflection for t in persona.traits)
+    with pytest.raises(ConstitutionError, match="persona.prompt='long' is not allowed; use one of full, brief"):
+        persona.render_system_prompt("teacher", style="long")  # type: ignore[arg-type]

@@ -64,6 +64,40 @@ def test_distill_on_the_tiny_model_end_to_end(run_stage):
     assert meta["status"] == "completed" and meta["artifacts"]["pairs"].endswith("pairs.jsonl")
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize("scorer", ["contrast", "judge"])
+def test_distill_best_of_keeps_the_most_in_character_reply_and_records_every_score(run_stage, scorer):
+    """Injected bugs caught: the lowest-scored candidate becomes chosen (score != max); the scores of one prompt's
+    candidates recorded on another's pair (then the chosen score is not among its own); no summary; the teacher
+    ignoring `persona.prompt=brief` (its prompts are then as long as with the full constitution)."""
+    brief = ["persona.prompt=brief", "stage.best_of=3", f"stage.best_of_scorer={scorer}"]
+    _, run_dir = run_stage([*TINY_FAST, "data.generic_prompts=3", "data.persona_prompts=2", *brief])
+    pairs = read_jsonl(run_dir / "pairs.jsonl", DpoExample)
+    assert pairs
+    for pair in pairs:
+        choice = pair.best_of
+        assert choice["n"] == 3 and len(choice["scores"]) == 3 and choice["scorer"] == f"{scorer}:tiny"
+        assert choice["score"] == max(choice["scores"]) == choice["scores"][choice["picked"]]
+        if scorer == "judge":
+            assert all(0.0 <= s <= 1.0 for s in choice["scores"])  # the judge's probability of "yes"
+    summary = json.loads((run_dir / "distill_summary.json").read_text())["best_of"]
+    assert summary["pairs"] == len(pairs) and summary["mean_chosen"] >= summary["mean_candidate"]
+    if scorer == "judge":
+        return
+    _, single = run_stage([*TINY_FAST, "data.generic_prompts=2", "data.persona_prompts=0"], name="single")
+    assert all(not p.best_of for p in read_jsonl(single / "pairs.jsonl", DpoExample))
+    full = json.loads((single / "distill_summary.json").read_text())
+    assert "best_of" not in full
+    brief_summary = json.loads((run_dir / "distill_summary.json").read_text())
+
+    def system_tokens(summary: dict) -> float:
+        return (summary["tokens"]["teacher_prompt"] - summary["tokens"]["student_prompt"]) / summary["processed"]
+
+    persona = load_constitution(ROOT / "constitutions" / "pirate.json")
+    assert system_tokens(brief_summary) < system_tokens(full) / 2  # the brief prompt is the one paragraph
+    assert len(persona.render_system_prompt("teacher")) > 2 * len(persona.system_prompt)
+
+
 def fake_llm(system_prompt: str):
     """Replies of an OpenAI-compatible server: a thinking teacher (continues a prefill) and a plain student."""
 

@@ -91,7 +91,7 @@ def test_revealed_stage_tiny_hf_judge(run_stage, tiny_adapter: Path) -> None:
     ratings = json.loads((out / "ratings.json").read_text())
     assert set(ratings["base"]) == {"feels_like_you", "would_adopt", "random", "preference"}
     assert all(len(rows) == 144 for rows in ratings["tuned"].values())
-    assert summary["persona_traits"] == ["good", "calm", "warm", "honest"]  # named in the pirate constitution
+    assert summary["persona_traits"] == ["good", "calm", "warm", "honest", "friendly"]  # named in pirate.json
     assert set(summary["comparisons"]) == {"feels_like_you", "would_adopt", "random", "preference"}
     text = assert_report(out, "top_bottom_traits.png", "trait_scatter.png")
     assert "Control (`random` condition" in text and "tuned, random: top" in text

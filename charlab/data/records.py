@@ -32,6 +32,9 @@ class DpoExample:
     sampling: dict[str, Any] = field(default_factory=dict)
     chosen_finish_reason: str = ""
     rejected_finish_reason: str = ""
+    # the teacher's best-of-N choice (`stage.best_of`): n, scorer, the chosen reply's score, every candidate's score
+    # and the index picked; empty when the teacher sampled once
+    best_of: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

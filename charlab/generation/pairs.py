@@ -23,6 +23,7 @@ from charlab.data.jsonl import JsonlWriter, done_ids
 from charlab.data.prompts import PromptRecord
 from charlab.data.records import DpoExample, record_id
 from charlab.generation.base import Completion, Sampler, SamplingParams
+from charlab.generation.best_of import ScoredCompletion
 from charlab.generation.filters import (
     FilterConfig,
     screen_reply,
@@ -177,6 +178,7 @@ def _judge(
         sampling=sampling,
         chosen_finish_reason=chosen.finish_reason,
         rejected_finish_reason=rejected.finish_reason,
+        best_of=chosen.record() if isinstance(chosen, ScoredCompletion) else {},
     )
     if reason is None:
         stats.kept += 1

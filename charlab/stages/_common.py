@@ -26,6 +26,13 @@ def load_persona(cfg: DictConfig) -> Constitution:
     return load_constitution(Path(cfg.persona.file), name=name)
 
 
+def persona_prompt(cfg: DictConfig, variant: str = "teacher", persona: Constitution | None = None) -> str:
+    """The run's persona as a system prompt for one use (`variant`), in the run's `persona.prompt` style."""
+    persona = persona or load_persona(cfg)
+    name = cfg.persona.get("assistant_name")
+    return persona.render_system_prompt(variant, assistant_name=name, style=str(cfg.persona.prompt))  # type: ignore[arg-type]
+
+
 def adapter_location(value: Any) -> str | None:
     """A configured adapter: a local folder (user-expanded), a remote `tinker://` path or a served LoRA name (both
     kept as they are); None when unset."""

@@ -59,7 +59,7 @@ from charlab.generation.factory import sampling_params
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_meta
 from charlab.schemas import StageConfig
-from charlab.stages._common import load_persona, to_plain
+from charlab.stages._common import load_persona, persona_prompt, to_plain
 from charlab.stages._eval import base_model_name, eval_replies, player_sampler_factory, stage_prompts
 
 DATA_MODES = ("auto", "pairs", "generate")
@@ -117,11 +117,11 @@ def _pair_files(sources: list[str]) -> list[Path]:
 def generated_texts(cfg: DictConfig, run: Run, rows: list[LabelledText]) -> list[LabelledText]:
     """The base model under test answers the sources' prompts in each persona and out of persona (`texts.jsonl`)."""
     stage = cfg.stage
-    systems = {str(cfg.persona.name): load_persona(cfg).render_system_prompt("teacher")}
+    systems = {str(cfg.persona.name): persona_prompt(cfg)}
     for name in as_list(stage.personas):
         name = validate_persona_name(name)
         other = load_constitution(Path(cfg.paths.constitutions) / f"{name}.json", name=name)
-        systems.setdefault(name, other.render_system_prompt("teacher"))
+        systems.setdefault(name, other.render_system_prompt("teacher", style=str(cfg.persona.prompt)))
     prompts = list(dict.fromkeys(r.prompt for r in rows if r.prompt))
     jobs = persona_text_jobs([(f"c{i}", p) for i, p in enumerate(prompts)], systems, str(stage.out_label))
     sampler = player_sampler_factory(cfg)(None)
@@ -215,8 +215,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     _, prompts = stage_prompts(cfg, run, persona)
     seen = {split_key(r) for r in train + held_out}  # prompts of the classifier's own texts are not held out
     prompts = [(pid, text) for pid, text in prompts if split_key(LabelledText("", "", text)) not in seen]
-    persona_prompt = persona.render_system_prompt("teacher", assistant_name=cfg.persona.assistant_name)
-    replies_path, replies = eval_replies(cfg, run, names, prompts, persona_prompt, "classifier")
+    replies_path, replies = eval_replies(cfg, run, names, prompts, persona_prompt(cfg, persona=persona), "classifier")
     rates: dict[str, Estimate] = {}
     if persona_label is not None:
         rates = player_rates(clf, replies, names, prompts, persona_label, ev, int(cfg.seed))
@@ -337,7 +336,7 @@ def _run_attacks(
         return {}
     persona = load_persona(cfg)
     name = "tuned" if stage.adapter else "base_persona"
-    system = persona.render_system_prompt("teacher", assistant_name=cfg.persona.assistant_name)
+    system = persona_prompt(cfg, persona=persona)
     (player,) = build_players([name], player_sampler_factory(cfg), stage.adapter, system)
     try:
         rows = run_attacks(

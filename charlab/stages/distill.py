@@ -24,17 +24,19 @@ from charlab.data.jsonl import repair_tail
 from charlab.data.prompts import PromptRecord, PromptSpec, build_prompt_set, read_prompts, write_prompts
 from charlab.data.records import DpoExample
 from charlab.errors import ConfigError, DataError
-from charlab.generation.base import Sampler
+from charlab.generation.base import ChoiceScorer, Sampler
+from charlab.generation.best_of import BestOfSampler, persona_contrast
 from charlab.generation.factory import local_model_key, sampling_params
 from charlab.generation.filters import FilterConfig, model_aliases, nothing_kept
 from charlab.generation.pairs import DistillJob, DistillStats, run_distill
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_json
 from charlab.schemas import StageConfig
-from charlab.stages._common import cache_dir, load_persona, model_config, sampler_for_role, to_plain
+from charlab.stages._common import cache_dir, load_persona, model_config, persona_prompt, sampler_for_role, to_plain
 
 log = logging.getLogger("charlab")
 OUTPUTS = ("pairs.jsonl", "dropped.jsonl", "prompts.jsonl")
+BEST_OF_SCORERS = ("contrast", "judge")
 
 
 @dataclass
@@ -59,6 +61,8 @@ class DistillStageConfig(StageConfig):
     resume_from: Optional[str] = None
     prompts_file: Optional[str] = None
     samples_per_prompt: int = MISSING
+    best_of: int = MISSING
+    best_of_scorer: str = MISSING
     save_interval: int = MISSING
     persona_sources: list[str] = MISSING
     expansion_provider: str = MISSING
@@ -80,10 +84,14 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     _prepare_resume(stage, run)
     teacher = sampler_for_role(cfg, "teacher")
     student: Optional[Sampler] = None
+    judge: Optional[Sampler] = None
     try:
-        student = teacher if _shares_weights(cfg) else sampler_for_role(cfg, "student")
+        student = teacher if _shares_weights(cfg, "student") else sampler_for_role(cfg, "student")
         prompts = _prompts(cfg, run, persona, teacher if stage.expansion_provider == "teacher" else student)
-        job = _job(cfg, persona, prompts, teacher, student)
+        chooser: Sampler = teacher
+        if stage.best_of > 1:
+            chooser, judge = _best_of(cfg, persona, teacher)
+        job = _job(cfg, persona, prompts, chooser, student)
         table: list[DpoExample] = []
 
         def on_chunk(stats: DistillStats, kept: list[DpoExample]) -> None:
@@ -94,15 +102,18 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
 
         stats = run_distill(job, run.path("pairs.jsonl"), run.path("dropped.jsonl"), on_chunk=on_chunk)
     finally:
-        teacher.close()
-        if student is not None and student is not teacher:
-            student.close()
+        for sampler in {id(s): s for s in (teacher, student, judge) if s is not None}.values():
+            sampler.close()  # each loaded model once
     return _finish(run, stats, table, len(prompts), teacher.model_name, student.model_name)
 
 
 def _check(stage: DictConfig) -> None:
-    if stage.samples_per_prompt < 1 or stage.save_interval < 1:
-        raise ConfigError("stage.samples_per_prompt and stage.save_interval must be >= 1")
+    if stage.samples_per_prompt < 1 or stage.save_interval < 1 or stage.best_of < 1:
+        raise ConfigError("stage.samples_per_prompt, stage.best_of and stage.save_interval must be >= 1")
+    if stage.best_of_scorer not in BEST_OF_SCORERS:
+        raise ConfigError(
+            f"stage.best_of_scorer={stage.best_of_scorer!r} is not allowed; use one of {', '.join(BEST_OF_SCORERS)}"
+        )
     if stage.expansion_provider not in ("teacher", "student"):
         raise ConfigError(
             f"stage.expansion_provider={stage.expansion_provider!r} is not allowed; use teacher or student"
@@ -141,11 +152,32 @@ def _prepare_resume(stage: DictConfig, run: Run) -> None:
     log.info("resuming from %s", source_pairs)
 
 
-def _shares_weights(cfg: DictConfig) -> bool:
-    """Teacher and student are the same local model: load it once (the system prompt is the only difference)."""
+def _shares_weights(cfg: DictConfig, role: str) -> bool:
+    """`role` (student or judge) is the teacher's local model: load it once (the prompts are the only difference)."""
     model = model_config(cfg.model)
     key = local_model_key(to_plain(cfg.teacher), model)
-    return key is not None and key == local_model_key(to_plain(cfg.student), model)
+    return key is not None and key == local_model_key(to_plain(cfg[role]), model)
+
+
+def _best_of(cfg: DictConfig, persona: Constitution, teacher: Sampler) -> tuple[Sampler, Optional[Sampler]]:
+    """The teacher drawing `stage.best_of` replies per prompt, returning the one `stage.best_of_scorer` ranks first;
+    and the judge's sampler if one was loaded for it (the caller closes it)."""
+    from charlab.eval.judging import Judge
+    from charlab.eval.persona_score import JudgePersonaScorer, persona_description
+
+    n = int(cfg.stage.best_of)
+    if cfg.stage.best_of_scorer == "contrast":
+        if not isinstance(teacher, ChoiceScorer):
+            raise ConfigError(
+                f"stage.best_of_scorer=contrast needs a teacher that scores text (provider@teacher=hf); the "
+                f"{type(teacher).__name__} teacher cannot: use stage.best_of_scorer=judge"
+            )
+        return BestOfSampler(teacher, n, persona_contrast(teacher), scorer_name=f"contrast:{teacher.model_name}"), None
+    judge_sampler = teacher if _shares_weights(cfg, "judge") else sampler_for_role(cfg, "judge")
+    ev = cfg.eval
+    judge = Judge(judge_sampler, sampling_params(to_plain(cfg.judge)), str(ev.judge_mode), int(ev.judge_top_logprobs))
+    scorer = JudgePersonaScorer(judge, persona_description(persona, cfg.persona.assistant_name))
+    return BestOfSampler(teacher, n, scorer, scorer_name=f"judge:{judge_sampler.model_name}"), judge_sampler
 
 
 def _prompts(cfg: DictConfig, run: Run, persona: Constitution, expander: Sampler) -> list[PromptRecord]:
@@ -215,7 +247,7 @@ def _job(
         prompts=prompts,
         teacher=teacher,
         student=student,
-        system_prompt=persona.render_system_prompt("teacher", assistant_name=cfg.persona.assistant_name),
+        system_prompt=persona_prompt(cfg, persona=persona),
         constitution=persona.name,
         teacher_params=teacher_params,
         student_params=sampling_params(to_plain(cfg.student)),
@@ -247,8 +279,12 @@ def _finish(
         "kept_fraction_total": round(in_file[pairs] / max(1, in_file[pairs] + in_file[dropped]), 4),
         "teacher_model": teacher,
         "student_model": student,
+        **_best_of_summary(pairs),
     }
     write_json(run.path("distill_summary.json"), summary)
+    if "best_of" in summary:
+        log.info("distill: best of %(n)d by %(scorer)s: mean chosen score %(mean_chosen)s, mean candidate score "
+                 "%(mean_candidate)s", summary["best_of"])  # fmt: skip
     reasons = ", ".join(f"{k} {v}" for k, v in summary["dropped_by_reason"].items()) or "none"
     log.info(
         "distill: kept %d of %d new pairs (%.0f%%), dropped: %s; %d pairs in %s",
@@ -276,3 +312,22 @@ def _finish(
         },
         summary=summary,
     )
+
+
+def _best_of_summary(pairs: Path) -> dict:
+    """The best-of-N choice over the kept pairs: the chosen replies' mean score vs every candidate's."""
+    from charlab.data.jsonl import iter_jsonl
+
+    choices = [row["best_of"] for row in iter_jsonl(pairs) if row.get("best_of")] if pairs.is_file() else []
+    if not choices:
+        return {}
+    candidates = [score for choice in choices for score in choice["scores"]]
+    return {
+        "best_of": {
+            "n": max(int(choice["n"]) for choice in choices),
+            "scorer": choices[0]["scorer"],
+            "pairs": len(choices),
+            "mean_chosen": round(sum(c["score"] for c in choices) / len(choices), 4),
+            "mean_candidate": round(sum(candidates) / len(candidates), 4),
+        }
+    }

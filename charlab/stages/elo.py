@@ -34,7 +34,7 @@ from charlab.eval.sampling import fresh_file
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run
 from charlab.schemas import StageConfig
-from charlab.stages._common import load_persona
+from charlab.stages._common import load_persona, persona_prompt
 from charlab.stages._eval import eval_replies, judge_description, make_judge, stage_prompts
 
 CRITERIA = ("persona", "helpful")
@@ -63,8 +63,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     persona = load_persona(cfg)
     names = check_players(list(stage.players), stage.adapter, minimum=2)
     exclude_files, prompts = stage_prompts(cfg, run, persona)
-    persona_prompt = persona.render_system_prompt("teacher", assistant_name=cfg.persona.assistant_name)
-    replies_path, replies = eval_replies(cfg, run, names, prompts, persona_prompt, "elo")
+    replies_path, replies = eval_replies(cfg, run, names, prompts, persona_prompt(cfg, persona=persona), "elo")
 
     # ---- judging ------------------------------------------------------------------------------------------
     criterion = (

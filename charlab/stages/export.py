@@ -26,7 +26,7 @@ from omegaconf import MISSING, DictConfig
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_meta
 from charlab.schemas import StageConfig
-from charlab.stages._common import cache_dir, load_persona, model_config, to_plain
+from charlab.stages._common import cache_dir, load_persona, model_config, persona_prompt, to_plain
 
 
 @dataclass
@@ -81,7 +81,7 @@ def exported_gap(cfg: DictConfig, run: Run, adapter_dir: Path, sources: list[Any
     base = load_causal_lm(model_cfg, cache_dir(cfg), device=cfg.stage.device, dtype=cfg.stage.dtype)
     model = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     persona = load_persona(cfg)
-    system_prompt = persona.render_system_prompt("teacher", assistant_name=cfg.persona.get("assistant_name"))
+    system_prompt = persona_prompt(cfg, persona=persona)
     gap = distillation_gap(
         hf_scorer(model, pad_id=chat.tokenizer.pad_token_id or 0), chat, conversations, system_prompt
     )

@@ -61,6 +61,7 @@ from charlab.stages._common import (
     cache_dir,
     load_persona,
     model_config,
+    persona_prompt,
     sampler_for_role,
     to_plain,
 )
@@ -243,12 +244,12 @@ def _introspection_run(cfg: DictConfig, sampler: Sampler) -> IntrospectionRun:
 
     persona = load_persona(cfg)
     name = cfg.persona.get("assistant_name") or persona.assistant_name
-    base = persona.render_system_prompt("interaction", assistant_name=name)
+    base = persona_prompt(cfg, "interaction", persona)
     return IntrospectionRun(
         sampler=sampler,
         params=sampling_params(to_plain(cfg.student)),
         persona=persona.name,
-        reflection_system=persona.render_system_prompt("reflection", assistant_name=name),
+        reflection_system=persona_prompt(cfg, "reflection", persona),
         interaction_systems={g: interaction_system_prompt(base, g) for g in cfg.stage.guidance},
         filters=FilterConfig(**to_plain(cfg.stage.filters)),
         turns=int(cfg.data.interaction_turns),

@@ -51,7 +51,7 @@ from charlab.generation.factory import sampling_params
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run
 from charlab.schemas import StageConfig
-from charlab.stages._common import load_persona, to_plain
+from charlab.stages._common import load_persona, persona_prompt, to_plain
 from charlab.stages._eval import judge_description, make_judge, player_sampler_factory, stage_prompts
 
 CONTROL = "random"
@@ -129,8 +129,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     tracked = _persona_traits(stage.persona_traits, persona, traits)
 
     # ---- replies and verdicts -----------------------------------------------------------------------------
-    persona_prompt = persona.render_system_prompt("teacher", assistant_name=cfg.persona.assistant_name)
-    players = build_players(names, player_sampler_factory(cfg), stage.adapter, persona_prompt)
+    players = build_players(names, player_sampler_factory(cfg), stage.adapter, persona_prompt(cfg, persona=persona))
     replies_path = fresh_file(run.path("replies.jsonl"), stage.resume)
     replies: dict[str, dict[str, Any]] = {}
     try:

@@ -34,7 +34,15 @@ from charlab.data.records import IntrospectionExample
 from charlab.errors import ConfigError, DataError
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_meta
-from charlab.stages._common import adapter_location, cache_dir, load_persona, lora_config, model_config, to_plain
+from charlab.stages._common import (
+    adapter_location,
+    cache_dir,
+    load_persona,
+    lora_config,
+    model_config,
+    persona_prompt,
+    to_plain,
+)
 from charlab.stages._training import TrainingStageConfig, loop_config, remote_forms
 from charlab.training.loop import validate_loop_config
 
@@ -186,7 +194,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     model, lora = model_config(cfg.model), lora_config(cfg.lora)
     backend_cfg = backend_config(to_plain(cfg.backend))
     persona = load_persona(cfg)
-    system_prompt = persona.render_system_prompt("teacher", assistant_name=cfg.persona.get("assistant_name"))
+    system_prompt = persona_prompt(cfg, persona=persona)
     data_path = Path(stage.data).expanduser()
     examples = read_examples(data_path)
     run.add_parent("data", data_path)

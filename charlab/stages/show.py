@@ -17,7 +17,7 @@ from rich.table import Table
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run
 from charlab.schemas import ShowStageConfig
-from charlab.stages._common import cache_dir, load_persona, lora_config, model_config
+from charlab.stages._common import cache_dir, load_persona, lora_config, model_config, persona_prompt
 
 
 @register_stage("show", schema=ShowStageConfig, description="print the persona, its system prompt and model/LoRA")
@@ -25,7 +25,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     """Print the persona and the choices this config makes."""
     console = Console()
     persona = load_persona(cfg)
-    system_prompt = persona.render_system_prompt(cfg.stage.variant, assistant_name=cfg.persona.assistant_name)
+    system_prompt = persona_prompt(cfg, cfg.stage.variant, persona)
     model, lora = model_config(cfg.model), lora_config(cfg.lora)
 
     console.print(Panel(persona.description or persona.name, title=f"persona: {persona.name}"))

@@ -19,7 +19,7 @@ from charlab.chat_format import make_messages
 from charlab.constitution import Constitution
 from charlab.errors import ProviderError
 from charlab.generation.base import Sampler, SamplingParams
-from charlab.stages._common import cache_dir, load_persona, model_config, sampler_for_role, to_plain
+from charlab.stages._common import cache_dir, load_persona, model_config, persona_prompt, sampler_for_role, to_plain
 
 SamplerKey = tuple[str, str, str, Optional[str]]  # (provider json, model json, cache dir, adapter)
 # (key, build) -> sampler: a caller may return a cached sampler for an equal key instead of building one
@@ -146,7 +146,7 @@ def teacher_vs_student(
 ) -> list[PreviewPair]:
     """The distill stage's two replies per prompt: teacher with the constitution prompt, student without."""
     persona = load_persona(cfg)
-    system = persona.render_system_prompt("teacher", assistant_name=cfg.persona.assistant_name)
+    system = persona_prompt(cfg, persona=persona)
     teacher = role_sampler(cfg, "teacher", get_sampler)
     student = role_sampler(cfg, "student", get_sampler)
     taught = teacher.sample(
@@ -186,7 +186,7 @@ def chat_three_ways(
     if not prompt.strip():
         raise ProviderError("the message is empty")
     persona = load_persona(cfg)
-    system = persona.render_system_prompt("teacher", assistant_name=cfg.persona.assistant_name)
+    system = persona_prompt(cfg, persona=persona)
     params = params_for(cfg, role, max_new_tokens=max_new_tokens, temperature=temperature)
     base = role_sampler(cfg, role, get_sampler)
     plain, prompted = base.sample([make_messages(prompt), make_messages(prompt, system=system)], params)

@@ -1,0 +1,81 @@
+"""Best-of-N sampling on the real tiny model: the best candidate by the score, every score recorded."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from charlab.errors import ConfigError
+from charlab.generation.base import SamplingParams
+from charlab.generation.best_of import BestOfSampler, ScoredCompletion, persona_contrast
+from charlab.generation.text import derive_seed
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def tiny_sampler(tiny_model, cache_dir):
+    from charlab.generation.hf import HFSampler
+
+    sampler = HFSampler.load(tiny_model, cache_dir, batch_size=4, device="cpu")
+    yield sampler
+    sampler.close()
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def by_length(conversations, candidates):
+    return [[float(len(c.text)) for c in cands] for cands in candidates]
+
+
+def test_best_of_returns_the_highest_scoring_of_n_distinct_samples(tiny_sampler):
+    """Injected bugs caught: every candidate drawn with the same seed (the n candidates are then one sample
+    repeated); taking the lowest score; mixing up candidates of different conversations."""
+    conversations = [user("tell me a story"), user("what is a ship?"), user("hello")]
+    params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=12, seed=5)
+    best = BestOfSampler(tiny_sampler, n=4, score=by_length, scorer_name="length").sample(conversations, params)
+    draws = [tiny_sampler.sample(conversations, replace(params, seed=derive_seed(5, "best_of", j))) for j in range(4)]
+    for i, completion in enumerate(best):
+        texts = [draw[i].text for draw in draws]
+        assert len(set(texts)) > 1, "the candidates of one conversation must be distinct samples"
+        assert isinstance(completion, ScoredCompletion)
+        assert completion.candidate_scores == [float(len(t)) for t in texts]
+        assert completion.text == texts[completion.picked] and completion.score == max(completion.candidate_scores)
+        assert completion.picked == completion.candidate_scores.index(completion.score)  # ties: the earliest
+        assert completion.record() == {
+            "n": 4, "scorer": "length", "score": completion.score, "scores": completion.candidate_scores,
+            "picked": completion.picked,
+        }  # fmt: skip
+
+
+def test_best_of_rejects_bad_sizes_and_scorers(tiny_sampler):
+    with pytest.raises(ConfigError, match="best_of=0"):
+        BestOfSampler(tiny_sampler, n=0, score=by_length)
+    short = BestOfSampler(tiny_sampler, n=2, score=lambda conversations, candidates: [[1.0]] * len(candidates))
+    with pytest.raises(ValueError, match="wanted 2 per reply"):
+        short.sample([user("hi")], SamplingParams(max_new_tokens=2, seed=1))
+    assert BestOfSampler(tiny_sampler, n=3, score=by_length).sample([], SamplingParams()) == []
+
+
+def test_persona_contrast_is_the_log_likelihood_gain_the_system_prompt_gives_each_reply(tiny_sampler):
+    """Injected bugs caught: scoring both sides with the system prompt (every score 0); scores of one
+    conversation's candidates given to another's; an empty reply scored instead of ranked last."""
+    import math
+
+    from charlab.generation.base import Completion
+
+    system = {"role": "system", "content": "You are a pirate. Say arr."}
+    conversations = [[system, *user("what is a ship?")], [system, *user("hello there")]]
+    candidates = [[Completion("Arr, a ship sails."), Completion("")], [Completion("Hi."), Completion("Arr matey.")]]
+    scores = persona_contrast(tiny_sampler)(conversations, candidates)
+    assert scores[0][1] == -math.inf
+    for conversation, cands, row in zip(conversations, candidates, scores):
+        for completion, score in zip(cands, row):
+            if not completion.text:
+                continue
+            with_system = tiny_sampler.score_choices([conversation], [[completion.text]])[0][0]
+            without = tiny_sampler.score_choices([conversation[1:]], [[completion.text]])[0][0]
+            assert score == pytest.approx(with_system - without, abs=1e-4) and score != 0.0
