@@ -176,6 +176,37 @@ def test_distill_over_openai_with_failures_filters_and_reasoning(run_stage, tmp_
 
 
 @pytest.mark.integration
+def test_distill_that_keeps_no_pair_exits_2_with_the_filter_counts(cli, tmp_path):
+    """Injected bug: `_finish` only warning when no pair was kept -> exit 0, and DPO fails later on an empty file."""
+    run_dir = tmp_path / "distill"
+    result = cli(["stage=distill", "model=tiny", "teacher.max_new_tokens=4", "student.max_new_tokens=4",
+                  "data.generic_prompts=3", "data.persona_prompts=2", "stage.filters.repetition=false",
+                  "logger=none", f"hydra.run.dir={run_dir}"], timeout=300)  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("charlab: error:")]  # + progress bars
+    assert "Traceback" not in result.stderr
+    assert line.startswith("charlab: error: distill kept 0 of 5 pairs: every one was dropped by a filter")
+    assert "(chosen_truncated 5;" in line and "raise teacher.max_new_tokens" in line
+    assert f"see {run_dir / 'dropped.jsonl'}" in line
+    assert json.loads((run_dir / "distill_summary.json").read_text())["dropped_by_reason"] == {"chosen_truncated": 5}
+    assert json.loads((run_dir / "meta.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.integration
+def test_a_pipeline_stops_at_a_distill_step_that_keeps_nothing(run_stage, tmp_path):
+    """Injected bug: distill exiting 0 with an empty pairs.jsonl -> the pipeline runs DPO, which fails instead."""
+    from charlab.errors import CharlabError
+
+    with pytest.raises(CharlabError, match=r"pipeline step 'distill' failed: distill kept 0 of \d+ pairs") as err:
+        run_stage(["experiment=demo_tiny", "pipeline.steps=[distill,dpo]", "data.generic_prompts=2",
+                   "data.persona_prompts=1", "teacher.max_new_tokens=4", "student.max_new_tokens=4",
+                   '++pipeline.step_overrides.distill=["stage.filters.repetition=false"]'])  # fmt: skip
+    assert "raise teacher.max_new_tokens" in str(err.value) and "\n" not in str(err.value)
+    root = tmp_path / "outputs" / "run"
+    assert (root / "01_distill" / "dropped.jsonl").is_file() and not (root / "02_dpo").exists()
+
+
+@pytest.mark.integration
 def test_distill_refuses_to_overwrite_and_resumes_its_own_directory(run_stage):
     overrides = [*TINY_FAST, "data.generic_prompts=2", "data.persona_prompts=1", "data.dedupe_threshold=1.0"]
     _, run_dir = run_stage(overrides, name="same")

@@ -77,6 +77,8 @@ def test_elo_stage_tiny_hf_judge_with_tuned_adapter(run_stage, tiny_adapter: Pat
 
 
 def test_revealed_stage_tiny_hf_judge(run_stage, tiny_adapter: Path) -> None:
+    """Injected bug: the headline metric dropped (None) although every verdict was usable -> fails here (the old
+    `isinstance(metric, float) or metric is None` passed either way)."""
     metric, out = run_stage(
         ["stage=revealed", *FAST, "eval.num_prompts=3", "eval.revealed_trials=4", f"stage.adapter={tiny_adapter}"]
     )
@@ -93,7 +95,12 @@ def test_revealed_stage_tiny_hf_judge(run_stage, tiny_adapter: Path) -> None:
     assert set(summary["comparisons"]) == {"feels_like_you", "would_adopt", "random", "preference"}
     text = assert_report(out, "top_bottom_traits.png", "trait_scatter.png")
     assert "Control (`random` condition" in text and "tuned, random: top" in text
-    assert isinstance(metric, float) or metric is None
+    # the returned metric is the summary's headline: the persona traits' mean rank shift, within +-143 of 144 traits
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["metric_name"] == "persona_trait_rank_shift" and summary["persona_trait_rank_shift"] == metric
+    assert metric is not None and abs(metric) <= 143  # log-probability verdicts: every one usable
+    low, high = summary["persona_trait_rank_shift_ci"]
+    assert low <= metric <= high
 
 
 def test_classifier_stage_separable_pairs_with_attacks(run_stage, separable_pairs: Path) -> None:

@@ -22,7 +22,7 @@ from charlab.data.introspection import (
 )
 from charlab.data.jsonl import read_jsonl
 from charlab.data.records import IntrospectionExample
-from charlab.errors import ConfigError
+from charlab.errors import ConfigError, EmptyOutputError
 
 JOB = InteractionJob("interaction-free", 0, "free", opener="Hello, me.", prelude="Hi there.")
 NO_FILTERS = [f"stage.filters.{k}=false" for k in ("empty", "truncated", "repetition", "identity_leak", "too_long")]
@@ -206,13 +206,20 @@ def test_introspect_stage_with_the_tiny_model(run_stage, tiny_chat: ChatFormat, 
 
 
 @pytest.mark.integration
-def test_introspect_refuses_to_overwrite_and_filters_are_counted(run_stage, compose_cfg) -> None:
-    _, out = run_stage(["stage=introspect", "model=tiny", "stage.adapter=null", "data.reflections=4",
-                        "data.interactions=0", "student.max_new_tokens=4"])  # fmt: skip
+def test_introspect_keeping_nothing_stops_with_the_counts_and_never_overwrites(run_stage, compose_cfg, tmp_path):
+    """Injected bug: `_finish` only warning when nothing was kept -> the stage succeeds with an empty file."""
+    with pytest.raises(EmptyOutputError) as err:
+        run_stage(["stage=introspect", "model=tiny", "stage.adapter=null", "data.reflections=4", "data.interactions=0",
+                   "student.max_new_tokens=4", "stage.filters.repetition=false"])  # fmt: skip
+    out = tmp_path / "outputs" / "run"
     summary = json.loads((out / "introspect_summary.json").read_text())
-    # four tokens of a random model never end a sentence: distill's truncation filter drops and counts them
-    assert summary["processed"] == 4 and summary["dropped_by_reason"].get("truncated", 0) >= 1
-    assert len(read_jsonl(out / "dropped.jsonl")) == summary["dropped"]
+    # four tokens of a random model never end a sentence: distill's truncation filter drops and counts them all
+    assert summary["processed"] == 4 and summary["dropped_by_reason"] == {"truncated": 4}
+    assert len(read_jsonl(out / "dropped.jsonl")) == summary["dropped"] == 4
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("introspect kept 0 of 4 records")
+    assert "(truncated 4;" in message and "raise student.max_new_tokens" in message
+    assert json.loads((out / "meta.json").read_text())["status"] == "failed"
     from charlab.train import execute
 
     cfg = compose_cfg(["stage=introspect", "model=tiny", "stage.adapter=null"], name="run")

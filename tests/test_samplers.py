@@ -17,6 +17,7 @@ from charlab.generation.factory import make_sampler, sampler_key, sampling_param
 from charlab.generation.openai_compat import OpenAISampler
 from charlab.generation.text import request_seeds, truncate_at_stop
 from charlab.schemas import ModelConfig
+from tests.conftest import random_adapter
 
 
 def user(text: str) -> list[dict[str, str]]:
@@ -266,17 +267,23 @@ def test_top_logprobs_from_hf_and_through_a_real_openai_server_drive_the_judge(t
 
 
 @pytest.mark.integration
-def test_hf_sampler_loads_a_peft_adapter(tiny_model, cache_dir, tmp_path):
-    from peft import LoraConfig, get_peft_model
+def test_hf_sampler_with_a_tuned_adapter_answers_unlike_the_base(tiny_sampler, tiny_model, cache_dir, tmp_path):
+    """A non-zero adapter (PEFT's default init has B = 0, so tuned = base) changes the greedy replies.
 
+    Injected bug: `HFSampler.load` ignoring `adapter` (the base model under the adapter's name) -> same replies.
+    """
     from charlab.generation.hf import HFSampler
-    from charlab.models import load_causal_lm
 
-    peft_model = get_peft_model(load_causal_lm(tiny_model, cache_dir), LoraConfig(r=2, target_modules=["q_proj"]))
-    peft_model.save_pretrained(tmp_path / "adapter")
-    sampler = HFSampler.load(tiny_model, cache_dir, adapter=str(tmp_path / "adapter"))
+    adapter = random_adapter(tiny_model, cache_dir, tmp_path / "adapter")
+    sampler = HFSampler.load(tiny_model, cache_dir, adapter=str(adapter), device="cpu")
     assert sampler.model_name == "tiny+adapter"
-    assert sampler.sample([user("hi")], SamplingParams(max_new_tokens=3, seed=0))[0].completion_tokens > 0
+    conversations = [user("hi"), user("Who are you?"), user("Tell me about the sea.")]
+    greedy = SamplingParams(temperature=0, max_new_tokens=8)
+    tuned = [c.text for c in sampler.sample(conversations, greedy)]
+    base = [c.text for c in tiny_sampler.sample(conversations, greedy)]
+    assert all(t != b for t, b in zip(tuned, base)), (tuned, base)
+    assert [c.text for c in sampler.sample(conversations, greedy)] == tuned  # greedy: the same every time
+    sampler.close()
     with pytest.raises(ModelNotFoundError, match="no adapter_config.json"):
         HFSampler.load(tiny_model, cache_dir, adapter=str(tmp_path / "missing"))
 

@@ -27,7 +27,7 @@ from charlab.errors import ConfigError, DataError
 from charlab.generation.base import ChoiceScorer, Sampler
 from charlab.generation.best_of import BestOfSampler, best_of_sampler, persona_contrast
 from charlab.generation.factory import sampler_key, sampling_params
-from charlab.generation.filters import FilterConfig, model_aliases
+from charlab.generation.filters import FilterConfig, model_aliases, nothing_kept
 from charlab.generation.pairs import DistillJob, DistillStats, run_distill
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_json
@@ -303,8 +303,8 @@ def _finish(
     if table:
         rows = [[r.id, r.source, r.prompt, r.chosen, r.rejected] for r in table]
         run.tracker.log_table("distill/samples", ["id", "source", "prompt", "chosen", "rejected"], rows)
-    if summary["pairs_in_file"] == 0:
-        log.warning("distill: no pair was kept; see dropped.jsonl and loosen stage.filters or raise max_new_tokens")
+    if summary["pairs_in_file"] == 0:  # DPO would only fail later with "file is empty": stop here, say why
+        raise nothing_kept("distill", "pairs", dropped, role="teacher")
     return StageResult(
         metric=summary["kept_fraction_total"],
         metric_name="kept_fraction_total",

@@ -46,6 +46,7 @@ from charlab.generation.base import Completion, Sampler, SamplingParams
 from charlab.generation.filters import (
     FilterConfig,
     model_aliases,
+    nothing_kept,
     screen_reply,
     strip_reasoning,
     substitute_name,
@@ -338,8 +339,8 @@ def _finish(run: Run, stats: DistillStats, table: list[IntrospectionExample], mo
     if table:
         rows = [[r.id, r.kind, r.prompt, r.reflection] for r in table]
         run.tracker.log_table("introspect/samples", ["id", "kind", "prompt", "reflection"], rows)
-    if in_file == 0:
-        log.warning("introspect: nothing kept; see dropped.jsonl and loosen stage.filters or raise max_new_tokens")
+    if in_file == 0:  # SFT would only fail later with "file is empty": stop here, say why
+        raise nothing_kept("introspect", "records", dropped, role="student")
     return StageResult(
         metric=summary["kept_fraction_total"],
         metric_name="kept_fraction_total",
