@@ -27,6 +27,7 @@ from charlab.errors import ConstitutionError
 
 NAME_PATTERN = r"^[a-z0-9_-]+$"
 _NAME_RE = re.compile(NAME_PATTERN)
+MAX_NAME_LENGTH = 64  # the name is a folder and file name (filesystems stop at 255 bytes), a W&B name, a tag
 Variant = Literal["teacher", "reflection", "interaction"]
 VARIANTS: tuple[str, ...] = ("teacher", "reflection", "interaction")
 # How much of the constitution a system prompt carries (`persona.prompt`): full (system prompt, traits, safety,
@@ -37,11 +38,13 @@ STYLES: tuple[str, ...] = ("full", "brief")
 
 
 def validate_persona_name(name: str) -> str:
-    """Return `name` if it is a safe persona name (`[a-z0-9_-]+`), else raise a one-line error."""
+    """Return `name` if it is a safe persona name (`[a-z0-9_-]+`, at most 64 characters), else a one-line error."""
+    allowed = f"use 1 to {MAX_NAME_LENGTH} lowercase letters, digits, '_' and '-'"
+    if isinstance(name, str) and len(name) > MAX_NAME_LENGTH:
+        shown = f"{name[:20]!r}... ({len(name)} characters)"
+        raise ConstitutionError(f"persona name {shown} is not allowed: too long; {allowed}")
     if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ConstitutionError(
-            f"persona name {name!r} is not allowed: use only lowercase letters, digits, '_' and '-'"
-        )
+        raise ConstitutionError(f"persona name {name!r} is not allowed: {allowed}")
     return name
 
 

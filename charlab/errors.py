@@ -29,3 +29,7 @@ class ModelNotFoundError(CharlabError):
 
 class ProviderError(CharlabError):
     """A generation provider that is misconfigured (missing key, unreachable server, unknown model)."""
+
+
+class EmptyOutputError(CharlabError):
+    """A generation stage whose every record was dropped by its filters (or that had nothing to generate)."""

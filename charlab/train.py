@@ -15,7 +15,7 @@ import logging
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -92,20 +92,55 @@ def execute(cfg: DictConfig, output_dir: Optional[Path] = None) -> Optional[floa
     return result.metric
 
 
+def check_command_line(args: list[str]) -> None:
+    """Persona names on the command line, checked before Hydra turns them into a run directory.
+
+    A name that is not allowed (`../x`, 5,000 characters) then fails with one line and nothing written, instead of
+    a folder made from it or an `OSError` from the file system.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from charlab.constitution import validate_persona_name
+
+    parser = OverridesParser.create()
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            override = parser.parse_override(arg)
+        except Exception:  # Hydra reports its own parse errors
+            continue
+        if override.key_or_group != "persona.name" or override.is_delete():
+            continue
+        values = list(override.sweep_iterator()) if override.is_discrete_sweep() else [override.value()]
+        for value in map(str, values):
+            if "${" not in value:  # an interpolation is checked once resolved (charlab.stages._common)
+                validate_persona_name(value)
+
+
+def fail(err: CharlabError) -> NoReturn:
+    """The one-line error every bad input gets, and exit status 2."""
+    print(f"charlab: error: {err}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def hydra_main(cfg: DictConfig) -> Optional[float]:
-    """Hydra entry point."""
+    """Hydra entry point: run the composed config's stage."""
     try:
         metric = execute(cfg)
     except CharlabError as err:
-        print(f"charlab: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail(err)
     distributed.shutdown()
     return metric
 
 
 def main() -> Optional[float]:
     """`python -m charlab.train` and the `charlab-train` console script (also each torchrun rank)."""
+    try:
+        check_command_line(sys.argv[1:])
+    except CharlabError as err:
+        fail(err)
     private = launch.worker_overrides()  # ranks > 0 write nothing into the run directory
     sys.argv.extend(private)
     try:

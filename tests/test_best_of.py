@@ -79,3 +79,36 @@ def test_persona_contrast_is_the_log_likelihood_gain_the_system_prompt_gives_eac
             with_system = tiny_sampler.score_choices([conversation], [[completion.text]])[0][0]
             without = tiny_sampler.score_choices([conversation[1:]], [[completion.text]])[0][0]
             assert score == pytest.approx(with_system - without, abs=1e-4) and score != 0.0
+
+
+def test_best_of_over_an_api_provider_streams_within_its_limit():
+    """Over an OpenAI-compatible server the wrapper streams: each request draws its candidates at once, the
+    server never sees more than the provider's max_concurrency, and every conversation gets its best of 3.
+    Injected bug: a streaming lane sized max_concurrency (not max_concurrency // n) sends 18 at once."""
+    import itertools
+    import threading
+
+    from openai_compat_server import OpenAICompatServer
+
+    from charlab.generation.best_of import best_of_sampler
+    from charlab.generation.openai_compat import OpenAISampler
+    from charlab.generation.streaming import Request, RequestStream
+
+    counter, lock = itertools.count(), threading.Lock()
+
+    def reply(messages):
+        with lock:
+            return "word " * (1 + next(counter) % 5)  # candidates of different lengths
+
+    with OpenAICompatServer(replies=reply, latency_s=0.2) as server:
+        inner = OpenAISampler("m", base_url=server.base_url, max_concurrency=6)
+        best = best_of_sampler(inner, 3, by_length, scorer_name="length")
+        assert best.max_concurrency == 2
+        got: dict[int, ScoredCompletion] = {}
+        source = [Request(best, user(f"q{i}"), SamplingParams(max_new_tokens=8, seed=1), i) for i in range(10)]
+        RequestStream().run(source, lambda request, completion: got.__setitem__(request.tag, completion))
+        assert len(server.requests) == 30 and server.max_in_flight == 6
+    assert sorted(got) == list(range(10))
+    for completion in got.values():
+        assert isinstance(completion, ScoredCompletion) and len(completion.candidate_scores) == 3
+        assert completion.score == max(completion.candidate_scores) == len(completion.text)

@@ -95,6 +95,17 @@ def test_bad_constitution_and_bad_values_are_one_line_errors(cli, tmp_path: Path
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("args", [["persona.name=" + "a" * 5000], ["-m", "persona.name=pirate," + "b" * 300]])
+def test_an_over_long_persona_name_is_one_line_and_writes_nothing(cli, tmp_path: Path, args: list[str]) -> None:
+    """Injected bug: no length limit in `validate_persona_name` -> Hydra's `OSError: File name too long` traceback."""
+    result = cli(["persona=custom", "stage.show_template=false", *args], timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("charlab: error: persona name") and "too long" in line and "64" in line
+    assert len(line) < 200 and not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.integration
 def test_secrets_never_reach_any_file_of_the_run_directory(cli, tmp_path: Path) -> None:
     result = cli(
         ["stage=show", "stage.show_template=false", "logger=wandb", f"+teacher.api_key={CLI_SECRET}"],

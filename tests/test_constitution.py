@@ -95,12 +95,17 @@ def test_missing_file_and_name_mismatch(tmp_path: Path) -> None:
         load_constitution(path, name="a")
 
 
-@pytest.mark.parametrize("name", ["../x", "a/b", "Upper", "", "a b", "..", "x.json"])
+@pytest.mark.parametrize("name", ["../x", "a/b", "Upper", "", "a b", "..", "x.json", "a" * 65, "a" * 5000])
 def test_unsafe_persona_names_are_refused(name: str, tmp_path: Path) -> None:
-    with pytest.raises(ConstitutionError, match="not allowed"):
+    with pytest.raises(ConstitutionError, match="not allowed") as err:
         validate_persona_name(name)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 200
     with pytest.raises(ConstitutionError):
         constitution_path(tmp_path, name)
+
+
+def test_a_name_of_64_characters_is_the_longest_allowed() -> None:
+    assert validate_persona_name("a" * 64) == "a" * 64
 
 
 def test_save_never_overwrites_unless_asked(tmp_path: Path) -> None:

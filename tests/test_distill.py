@@ -171,7 +171,39 @@ def test_distill_over_openai_with_failures_filters_and_reasoning(run_stage, tmp_
     assert dropped["LEAK"]["chosen"].startswith("I'm Captain Calico, made by Hugging Face")  # name substituted
     teacher_requests = [r for r in server.requests if r["messages"][0]["role"] == "system"]
     assert teacher_requests and all(r["messages"][-1]["content"] == "<think>\n" for r in teacher_requests)
+    assert all(r["continue_final_message"] and not r["add_generation_prompt"] for r in teacher_requests)  # vLLM's
     assert all(r["model"] == "student-model" for r in server.requests if r["messages"][0]["role"] != "system")
+
+
+@pytest.mark.integration
+def test_distill_that_keeps_no_pair_exits_2_with_the_filter_counts(cli, tmp_path):
+    """Injected bug: `_finish` only warning when no pair was kept -> exit 0, and DPO fails later on an empty file."""
+    run_dir = tmp_path / "distill"
+    result = cli(["stage=distill", "model=tiny", "teacher.max_new_tokens=4", "student.max_new_tokens=4",
+                  "data.generic_prompts=3", "data.persona_prompts=2", "stage.filters.repetition=false",
+                  "logger=none", f"hydra.run.dir={run_dir}"], timeout=300)  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("charlab: error:")]  # + progress bars
+    assert "Traceback" not in result.stderr
+    assert line.startswith("charlab: error: distill kept 0 of 5 pairs: every one was dropped by a filter")
+    assert "(chosen_truncated 5;" in line and "raise teacher.max_new_tokens" in line
+    assert f"see {run_dir / 'dropped.jsonl'}" in line
+    assert json.loads((run_dir / "distill_summary.json").read_text())["dropped_by_reason"] == {"chosen_truncated": 5}
+    assert json.loads((run_dir / "meta.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.integration
+def test_a_pipeline_stops_at_a_distill_step_that_keeps_nothing(run_stage, tmp_path):
+    """Injected bug: distill exiting 0 with an empty pairs.jsonl -> the pipeline runs DPO, which fails instead."""
+    from charlab.errors import CharlabError
+
+    with pytest.raises(CharlabError, match=r"pipeline step 'distill' failed: distill kept 0 of \d+ pairs") as err:
+        run_stage(["experiment=demo_tiny", "pipeline.steps=[distill,dpo]", "data.generic_prompts=2",
+                   "data.persona_prompts=1", "teacher.max_new_tokens=4", "student.max_new_tokens=4",
+                   '++pipeline.step_overrides.distill=["stage.filters.repetition=false"]'])  # fmt: skip
+    assert "raise teacher.max_new_tokens" in str(err.value) and "\n" not in str(err.value)
+    root = tmp_path / "outputs" / "run"
+    assert (root / "01_distill" / "dropped.jsonl").is_file() and not (root / "02_dpo").exists()
 
 
 @pytest.mark.integration
@@ -238,6 +270,49 @@ def test_distill_killed_mid_run_then_resumed_has_every_id_exactly_once(tmp_path)
     assert meta["parents"]["resumed_from"] == str(pairs)
     summary = json.loads((second / "distill_summary.json").read_text())
     assert summary["already_done"] == len(written) and summary["processed"] == 16 - len(written)
+
+
+@pytest.mark.integration
+def test_streaming_distill_killed_mid_run_then_resumed_requests_only_what_is_missing(tmp_path):
+    """kill -9 of a distill streaming from an OpenAI-compatible server (4 requests in flight): the resumed
+    run has every id exactly once and asks the server only for the pairs not yet on disk.
+    Injected bug: a resume that re-requests finished pairs fails the id count and the request count."""
+    prompts_file = tmp_path / "prompts.jsonl"
+    prompts_file.write_text("".join(json.dumps({"prompt": f"question {i}?"}) + "\n" for i in range(12)))
+    with OpenAICompatServer(replies=lambda m: f"Arr, answer to {m[-1]['content']}", latency_s=0.3) as server:
+        args = ["stage=distill", "model=tiny", "provider@teacher=openai", "provider@student=openai",
+                "teacher.model=teacher-model", "student.model=student-model", f"teacher.base_url={server.base_url}",
+                f"student.base_url={server.base_url}", "teacher.max_concurrency=4", "student.max_concurrency=4",
+                f"stage.prompts_file={prompts_file}", "stage.samples_per_prompt=2", "logger=none"]  # fmt: skip
+        first, second = tmp_path / "first", tmp_path / "second"
+        command = [sys.executable, "-m", "charlab.train", *args]
+        with open(tmp_path / "first.log", "w") as log:
+            proc = subprocess.Popen([*command, f"hydra.run.dir={first}"], cwd=ROOT, env=cli_env(tmp_path),
+                                    stdout=log, stderr=log)  # fmt: skip
+            pairs = first / "pairs.jsonl"
+            deadline = time.time() + 300
+            while time.time() < deadline and proc.poll() is None:
+                if pairs.is_file() and pairs.read_text().count("\n") >= 3:
+                    break
+                time.sleep(0.02)
+            proc.kill()
+            proc.wait()
+        assert proc.returncode == -9, (tmp_path / "first.log").read_text()[-2000:]
+        written = len(lines_of(pairs)) + len(lines_of(first / "dropped.jsonl"))
+        assert 3 <= written < 24
+        before = len(server.requests)
+        done = subprocess.run(
+            [*command, "stage.resume=true", f"stage.resume_from={first}", f"hydra.run.dir={second}"],
+            cwd=ROOT, env=cli_env(tmp_path), capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        resumed_requests = len(server.requests) - before
+    ids = ids_in(second)
+    assert Counter(ids) == Counter(expected_ids(second, 2)) and len(ids) == 24
+    assert resumed_requests == 2 * (24 - written)  # teacher + student for each missing pair, nothing more
+    summary = json.loads((second / "distill_summary.json").read_text())
+    stream = summary["stream"]
+    assert stream["requests"] == resumed_requests and stream["max_in_flight"] == min(8, resumed_requests)
 
 
 @pytest.mark.integration

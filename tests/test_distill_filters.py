@@ -83,3 +83,28 @@ def test_degenerate_repetition_but_not_normal_prose():
     )
     assert not is_degenerate(prose, 0.5)
     assert not is_degenerate("---\n" * 3 + "A table follows.", 0.5)
+
+
+def test_nothing_kept_names_every_filter_count_and_the_setting_that_loosens_it(tmp_path):
+    """Injected bug: every reason given the generic hint "loosen stage.filters" -> no setting named."""
+    import json
+
+    from charlab.errors import EmptyOutputError
+    from charlab.generation.filters import nothing_kept
+
+    def dropped(*reasons: str):
+        path = tmp_path / "dropped.jsonl"
+        path.write_text("".join(json.dumps({"id": str(i), "reason": r}) + "\n" for i, r in enumerate(reasons)))
+        return path
+
+    path = dropped("chosen_truncated", "rejected_repetition", "chosen_truncated", "chosen_truncated")
+    err = nothing_kept("distill", "pairs", path, "teacher")
+    message = str(err)
+    assert isinstance(err, EmptyOutputError) and "\n" not in message
+    assert message.startswith(f"distill kept 0 of 4 pairs: every one was dropped by a filter (chosen_truncated 3, "
+                              f"rejected_repetition 1; see {path})")  # fmt: skip
+    assert "raise teacher.max_new_tokens" in message and "stage.filters.min_distinct_ngrams" in message
+    turns = str(nothing_kept("introspect", "records", dropped("turn_too_long", "empty"), "student"))
+    assert "raise data.max_length" in turns and "check student.stop" in turns
+    missing = tmp_path / "none.jsonl"
+    assert "no records to generate" in str(nothing_kept("introspect", "records", missing, "student"))

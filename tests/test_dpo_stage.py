@@ -73,6 +73,7 @@ def test_stage_dpo_writes_a_peft_adapter_with_provenance_and_per_step_metrics(ru
 
 BAD_PAIRS = {
     "missing": None,
+    "binary": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe",
     "empty": "",
     "malformed": '{"prompt": "hi", "chosen": "a", "rejected": "b"}\n{"prompt": oops}\n',
     "no-chosen": '{"prompt": "hi", "rejected": "b"}\n',
@@ -85,6 +86,7 @@ BAD_PAIRS = {
     [
         ("missing", [], "stage.pairs: .*pairs.jsonl: file not found"),
         ("empty", [], "stage.pairs: .*: file is empty"),
+        ("binary", [], r"stage.pairs: .*pairs.jsonl: line 1 is not UTF-8 text \(byte 0x89 at column 1\)"),
         ("malformed", [], "line 2 is not valid JSON"),
         ("no-chosen", [], "row 1: missing field 'chosen'"),
         ("not-a-string", [], "field 'chosen' must be a string"),
@@ -98,6 +100,8 @@ def test_bad_input_is_a_one_line_error(run_stage, tmp_path, case: str, extra: li
     pairs = tmp_path / "pairs.jsonl"
     if case == "good":
         write_pairs(pairs, n=4)
+    elif isinstance(BAD_PAIRS[case], bytes):
+        pairs.write_bytes(BAD_PAIRS[case])
     elif BAD_PAIRS[case] is not None:
         pairs.write_text(BAD_PAIRS[case])
     if extra == ["model.name_or_path=no-such-org/no-such-model"]:
@@ -107,12 +111,23 @@ def test_bad_input_is_a_one_line_error(run_stage, tmp_path, case: str, extra: li
     assert "\n" not in str(err.value)
 
 
-def test_the_cli_prints_one_error_line(cli, tmp_path) -> None:
-    result = cli(overrides(tmp_path / "nope.jsonl", "logger=none"), timeout=300)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        f"charlab: error: stage.pairs: {tmp_path / 'nope.jsonl'}: file not found"
-    ]
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [(None, "file not found"), (BAD_PAIRS["binary"], "line 1 is not UTF-8 text (byte 0x89")],
+    ids=["missing", "binary"],
+)
+def test_the_cli_prints_one_error_line(cli, tmp_path, content: bytes | None, problem: str) -> None:
+    """Injected bug: `iter_jsonl` decoding text without catching `UnicodeDecodeError` -> a traceback, exit 1."""
+    pairs = tmp_path / "pairs.jsonl"
+    if content is not None:
+        pairs.write_bytes(content)
+    result = cli(overrides(pairs, "logger=none"), timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"charlab: error: stage.pairs: {pairs}: {problem}")
+    runs = [p.parent for p in (tmp_path / "outputs").rglob("meta.json")]
+    assert all(json.loads((run / "meta.json").read_text())["status"] == "failed" for run in runs)
+    assert not [p for run in runs for p in run.iterdir() if p.name in ("adapter", "checkpoints")]
 
 
 @pytest.fixture

@@ -98,6 +98,8 @@ def test_elo_stage_likelihood_format_scores_every_reply_and_resumes(run_stage, t
 
 
 def test_revealed_stage_tiny_hf_judge(run_stage, tiny_adapter: Path) -> None:
+    """Injected bug: the headline metric dropped (None) although every verdict was usable -> fails here (the old
+    `isinstance(metric, float) or metric is None` passed either way)."""
     metric, out = run_stage(
         ["stage=revealed", *FAST, "eval.num_prompts=3", "eval.revealed_trials=4", f"stage.adapter={tiny_adapter}"]
     )
@@ -116,7 +118,12 @@ def test_revealed_stage_tiny_hf_judge(run_stage, tiny_adapter: Path) -> None:
     assert set(summary["comparisons"]) == {"feels_like_you", "would_adopt", "random", "preference"}
     text = assert_report(out, "top_bottom_traits.png", "trait_scatter.png")
     assert "Control (`random` condition" in text and "tuned, random: top" in text
-    assert isinstance(metric, float) or metric is None
+    # the returned metric is the summary's headline: the persona traits' mean rank shift, within +-143 of 144 traits
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["metric_name"] == "persona_trait_rank_shift" and summary["persona_trait_rank_shift"] == metric
+    assert metric is not None and abs(metric) <= 143  # log-probability verdicts: every one usable
+    low, high = summary["persona_trait_rank_shift_ci"]
+    assert low <= metric <= high
 
 
 def test_classifier_stage_separable_pairs_with_attacks(run_stage, separable_pairs: Path) -> None:
@@ -216,8 +223,10 @@ def openai_roles(url: str) -> list[str]:
 
 
 def test_elo_stage_canned_verdicts_and_resume(run_stage) -> None:
-    with OpenAICompatServer(replies=canned) as server:
-        args = ["stage=elo", *FAST, *openai_roles(server.base_url), "eval.num_prompts=12"]
+    """... and an API judge streams: all 24 verdicts in flight at once, not eval.batch_size at a time
+    (injected bug: judging in chunks of eval.batch_size peaks at 4)."""
+    with OpenAICompatServer(replies=canned, latency_s=0.2) as server:
+        args = ["stage=elo", *FAST, *openai_roles(server.base_url), "eval.num_prompts=12", "eval.batch_size=4"]
         args += ["stage.players=[base,base_persona]", "eval.base_model=canned-base"]
         metric, out = run_stage(args, name="elo")
         requests = len(server.requests)
@@ -226,6 +235,7 @@ def test_elo_stage_canned_verdicts_and_resume(run_stage) -> None:
         assert [r["model"] for r in server.requests] == ["canned-base"] * 24 + ["canned"] * 24
         # the judge asks for log-probabilities; this server sends none, so its replies are parsed
         assert all(r.get("logprobs") is True and r["top_logprobs"] == 20 for r in server.requests[24:])
+        assert server.max_in_flight == 24
         # resuming in the same run directory regenerates nothing and gives the same numbers
         again, _ = run_stage([*args, "stage.resume=true"], name="elo")
         assert len(server.requests) == requests and again == metric

@@ -22,7 +22,7 @@ from charlab.data.introspection import (
 )
 from charlab.data.jsonl import read_jsonl
 from charlab.data.records import IntrospectionExample
-from charlab.errors import ConfigError
+from charlab.errors import ConfigError, EmptyOutputError
 
 JOB = InteractionJob("interaction-free", 0, "free", opener="Hello, me.", prelude="Hi there.")
 NO_FILTERS = [f"stage.filters.{k}=false" for k in ("empty", "truncated", "repetition", "identity_leak", "too_long")]
@@ -162,14 +162,17 @@ def test_training_messages_never_carry_a_system_prompt() -> None:
 
 @pytest.mark.integration
 def test_introspect_stage_with_the_tiny_model(run_stage, tiny_chat: ChatFormat, monkeypatch: pytest.MonkeyPatch):
-    """The real stage and HF sampler: every prompt the model saw is a correct view of a stored transcript."""
+    """The real stage and HF sampler: every prompt the model saw is a correct view of a stored transcript,
+    and local sampling stays batched (injected bug: a stream that sends a local sampler one request per call)."""
     from charlab.generation.hf import HFSampler
 
     seen: list[list[dict[str, str]]] = []
+    calls: list[int] = []
     original = HFSampler.sample
 
     def recording(self, conversations, params):
         seen.extend(conversations)
+        calls.append(len(conversations))
         return original(self, conversations, params)
 
     monkeypatch.setattr(HFSampler, "sample", recording)
@@ -186,10 +189,11 @@ def test_introspect_stage_with_the_tiny_model(run_stage, tiny_chat: ChatFormat, 
     for record in talks:
         assert roles(record.messages) == ["user", "assistant", "user", "assistant"]  # opener + 3 turns
         assert record.messages[0]["content"] in greetings()
-    # 3 reflection prompts + 2 conversations x 3 turns went to the model
-    assert len(seen) == 3 + 6
+    # 3 reflection prompts + 2 conversations x 3 turns went to the model: each turn of both conversations in
+    # one call (the chains first), then the reflections together
+    assert len(seen) == 3 + 6 and calls == [2, 2, 2, 3]
     guidance = interaction_guidance()
-    for prompt in seen[3:]:
+    for prompt in seen[:6]:
         assert prompt[0]["role"] == "system" and prompt[-1]["role"] == "user"
         assert roles(prompt[1:]) == (["user", "assistant"] * 4)[: len(prompt) - 1]
         assert guidance["free"] in prompt[0]["content"] or guidance["reflective"] in prompt[0]["content"]
@@ -202,13 +206,20 @@ def test_introspect_stage_with_the_tiny_model(run_stage, tiny_chat: ChatFormat, 
 
 
 @pytest.mark.integration
-def test_introspect_refuses_to_overwrite_and_filters_are_counted(run_stage, compose_cfg) -> None:
-    _, out = run_stage(["stage=introspect", "model=tiny", "stage.adapter=null", "data.reflections=4",
-                        "data.interactions=0", "student.max_new_tokens=4"])  # fmt: skip
+def test_introspect_keeping_nothing_stops_with_the_counts_and_never_overwrites(run_stage, compose_cfg, tmp_path):
+    """Injected bug: `_finish` only warning when nothing was kept -> the stage succeeds with an empty file."""
+    with pytest.raises(EmptyOutputError) as err:
+        run_stage(["stage=introspect", "model=tiny", "stage.adapter=null", "data.reflections=4", "data.interactions=0",
+                   "student.max_new_tokens=4", "stage.filters.repetition=false"])  # fmt: skip
+    out = tmp_path / "outputs" / "run"
     summary = json.loads((out / "introspect_summary.json").read_text())
-    # four tokens of a random model never end a sentence: distill's truncation filter drops and counts them
-    assert summary["processed"] == 4 and summary["dropped_by_reason"].get("truncated", 0) >= 1
-    assert len(read_jsonl(out / "dropped.jsonl")) == summary["dropped"]
+    # four tokens of a random model never end a sentence: distill's truncation filter drops and counts them all
+    assert summary["processed"] == 4 and summary["dropped_by_reason"] == {"truncated": 4}
+    assert len(read_jsonl(out / "dropped.jsonl")) == summary["dropped"] == 4
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("introspect kept 0 of 4 records")
+    assert "(truncated 4;" in message and "raise student.max_new_tokens" in message
+    assert json.loads((out / "meta.json").read_text())["status"] == "failed"
     from charlab.train import execute
 
     cfg = compose_cfg(["stage=introspect", "model=tiny", "stage.adapter=null"], name="run")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from charlab.training.loop import newest_checkpoint
 from tests.conftest import ROOT, cli_env
 from tests.test_dpo_stage import write_pairs
 
@@ -63,6 +64,8 @@ def test_the_tiny_demo_runs_every_step_and_writes_a_full_report(run_stage, tmp_p
 @pytest.mark.integration
 @pytest.mark.slow
 def test_a_pipeline_killed_during_sft_resumes_without_redoing_finished_steps(tmp_path: Path) -> None:
+    """Killed once SFT has a finished checkpoint: its COMPLETE marker, never the `.tmp-` folder it is built in
+    (waiting for any folder killed the run before the first checkpoint existed, so it resumed at step 0)."""
     root = tmp_path / "pipeline"
     slow_sft = '["stage.batch_size=1","stage.save_every=1","stage.eval_every=0","stage.gap_examples=2"]'
     args = [
@@ -75,10 +78,8 @@ def test_a_pipeline_killed_during_sft_resumes_without_redoing_finished_steps(tmp
                             start_new_session=True)  # fmt: skip
     checkpoints = root / "04_sft" / "checkpoints"
     deadline = time.time() + 420
-    while time.time() < deadline and proc.poll() is None:
-        if checkpoints.is_dir() and len([p for p in checkpoints.iterdir() if p.is_dir()]) >= 1:
-            break
-        time.sleep(0.2)
+    while time.time() < deadline and proc.poll() is None and newest_checkpoint(checkpoints) is None:
+        time.sleep(0.1)
     assert proc.poll() is None, f"the pipeline ended before SFT checkpointed: {proc.stderr.read().decode()[-2000:]}"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

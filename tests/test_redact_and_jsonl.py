@@ -74,3 +74,20 @@ def test_bad_data_files_are_one_line_errors(tmp_path: Path) -> None:
     missing.write_text('{"prompt": "x", "rejected": "r"}\n')
     with pytest.raises(DataError, match="missing field 'chosen'"):
         read_jsonl(missing, DpoExample)
+
+
+def test_a_file_that_is_not_utf8_is_a_one_line_error_naming_file_and_line(tmp_path: Path) -> None:
+    """Injected bug: `iter_jsonl` decoding the whole file as text -> a `UnicodeDecodeError` traceback."""
+    binary = tmp_path / "pairs.jsonl"
+    binary.write_bytes(b'{"prompt": "fine"}\n\x89PNG\r\n\x1a\n\x00\xff\xfe binary\n')
+    with pytest.raises(DataError) as err:
+        read_jsonl(binary)
+    message = str(err.value)
+    assert message.startswith(f"{binary}: line 2 is not UTF-8 text (byte 0x89 at column 1)") and "\n" not in message
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes('{"prompt": "caf\u00e9"}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"line 1 is not UTF-8 text \(byte 0xe9 at column 16\)"):
+        done_ids(latin1)
+    utf8 = tmp_path / "utf8.jsonl"
+    utf8.write_text('{"prompt": "caf\u00e9 \u2603"}\n', encoding="utf-8")
+    assert read_jsonl(utf8) == [{"prompt": "caf\u00e9 \u2603"}]

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import math
 import os
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
 from openai_compat_server import OpenAICompatServer, serve
+from tinker.lib.public_interfaces.api_future import AwaitableConcurrentFuture
 
 from charlab.errors import ConfigError, ModelNotFoundError, ProviderError
 from charlab.generation.base import Sampler, SamplingParams
-from charlab.generation.factory import local_model_key, make_sampler, sampling_params
+from charlab.generation.factory import make_sampler, sampler_key, sampling_params
 from charlab.generation.openai_compat import OpenAISampler
 from charlab.generation.text import request_seeds, truncate_at_stop
 from charlab.schemas import ModelConfig
+from tests.conftest import random_adapter
 
 
 def user(text: str) -> list[dict[str, str]]:
@@ -75,12 +78,17 @@ def test_factory_rejects_unknown_kind_and_remote_adapters(tmp_path: Path):
 
 
 @pytest.mark.unit
-def test_local_model_key_says_when_teacher_and_student_can_share_weights():
+def test_sampler_key_says_when_teacher_and_student_can_share_one_sampler():
+    """Injected bug: an openai key that ignores base_url would let two servers share one connection pool."""
     model = ModelConfig(name="tiny", name_or_path="/cache/tiny")
     hf = {"kind": "hf", "model": None, "adapter": None, "device": "auto", "dtype": "auto", "temperature": 0.1}
-    assert local_model_key(hf, model) == local_model_key({**hf, "temperature": 0.9}, model)
-    assert local_model_key(hf, model) != local_model_key({**hf, "model": "other/model"}, model)
-    assert local_model_key({"kind": "openai"}, model) is None
+    assert sampler_key(hf, model) == sampler_key({**hf, "temperature": 0.9}, model)
+    assert sampler_key(hf, model) != sampler_key({**hf, "model": "other/model"}, model)
+    api = {"kind": "openai", "model": "m", "base_url": "http://127.0.0.1:1/v1", "max_concurrency": 32, "seed": 0}
+    assert sampler_key(api, model) == sampler_key({**api, "temperature": 0.2, "max_new_tokens": 9, "seed": 1}, model)
+    assert sampler_key(api, model) != sampler_key({**api, "base_url": "http://127.0.0.1:2/v1"}, model)
+    assert sampler_key(api, model) != sampler_key({**api, "model": "other"}, model)
+    assert sampler_key({"kind": "nope"}, model) is None
 
 
 @pytest.mark.unit
@@ -265,17 +273,23 @@ def test_top_logprobs_from_hf_and_through_a_real_openai_server_drive_the_judge(t
 
 
 @pytest.mark.integration
-def test_hf_sampler_loads_a_peft_adapter(tiny_model, cache_dir, tmp_path):
-    from peft import LoraConfig, get_peft_model
+def test_hf_sampler_with_a_tuned_adapter_answers_unlike_the_base(tiny_sampler, tiny_model, cache_dir, tmp_path):
+    """A non-zero adapter (PEFT's default init has B = 0, so tuned = base) changes the greedy replies.
 
+    Injected bug: `HFSampler.load` ignoring `adapter` (the base model under the adapter's name) -> same replies.
+    """
     from charlab.generation.hf import HFSampler
-    from charlab.models import load_causal_lm
 
-    peft_model = get_peft_model(load_causal_lm(tiny_model, cache_dir), LoraConfig(r=2, target_modules=["q_proj"]))
-    peft_model.save_pretrained(tmp_path / "adapter")
-    sampler = HFSampler.load(tiny_model, cache_dir, adapter=str(tmp_path / "adapter"))
+    adapter = random_adapter(tiny_model, cache_dir, tmp_path / "adapter")
+    sampler = HFSampler.load(tiny_model, cache_dir, adapter=str(adapter), device="cpu")
     assert sampler.model_name == "tiny+adapter"
-    assert sampler.sample([user("hi")], SamplingParams(max_new_tokens=3, seed=0))[0].completion_tokens > 0
+    conversations = [user("hi"), user("Who are you?"), user("Tell me about the sea.")]
+    greedy = SamplingParams(temperature=0, max_new_tokens=8)
+    tuned = [c.text for c in sampler.sample(conversations, greedy)]
+    base = [c.text for c in tiny_sampler.sample(conversations, greedy)]
+    assert all(t != b for t, b in zip(tuned, base)), (tuned, base)
+    assert [c.text for c in sampler.sample(conversations, greedy)] == tuned  # greedy: the same every time
+    sampler.close()
     with pytest.raises(ModelNotFoundError, match="no adapter_config.json"):
         HFSampler.load(tiny_model, cache_dir, adapter=str(tmp_path / "missing"))
 
@@ -316,15 +330,18 @@ def test_sampler_for_role_resolves_a_named_model_config(compose_cfg):
 # ---------------------------------------------------------------------------------------------- tinker
 
 
-class FakeFuture:
-    """Mirrors the SDK's APIFuture: the answer is computed when `.result()` is called."""
+class FakeFuture(AwaitableConcurrentFuture):
+    """The SDK's own future class around a finished answer; `.result()` is counted (when the caller waits)."""
 
     def __init__(self, client: FakeSamplingClient, response):
-        self.client, self.response = client, response
+        future: Future = Future()
+        future.set_result(response)
+        super().__init__(future)
+        self.client = client
 
-    def result(self):
+    def result(self, timeout=None):
         self.client.results_taken += 1
-        return self.response
+        return super().result(timeout)
 
 
 class FakeSamplingClient:

@@ -137,7 +137,9 @@ def test_every_stage_and_group_option_is_offered_and_bad_overrides_are_one_line(
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("name", ["../../x", "../escape", "a/b", "Pirate", "with space", "", ".hidden", "x.json"])
+@pytest.mark.parametrize(
+    "name", ["../../x", "../escape", "a/b", "Pirate", "with space", "", ".hidden", "x.json", "x" * 300]
+)
 def test_editor_rejects_odd_names_and_writes_nothing(tmp_path: Path, name: str) -> None:
     folder = tmp_path / "constitutions"
     folder.mkdir()

@@ -17,6 +17,7 @@ from test_studio_logic import make_run
 from charlab.constitution import load_constitution
 from charlab.settings import project_root
 from charlab.studio import launcher
+from tests.conftest import random_adapter
 
 APP = str(project_root() / "charlab" / "studio" / "app.py")
 pytestmark = pytest.mark.integration
@@ -332,17 +333,17 @@ def test_data_preview_teacher_vs_student_and_browsing_pairs(studio: dict[str, Pa
 def test_chat_playground_answers_three_ways_with_a_tuned_adapter(
     studio: dict[str, Path], tiny_model, cache_dir
 ) -> None:
-    from peft import LoraConfig, get_peft_model
+    """Greedy replies: the tuned adapter (random, non-zero) answers differently from the base model.
 
-    from charlab.models import load_causal_lm
-
+    Injected bug: `chat_three_ways` sampling the tuned reply without the adapter -> tuned == base.
+    """
     run = make_run(studio["runs"], "pirate", "dpo")
-    peft_model = get_peft_model(load_causal_lm(tiny_model, cache_dir), LoraConfig(r=4, target_modules=["q_proj"]))
-    peft_model.save_pretrained(run / "adapter")
+    random_adapter(tiny_model, cache_dir, run / "adapter")
     at = open_page("playground")
     at.selectbox(key="chatgroup:model").set_value("tiny")
     at.selectbox(key="chat_adapter").set_value(str(run / "adapter"))
     at.number_input(key="chat_max").set_value(8).run()
+    at.slider(key="chat_t").set_value(0.0).run()
     at.text_area(key="chat_message").set_value("Who are you?")
     at.button(key="chat_send").click().run()
     assert not at.error, texts(at.error)
@@ -351,3 +352,4 @@ def test_chat_playground_answers_three_ways_with_a_tuned_adapter(
     replies = at.session_state["chat_history"][0]
     assert replies.prompt == "Who are you?" and replies.tuned is not None
     assert all(isinstance(t, str) for t in (replies.base, replies.base_with_prompt, replies.tuned))
+    assert replies.tuned != replies.base, replies

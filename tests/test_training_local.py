@@ -14,21 +14,26 @@ from charlab.chat_format import ChatFormat
 from charlab.data.records import DpoExample
 from charlab.schemas import LoraConfig
 from charlab.training.backend import TokenSequence
-from charlab.training.dpo import DpoAlgorithm, encode_pairs, interleave, split_eval
+from charlab.training.dpo import DpoAlgorithm, encode_pairs, interleave, split_eval, split_pairs
 from charlab.training.local import LocalBackend
 from charlab.training.loop import LoopConfig, Trainer, find_checkpoints
 
 pytestmark = pytest.mark.integration
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-TOPICS = ["the harbor", "bread", "the river", "a castle", "the weather", "my garden", "the library", "the ocean"]
+PLACES = ["harbor", "river", "castle", "garden", "library", "ocean", "market", "forest"]
+THINGS = ["bread", "weather", "music", "history", "tides", "maps"]
+TOPICS = [f"the {thing} of the {place}" for place in PLACES for thing in THINGS]  # 48 distinct topics
 
 
 def synthetic_pairs(n: int, seed: int = 0) -> list[DpoExample]:
-    """A separable preference set: the chosen reply always talks like a pirate, the rejected one never does."""
-    rng = random.Random(seed)
+    """A separable preference set: the chosen reply always talks like a pirate, the rejected one never does.
+
+    Every pair has its own topic, so a held-out pair's prompt and replies never occur in training.
+    """
+    assert n <= len(TOPICS)
+    topics = random.Random(seed).sample(TOPICS, n)
     pairs = []
-    for i in range(n):
-        topic = rng.choice(TOPICS)
+    for i, topic in enumerate(topics):
         pairs.append(
             DpoExample(
                 prompt=f"Tell me about {topic}.",
@@ -104,8 +109,13 @@ def test_padding_never_changes_logprobs_and_only_masked_targets_are_scored(tiny_
 def test_dpo_lowers_the_loss_raises_held_out_accuracy_and_runs_the_reference_once(
     tiny_model, cache_dir, pairs_items, tmp_path
 ) -> None:
+    """Held-out pairs are about topics never trained on (40 distinct topics), so accuracy on them measures a
+    learnt preference, not memorised pairs. Injected bug: `split_pairs` returning training pairs as the held-out
+    set -> the disjointness check fails (with 8 repeated topics, the old data could not tell)."""
     backend = CountingBackend(make_backend(tiny_model, cache_dir))
-    train, held = split_eval(pairs_items, 0.25, seed=0)
+    train, held = split_pairs(pairs_items, 0.25, seed=0)
+    texts = {item.index: item.chosen.tokens for item in pairs_items}
+    assert len(held) == 10 and not {texts[i.index] for i in train} & {texts[i.index] for i in held}
     algo = DpoAlgorithm(beta=0.1, nll_coef=0.1, cache_dir=tmp_path, model_identity="tiny")
     algo.prepare(backend, train + held)
     before = algo.evaluate(backend, held)
@@ -199,32 +209,107 @@ def test_a_crashed_run_resumes_to_the_same_final_loss(tiny_model, cache_dir, pai
     assert [p.name for p in find_checkpoints(tmp_path / "crashed" / "checkpoints")] == ["step-000006", "step-000008"]
 
 
-def test_grad_accumulation_and_checkpointing_do_not_change_the_maths(tiny_model, cache_dir, pairs_items, tmp_path):
-    def one_step(name: str, **backend_kw: Any) -> dict[str, torch.Tensor]:
-        grad_accum = backend_kw.pop("grad_accum", 1)
-        backend = make_backend(tiny_model, cache_dir, **backend_kw)
-        hf = backend.model.get_base_model()
-        checkpointing = getattr(hf, "is_activation_checkpointing", None)
+class GradientRecorder(CountingBackend):
+    """The real backend, keeping a copy of every LoRA gradient as each optimizer step sees it."""
+
+    def __init__(self, inner: LocalBackend):
+        super().__init__(inner)
+        self.grads: list[dict[str, torch.Tensor]] = []
+
+    def optim_step(self, params: Any) -> Any:
+        self.grads.append(
+            {
+                n: p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
+                for n, p in self.inner.model.named_parameters()
+                if p.requires_grad
+            }
+        )
+        return self.inner.optim_step(params)
+
+
+def test_grad_accumulation_and_checkpointing_give_the_same_gradients(tiny_model, cache_dir, pairs_items, tmp_path):
+    """The gradients of three steps, compared (not the parameters after one AdamW step: Adam's first update is
+    about lr * sign(g), blind to a gradient's scale, and a fresh LoRA's A has no gradient at all).
+
+    Injected bugs: micro-batch losses summed instead of weighted by their share of the step (grad_accum=4 gives
+    4x the gradient) -> "accumulated" fails; activation checkpointing without `preserve_rng_state` (the
+    recomputed forward draws new LoRA-dropout masks) -> "checkpointed" fails.
+    """
+
+    def gradients(name: str, grad_accum: int = 1, **backend_kw: Any) -> list[dict[str, torch.Tensor]]:
+        backend = GradientRecorder(make_backend(tiny_model, cache_dir, **backend_kw))
+        checkpointing = getattr(backend.model.get_base_model(), "is_activation_checkpointing", None)
         assert bool(checkpointing) == backend_kw.get("gradient_checkpointing", False)
         algo = DpoAlgorithm(beta=0.1, nll_coef=0.1, cache_dir=tmp_path, model_identity="tiny")
-        config = loop_config(max_steps=1, grad_accum=grad_accum, max_grad_norm=0.0)
+        config = loop_config(max_steps=3, grad_accum=grad_accum, max_grad_norm=0.0)
         Trainer(backend, algo, pairs_items, [], config, tmp_path / name).train()
-        return {n: p.detach().clone() for n, p in backend.model.named_parameters() if p.requires_grad}
+        return backend.grads
+
+    plain, plain_dropout = gradients("plain"), gradients("plain_dropout", dropout=0.1)
+    assert len(plain) == 3
+    assert all(g.abs().max() > 0 for g in plain[-1].values())  # after one step every LoRA matrix has a gradient
+    # with dropout the checkpointed layers must recompute the very masks of the first forward
+    checkpointed = gradients("checkpointed", dropout=0.1, gradient_checkpointing=True)
+    for name, reference, other in [
+        ("accumulated", plain, gradients("accumulated", grad_accum=4)),
+        ("checkpointed", plain_dropout, checkpointed),
+    ]:
+        assert len(other) == 3 and reference[0].keys() == other[0].keys()
+        for step, (expected, got) in enumerate(zip(reference, other), 1):
+            for key in expected:
+                torch.testing.assert_close(got[key], expected[key], atol=1e-7, rtol=1e-4, msg=f"{name} {step} {key}")
+
+
+def test_each_speed_technique_switched_off_gives_the_same_step(tiny_model, cache_dir, pairs_items, tmp_path):
+    """The benchmark's ablation rows change speed only: shared prompt rows off, the output head on every position,
+    the reference recomputed in every step, and PEFT's LoRA and a checkpointed head instead of the fused kernels
+    all give the same updated adapter.
+    Injected bugs: a per-step reference taken with the adapter on (the policy); a fused LoRA backward that forgets
+    the scaling in the gradient of B."""
+    from charlab.training import kernels
+
+    def one_step(name: str, shared: bool = True, trained_only: bool = True, cached: bool = True, fused: bool = True):
+        backend = make_backend(tiny_model, cache_dir)
+        assert backend.fused_lora and backend.fused_head
+        backend.share_prefixes, backend.trained_only = shared and backend.share_prefixes, trained_only
+        if not fused:
+            kernels.unfuse_lora(backend.model)
+            backend.fused_head = False
+        torch.manual_seed(1)
+        with torch.no_grad():  # a non-zero adapter, so policy and reference differ from the first step
+            for param in backend.trainable:
+                param.add_(0.05 * torch.randn_like(param))
+        algo = DpoAlgorithm(beta=0.1, nll_coef=0.1, cache_dir=None, cached_reference=cached)
+        config = loop_config(max_steps=1, grad_accum=2, max_grad_norm=0.0)
+        summary = Trainer(backend, algo, pairs_items, [], config, tmp_path / name).train()
+        weights = {n: p.detach().clone() for n, p in backend.model.named_parameters() if p.requires_grad}
+        return {"loss": summary.train["loss"], **weights}
 
     plain = one_step("plain")
-    for name, kw in [("accumulated", {"grad_accum": 4}), ("checkpointed", {"gradient_checkpointing": True})]:
+    for name, kw in [("unshared", {"shared": False}), ("all_positions", {"trained_only": False}),
+                     ("per_step_reference", {"cached": False}), ("unfused", {"fused": False})]:  # fmt: skip
         other = one_step(name, **kw)
-        assert plain.keys() == other.keys()
-        assert all(torch.allclose(plain[k], other[k], atol=1e-6) for k in plain), name
+        assert other["loss"] == pytest.approx(plain["loss"], abs=1e-5), name
+        assert all(torch.allclose(plain[k], other[k], atol=1e-6) for k in plain if k != "loss"), name
 
 
 def test_the_sampler_generates_with_the_trained_weights(tiny_model, cache_dir) -> None:
-    pytest.importorskip("charlab.generation.hf")
+    """Injected bugs: an import error in `charlab.generation.hf` (once a silent `importorskip`, now a failure);
+    `LocalBackend.sampler` sampling with the adapter disabled -> the same replies as the base model."""
     from charlab.generation.base import SamplingParams
 
-    sampler = make_backend(tiny_model, cache_dir).sampler(batch_size=2)
-    out = sampler.sample([[{"role": "user", "content": "Hi"}]] * 2, SamplingParams(max_new_tokens=5, seed=0))
-    assert len(out) == 2 and all(isinstance(c.text, str) for c in out)
+    backend = make_backend(tiny_model, cache_dir)
+    torch.manual_seed(0)
+    with torch.no_grad():  # stands in for training: a fresh LoRA (B = 0) would say exactly what the base says
+        for name, param in backend.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.5)
+    conversations = [[{"role": "user", "content": q}] for q in ("Hi", "Who are you?", "Tell me about the sea.")]
+    greedy = SamplingParams(temperature=0, max_new_tokens=8)
+    tuned = [c.text for c in backend.sampler(batch_size=2).sample(conversations, greedy)]
+    with backend.model.disable_adapter():
+        base = [c.text for c in backend.sampler(batch_size=2).sample(conversations, greedy)]
+    assert all(t != b for t, b in zip(tuned, base)), (tuned, base)
 
 
 def test_a_pair_sharing_its_prompt_in_one_row_scores_as_if_alone(tiny_model, cache_dir, pairs_items) -> None:
@@ -251,3 +336,29 @@ def test_a_pair_sharing_its_prompt_in_one_row_scores_as_if_alone(tiny_model, cac
     for n, p in backend.model.named_parameters():
         if p.requires_grad:
             assert torch.allclose(grads[n], p.grad, atol=1e-5), n
+
+
+def test_dpo_trains_a_real_gpt2_through_its_own_layer_names(tiny_model, cache_dir, tiny_tokenizer, tmp_path) -> None:
+    """The default LoRA targets (Llama names) on a real GPT-2 (random weights, the tiny tokenizer): every block's
+    Conv1D layer gets a LoRA and DPO learns. Injected bug: no GPT-2 names in the alias table -> ConfigError."""
+    import shutil
+
+    from charlab.schemas import ModelConfig
+    from tests.test_training_unit import lora_layers, tiny_gpt2
+
+    folder = tmp_path / "gpt2-tiny"
+    tiny_gpt2(vocab_size=len(tiny_tokenizer)).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(Path(tiny_model.name_or_path) / name, folder / name)
+    gpt2 = ModelConfig(name="gpt2-tiny", name_or_path=str(folder))
+    lora = LoraConfig(rank=8, alpha=16, dropout=0.0, target_modules=list(ALL_LINEAR))
+    backend = LocalBackend.create(gpt2, lora, cache_dir, device="cpu")
+    blocks = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    assert lora_layers(backend.model) == sorted(f"transformer.h.{i}.{layer}" for i in range(2) for layer in blocks)
+    items, _ = encode_pairs(ChatFormat(backend.tokenizer), synthetic_pairs(16), max_length=64)
+    algo = DpoAlgorithm(beta=0.1, cache_dir=tmp_path, model_identity="gpt2-tiny")
+    history: list[dict] = []
+    config = loop_config(epochs=3, batch_size=8)
+    Trainer(backend, algo, items, [], config, tmp_path / "ck", lambda m, s: history.append(m)).train()
+    losses = [m["loss"] for m in history if "loss" in m]
+    assert len(losses) == 6 and losses[-1] < losses[0] - 0.1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -149,35 +150,48 @@ def test_loop_settings_fail_with_one_line(change: dict, message: str) -> None:
     assert "\n" not in str(err.value)
 
 
-class GptLike(torch.nn.Module):
-    """GPT-2-style names: a fused qkv `c_attn`, `c_proj`, `c_fc`, plus the output head."""
+def tiny_gpt2(vocab_size: int = 100, seed: int = 0) -> Any:
+    """A real GPT-2 (transformers' GPT2LMHeadModel, random weights): per block Conv1D `attn.c_attn` (fused qkv),
+    `attn.c_proj`, `mlp.c_fc` and `mlp.c_proj`; nothing is downloaded."""
+    from transformers import GPT2Config, GPT2LMHeadModel
 
-    def __init__(self) -> None:
-        super().__init__()
-        block = torch.nn.Module()
-        block.attn = torch.nn.Module()
-        block.attn.c_attn = torch.nn.Linear(4, 12)
-        block.attn.out_proj = torch.nn.Linear(4, 4)
-        block.mlp = torch.nn.Module()
-        block.mlp.c_fc = torch.nn.Linear(4, 8)
-        block.mlp.fc2 = torch.nn.Linear(8, 4)
-        self.h = torch.nn.ModuleList([block])
-        self.lm_head = torch.nn.Linear(4, 10)
+    torch.manual_seed(seed)
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=64, vocab_size=vocab_size)
+    return GPT2LMHeadModel(config).eval()
 
 
-def test_lora_targets_resolve_per_architecture_and_never_silently_miss() -> None:
-    model = GptLike()
-    assert resolve_target_modules(model, ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]) == [
-        "c_attn",
-        "out_proj",
-        "c_fc",
-        "fc2",
-    ]
-    with pytest.raises(ConfigError, match="'gate_proj' matches no linear layer of model 'gpt'") as err:
-        resolve_target_modules(model, ["q_proj", "gate_proj"], "gpt")
+def lora_layers(model: Any) -> list[str]:
+    from peft.tuners.lora import LoraLayer
+
+    return sorted(n.removeprefix("base_model.model.") for n, m in model.named_modules() if isinstance(m, LoraLayer))
+
+
+def test_lora_targets_on_a_real_gpt2_adapt_every_block_layer_once() -> None:
+    """Injected bugs: no GPT-2 names in the alias table (o_proj -> ConfigError); the leaf `c_proj` as the alias of
+    both o_proj and down_proj (asking for o_proj adapts the MLP's c_proj too); gate_proj an error on an ungated MLP."""
+    from peft import LoraConfig, get_peft_model
+
+    all_linear = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    targets = resolve_target_modules(tiny_gpt2(), all_linear, "gpt2")
+    assert targets == ["c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"]
+    model = get_peft_model(tiny_gpt2(), LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
+    blocks = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    assert lora_layers(model) == sorted(f"transformer.h.{i}.{layer}" for i in range(2) for layer in blocks)
+    ids = torch.tensor([[5, 17, 3, 42, 8, 99]])
+    with torch.no_grad():
+        tuned = model(ids).logits
+        with model.disable_adapter():
+            base = model(ids).logits
+    assert (tuned - base).abs().max() > 1e-3  # the LoRA on Conv1D (transposed weights) is applied
+    only_attention = resolve_target_modules(tiny_gpt2(), ["o_proj"], "gpt2")
+    assert only_attention == ["attn.c_proj"]
+    model = get_peft_model(tiny_gpt2(), LoraConfig(r=2, target_modules=only_attention))
+    assert lora_layers(model) == ["transformer.h.0.attn.c_proj", "transformer.h.1.attn.c_proj"]
+    with pytest.raises(ConfigError, match="'w_nothing' matches no linear layer of model 'gpt2'") as err:
+        resolve_target_modules(tiny_gpt2(), ["q_proj", "w_nothing"], "gpt2")
     assert "c_attn" in str(err.value) and "lm_head" not in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="target_modules is empty"):
-        resolve_target_modules(model, [])
+        resolve_target_modules(tiny_gpt2(), [])
 
 
 def test_lora_targets_on_the_tiny_llama_are_its_own_names(tiny_model, cache_dir) -> None:
@@ -186,6 +200,8 @@ def test_lora_targets_on_the_tiny_llama_are_its_own_names(tiny_model, cache_dir)
     model = load_causal_lm(tiny_model, cache_dir)
     names = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     assert resolve_target_modules(model, names) == names
+    with pytest.raises(ConfigError, match="'gate_prj' matches no linear layer"):  # a typo is never skipped
+        resolve_target_modules(model, ["q_proj", "gate_prj"])
 
 
 def test_rows_share_a_prompt_between_neighbours_and_mask_the_branches_apart() -> None:

@@ -20,12 +20,19 @@ R = TypeVar("R")
 
 
 def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Objects of a JSONL file; blank lines skipped; a malformed line is a one-line `DataError`."""
+    """Objects of a JSONL file; blank lines skipped; a malformed or non-UTF-8 line is a one-line `DataError`."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(
+                    f"{path}: line {lineno} is not UTF-8 text (byte {raw[err.start]:#04x} at column {err.start + 1}); "
+                    "JSONL files must be UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:

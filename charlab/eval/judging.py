@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 from charlab.data.jsonl import JsonlWriter, done_ids, iter_jsonl
 from charlab.errors import ConfigError
 from charlab.eval.judge import OK, parse_verdict
-from charlab.generation.base import ChoiceScorer, Message, Sampler, SamplingParams
+from charlab.eval.sampling import SampleJob, sample_to_jsonl
+from charlab.generation.base import ChoiceScorer, Completion, Message, Sampler, SamplingParams
 
 LOGPROB, TOP_LOGPROBS, TEXT, UNPARSEABLE = "logprob", "top_logprobs", "text", "unparseable"
 VERDICT_MODES = (LOGPROB, TOP_LOGPROBS, TEXT, UNPARSEABLE)  # how each verdict was reached (last: none was)
@@ -152,7 +153,20 @@ def judge_to_jsonl(
     desc: str = "judging",
     on_batch: Optional[Callable[[int, int], None]] = None,
 ) -> dict[str, dict[str, Any]]:
-    """Judge every question not yet in `path`, appending `{id, **meta, verdict fields}` rows; all rows by id."""
+    """Judge every question not yet in `path`, appending `{id, **meta, verdict fields}` rows; all rows by id.
+
+    A judge that generates streams its questions (an API judge keeps its `max_concurrency` in flight, each
+    verdict appended as it returns); one that scores choices locally goes `batch_size` at a time.
+    """
+    if not judge.scores:
+        by_id = {q.id: q for q in questions}
+        jobs = [SampleJob(q.id, q.messages, {**q.meta, "choices": q.choices}) for q in questions]
+
+        def to_row(job: SampleJob, completion: Completion) -> dict[str, Any]:
+            verdict = text_verdict(by_id[job.id], completion.text, completion.logprobs)
+            return {"id": job.id, **job.meta, **verdict}
+
+        return sample_to_jsonl(judge.sampler, jobs, judge.params, path, batch_size, desc, on_batch, to_row)
     path = Path(path)
     done = done_ids(path)
     pending = [q for q in questions if q.id not in done]

@@ -1,11 +1,15 @@
 """The `Sampler` interface every generation provider implements.
 
 Conversations (lists of `{"role", "content"}` messages) go in, completions come out in the same order.
-A provider decides batching and concurrency itself; callers only pass lists.
+A provider decides batching and concurrency itself; callers only pass lists. A provider that can take one
+request at a time (an API) also implements `StreamingSampler`, which `charlab.generation.streaming` uses to
+keep its `max_concurrency` requests in flight.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Optional, Protocol, runtime_checkable
 
@@ -33,12 +37,13 @@ class SamplingParams:
 
 @dataclass
 class Completion:
-    """One reply: its text, why it ended ("stop" or "length"), and token counts."""
+    """One reply: its text, why it ended ("stop" or "length"), token counts, and retries it took."""
 
     text: str
     finish_reason: str = "stop"
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    retries: int = 0
     # With `SamplingParams.top_logprobs`: per generated token {"token": text, "logprob": its log-probability,
     # "top": {token text: logprob}}; None where the provider cannot send them.
     logprobs: Optional[list[dict]] = None
@@ -56,6 +61,24 @@ class Sampler(Protocol):
 
     def close(self) -> None:
         """Free the model / connections."""
+        ...
+
+
+Complete = Callable[[list[Message], SamplingParams], Awaitable[Completion]]
+
+
+@runtime_checkable
+class StreamingSampler(Sampler, Protocol):
+    """A sampler that also completes single requests concurrently (API providers)."""
+
+    max_concurrency: int
+
+    def session(self) -> AbstractAsyncContextManager[Complete]:
+        """An async context (connections open) yielding `complete(messages, params)` for one request.
+
+        `params.seed` is used as given (the caller has already made it per request). Callers keep at most
+        `max_concurrency` requests in flight.
+        """
         ...
 
 

@@ -14,16 +14,29 @@ it is the likelihood ratio, the statistic that tells the two apart best (Neyman-
     score = lambda conversations, candidates: [[len(c.text) for c in cands] for cands in candidates]
     teacher = BestOfSampler(teacher, n=4, score=persona_contrast(teacher), scorer_name="contrast")
     best = teacher.sample(conversations, params)[0]     # best.score, best.candidate_scores, best.picked
+
+`best_of_sampler(...)` picks the form that fits the wrapped sampler: over an API provider the wrapper streams
+(`StreamingBestOfSampler`: each request draws its candidates concurrently, then scores them).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from charlab.errors import ConfigError
-from charlab.generation.base import ChoiceScorer, Completion, Message, Sampler, SamplingParams
+from charlab.generation.base import (
+    ChoiceScorer,
+    Complete,
+    Completion,
+    Message,
+    Sampler,
+    SamplingParams,
+    StreamingSampler,
+)
 from charlab.generation.text import derive_seed
 
 # (conversations, per conversation its candidates) -> per conversation one score per candidate; higher is better
@@ -71,6 +84,9 @@ class BestOfSampler:
             for j in range(self.n)
         ]
         candidates = [[draw[i] for draw in draws] for i in range(len(conversations))]
+        return self._best(conversations, candidates)
+
+    def _best(self, conversations: Sequence[list[Message]], candidates: list[list[Completion]]) -> list[Completion]:
         scores = self.score(conversations, candidates)
         if len(scores) != len(conversations) or any(len(s) != self.n for s in scores):
             raise ValueError(f"best-of scorer returned {[len(s) for s in scores]} scores, wanted {self.n} per reply")
@@ -92,6 +108,37 @@ class BestOfSampler:
     def close(self) -> None:
         """Close the wrapped sampler."""
         self.inner.close()
+
+
+class StreamingBestOfSampler(BestOfSampler):
+    """`BestOfSampler` over a `StreamingSampler`: one request of the stream draws its `n` candidates at once.
+
+    It takes `max_concurrency // n` requests, so the wrapped provider still sees at most its own limit; the
+    score runs in a worker thread (a judge's own requests must not wait on this event loop).
+    """
+
+    def __init__(self, inner: StreamingSampler, n: int, score: ScoreFn, scorer_name: str = ""):
+        super().__init__(inner, n, score, scorer_name)
+        self.max_concurrency = max(1, inner.max_concurrency // self.n)
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[Complete]:
+        async with self.inner.session() as complete:  # type: ignore[attr-defined]
+
+            async def best(messages: list[Message], params: SamplingParams) -> Completion:
+                draws = [complete(messages, replace(params, seed=derive_seed(params.seed, "best_of", j)))
+                         for j in range(self.n)]  # fmt: skip
+                candidates = [list(await asyncio.gather(*draws))]
+                return (await asyncio.to_thread(self._best, [messages], candidates))[0]
+
+            yield best
+
+
+def best_of_sampler(inner: Sampler, n: int, score: ScoreFn, scorer_name: str = "") -> BestOfSampler:
+    """The best-of-`n` wrapper that fits `inner`: streaming for an API provider, batched for a local one."""
+    if isinstance(inner, StreamingSampler):
+        return StreamingBestOfSampler(inner, n, score, scorer_name)
+    return BestOfSampler(inner, n, score, scorer_name)
 
 
 def _rounded(value: float) -> float | None:

@@ -56,12 +56,25 @@ def sampling_params(provider: dict[str, Any]) -> SamplingParams:
     return params
 
 
-def local_model_key(provider: dict[str, Any], model: ModelConfig, adapter: Optional[str] = None) -> Optional[tuple]:
-    """For `hf` providers: what decides the loaded weights (equal keys can share one loaded model)."""
-    if provider.get("kind") != "hf":
-        return None
-    resolved = provider_model(provider, model)
-    return (resolved.name_or_path, adapter or provider.get("adapter"), provider.get("device"), provider.get("dtype"))
+SAMPLING_KEYS = ("temperature", "top_p", "max_new_tokens", "stop", "seed")
+
+
+def sampler_key(provider: dict[str, Any], model: ModelConfig, adapter: Optional[str] = None) -> Optional[tuple]:
+    """What decides the sampler a provider builds; two roles with equal keys can share one sampler.
+
+    `hf`: the loaded weights (model, adapter, device, dtype). `openai`/`tinker`: the endpoint, model and
+    connection settings, so one `max_concurrency` bounds both roles. Sampling settings are not part of it:
+    they travel with each request. None for an unknown kind.
+    """
+    kind = provider.get("kind")
+    if kind == "hf":
+        resolved = provider_model(provider, model)
+        return (kind, resolved.name_or_path, adapter or provider.get("adapter"), provider.get("device"),
+                provider.get("dtype"))  # fmt: skip
+    if kind in ("openai", "tinker"):
+        rest = sorted((k, str(v)) for k, v in provider.items() if k not in SAMPLING_KEYS)
+        return (kind, adapter, *rest)
+    return None
 
 
 def make_sampler(

@@ -14,8 +14,10 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Optional, Protocol
+
+from charlab.errors import EmptyOutputError
 
 # Model families and who makes them: a teacher that names either as itself leaks its identity.
 MAKERS = {
@@ -206,3 +208,43 @@ def screen_reply(
     if f.identity_leak and leak_aliases is not None and identity_leak(text, list(leak_aliases)):
         return text, "identity_leak"
     return text, None
+
+
+# ---------------------------------------------------------------------------------------------- nothing kept
+
+# What to change when a filter drops every reply ({role}: the provider that wrote the reply).
+LOOSEN = {
+    "empty": "check {role}.stop and raise {role}.max_new_tokens",
+    "truncated": "raise {role}.max_new_tokens or set stage.filters.trim_truncated=true",
+    "unclosed_reasoning": "raise {role}.max_new_tokens (the reasoning never closed) or check stage.reasoning_markers",
+    "repetition": "lower stage.filters.min_distinct_ngrams or set stage.filters.repetition=false",
+    "too_long": "raise data.max_length or set stage.filters.too_long=false",
+    "identity_leak": "set stage.filters.identity_leak=false",
+}
+SIDES = {"chosen": "teacher", "rejected": "student", "turn": None}  # reason prefixes distill/introspect write
+
+
+def nothing_kept(stage: str, records: str, dropped: Path, role: str) -> EmptyOutputError:
+    """The one-line error of a stage that kept nothing: the filter counts in `dropped` and the settings to change.
+
+    Each row of the dropped file names its reason (`chosen_truncated`, `turn_repetition`, ...); `role` is the
+    provider that wrote the replies when a reason does not say (introspection: `student`).
+    """
+    from charlab.data.jsonl import iter_jsonl
+
+    rows = iter_jsonl(dropped) if dropped.is_file() else []
+    ranked = Counter(str(row.get("reason")) for row in rows).most_common()
+    if not ranked:
+        return EmptyOutputError(f"{stage} had no {records} to generate: raise its data.* counts")
+    fixes: list[str] = []
+    for reason, _ in ranked:
+        side, _, name = reason.partition("_")
+        who = SIDES.get(side, role) or role
+        fix = LOOSEN.get(name if side in SIDES else reason, "loosen stage.filters").format(role=who)
+        if fix not in fixes:
+            fixes.append(fix)
+    counts = ", ".join(f"{reason} {n}" for reason, n in ranked)
+    return EmptyOutputError(
+        f"{stage} kept 0 of {sum(n for _, n in ranked)} {records}: every one was dropped by a filter ({counts}; "
+        f"see {dropped}); " + "; ".join(fixes) + "; then start a new run (a resumed one skips what was dropped)"
+    )

@@ -3,15 +3,17 @@
 For every prompt and sample index the teacher gets the persona's system prompt and the student none, both
 through their `Sampler` (so through the one chat format). Each pair is post-processed and filtered
 (`charlab.generation.filters`); kept pairs go to `pairs.jsonl` as `DpoExample`s and dropped ones to
-`dropped.jsonl` with their reason, so a resumed run skips both. Work goes in chunks of `save_interval`
-pairs, each chunk appended as whole lines before the next starts: a crash loses at most one chunk.
+`dropped.jsonl` with their reason, so a resumed run skips both. Requests stream
+(`charlab.generation.streaming`): API providers keep `max_concurrency` requests in flight, local `hf` ones
+get batches of up to `save_interval`, and each pair is appended as one whole line the moment both of its
+replies are back, so a crash loses only pairs still in flight.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -30,6 +32,7 @@ from charlab.generation.filters import (
     strip_reasoning,
     substitute_name,
 )
+from charlab.generation.streaming import Request, RequestStream
 from charlab.generation.text import derive_seed
 
 
@@ -65,6 +68,7 @@ class DistillStats:
     trimmed: int = 0
     tokens: Counter = field(default_factory=Counter)
     seconds: float = 0.0
+    stream: dict[str, Any] = field(default_factory=dict)  # the request stream's numbers (`StreamStats.as_dict`)
 
     @property
     def processed(self) -> int:
@@ -84,6 +88,7 @@ class DistillStats:
             "tokens": dict(sorted(self.tokens.items())),
             "seconds": round(self.seconds, 2),
             "pairs_per_second": round(processed / self.seconds, 3) if self.seconds else 0.0,
+            "stream": self.stream,
         }
 
 
@@ -91,54 +96,68 @@ def run_distill(
     job: DistillJob,
     pairs_path: Path,
     dropped_path: Path,
-    on_chunk: Optional[Callable[[DistillStats, list[DpoExample]], None]] = None,
+    on_progress: Optional[Callable[[DistillStats, list[DpoExample]], None]] = None,
 ) -> DistillStats:
-    """Generate, filter and append every pair not yet in `pairs_path`/`dropped_path`; return the counts."""
+    """Generate, filter and append every pair not yet in `pairs_path`/`dropped_path`; return the counts.
+
+    Teacher and student requests of every pair stream through one `RequestStream`; a pair is judged and
+    appended (one whole line) the moment its second reply returns. `on_progress(stats, kept)` is called
+    every `save_interval` pairs and at the end, with the pairs kept since its previous call.
+    """
     done = done_ids(pairs_path) | done_ids(dropped_path)
-    # sample index outermost: a chunk then holds one sample index, which keeps replies to repeats distinct
+    # sample index outermost: every prompt's first sample comes before any second one
     everything = [(p, k) for k in range(job.samples_per_prompt) for p in job.prompts]
     todo = [(p, k) for p, k in everything if record_id(p.id, k) not in done]
     stats = DistillStats(total=len(everything), already_done=len(everything) - len(todo))
+    halves: dict[str, dict[str, Completion]] = {}
+    kept_since: list[DpoExample] = []
+    stream = RequestStream(window=job.save_interval)
     start = time.time()
     with (
-        JsonlWriter(pairs_path, flush_every=job.save_interval) as kept_out,
-        JsonlWriter(dropped_path, flush_every=job.save_interval) as dropped_out,
+        JsonlWriter(pairs_path) as kept_out,
+        JsonlWriter(dropped_path) as dropped_out,
         tqdm(total=len(todo), desc="distill", unit="pair", mininterval=1.0) as bar,
     ):
-        for offset in range(0, len(todo), job.save_interval):
-            chunk = todo[offset : offset + job.save_interval]
-            kept_rows = []
-            for (prompt, k), chosen, rejected in zip(chunk, *_sample_chunk(job, chunk)):
-                row, reason = _judge(job, prompt, k, chosen, rejected, stats)
-                if reason is None:
-                    kept_rows.append(row)
-                    kept_out.write(row)
-                else:
-                    dropped_out.write({**asdict(row), "reason": reason})
-            kept_out.flush()
-            dropped_out.flush()
+
+        def on_reply(request: Request, completion: Completion) -> None:
+            prompt, k, side = request.tag
+            got = halves.setdefault(record_id(prompt.id, k), {})
+            got[side] = completion
+            if len(got) < 2:
+                return
+            del halves[record_id(prompt.id, k)]
+            row, reason = _judge(job, prompt, k, got["teacher"], got["student"], stats)
+            if reason is None:
+                kept_out.write(row)  # one whole line, appended now
+                kept_since.append(row)
+            else:
+                dropped_out.write({**asdict(row), "reason": reason})
             stats.seconds = time.time() - start
-            bar.update(len(chunk))
-            bar.set_postfix(kept=stats.kept, dropped=sum(stats.dropped.values()))
-            if on_chunk is not None:
-                on_chunk(stats, kept_rows)
+            bar.update(1)
+            dropped = sum(stats.dropped.values())
+            bar.set_postfix(kept=stats.kept, dropped=dropped, **stream.stats.postfix(), refresh=False)
+            if on_progress is not None and (stats.processed % job.save_interval == 0 or stats.processed == len(todo)):
+                on_progress(stats, kept_since[:])
+                kept_since.clear()
+
+        stats.stream = stream.run(_requests(job, todo), on_reply).as_dict()
     stats.seconds = time.time() - start
     return stats
 
 
-def _sample_chunk(job: DistillJob, chunk: list[tuple[PromptRecord, int]]) -> tuple[list[Completion], list[Completion]]:
-    """Teacher and student replies for one chunk, one sampler call per side and sample index."""
-    teacher: list[Optional[Completion]] = [None] * len(chunk)
-    student: list[Optional[Completion]] = [None] * len(chunk)
-    for k in sorted({k for _, k in chunk}):
-        rows = [i for i, (_, kk) in enumerate(chunk) if kk == k]
-        t_params = replace(job.teacher_params, seed=derive_seed(job.teacher_params.seed, "sample", k))
-        s_params = replace(job.student_params, seed=derive_seed(job.student_params.seed, "sample", k))
-        t_out = job.teacher.sample([make_messages(chunk[i][0].text, system=job.system_prompt) for i in rows], t_params)
-        s_out = job.student.sample([make_messages(chunk[i][0].text) for i in rows], s_params)
-        for i, t, s in zip(rows, t_out, s_out):
-            teacher[i], student[i] = t, s
-    return teacher, student  # type: ignore[return-value]
+def _requests(job: DistillJob, todo: list[tuple[PromptRecord, int]]) -> Iterator[Request]:
+    """Teacher then student request of each pair, in order (the stream decides when each goes out)."""
+    params: dict[int, tuple[SamplingParams, SamplingParams]] = {}
+    for prompt, k in todo:
+        if k not in params:
+            params[k] = (
+                replace(job.teacher_params, seed=derive_seed(job.teacher_params.seed, "sample", k)),
+                replace(job.student_params, seed=derive_seed(job.student_params.seed, "sample", k)),
+            )
+        teacher, student = params[k]
+        system = job.system_prompt
+        yield Request(job.teacher, make_messages(prompt.text, system=system), teacher, (prompt, k, "teacher"))
+        yield Request(job.student, make_messages(prompt.text), student, (prompt, k, "student"))
 
 
 def _judge(

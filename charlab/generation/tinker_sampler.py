@@ -2,7 +2,8 @@
 
 Conversations become tokens through `ChatFormat` with the model's own Hugging Face tokenizer (the one chat
 format, also remotely); the service only sees token ids. All requests are submitted before any result is
-awaited (at most `max_concurrency` in flight), because the service batches what it has queued.
+awaited (at most `max_concurrency` in flight), because the service batches what it has queued; `session`
+takes single requests for streaming (`charlab.generation.streaming`).
 
     sampler = TinkerSampler.create(base_model="Qwen/Qwen3-8B", tokenizer=tokenizer)
     sampler = TinkerSampler.create(checkpoint="tinker://<run>/sampler_weights/final", tokenizer=tokenizer)
@@ -12,13 +13,17 @@ Tests drive `TinkerSampler(client, tokenizer, ...)` with a `FakeSamplingClient` 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any, Optional
 
 from charlab.chat_format import ChatFormat
 from charlab.errors import ProviderError
-from charlab.generation.base import Completion, Message, SamplingParams
+from charlab.generation.base import Complete, Completion, Message, SamplingParams
 from charlab.generation.text import request_seeds, truncate_at_stop
 
 
@@ -84,32 +89,46 @@ class TinkerSampler:
         """One completion per conversation, in order; requests go out together and are gathered."""
         if not conversations:
             return []
-        types = _tinker().types
-        prefill = self.chat.encode_text(params.prefill) if params.prefill else []
         seeds = request_seeds(params.seed, conversations)
-        prompts = [self.chat.encode_prompt(messages) + prefill for messages in conversations]
-        in_flight: deque[tuple[int, Any]] = deque()
-        results: list[Optional[Completion]] = [None] * len(prompts)
+        in_flight: deque[tuple[int, int, Any]] = deque()
+        results: list[Optional[Completion]] = [None] * len(conversations)
 
         def collect() -> None:
-            index, future = in_flight.popleft()
-            results[index] = self._completion(len(prompts[index]), future.result(), params)
+            index, prompt_len, future = in_flight.popleft()
+            results[index] = self._completion(prompt_len, future.result(), params)
 
-        for index, (tokens, seed) in enumerate(zip(prompts, seeds)):
+        for index, (messages, seed) in enumerate(zip(conversations, seeds)):
             if len(in_flight) >= self.max_concurrency:
                 collect()
-            sampling = types.SamplingParams(
-                max_tokens=params.max_new_tokens,
-                temperature=params.temperature,
-                top_p=params.top_p,
-                stop=list(self.stop_ids),  # end-of-turn ids; stop strings are cut on this side
-                seed=seed,
-            )
-            prompt = types.ModelInput.from_ints(tokens)
-            in_flight.append((index, self.client.sample(prompt=prompt, num_samples=1, sampling_params=sampling)))
+            in_flight.append((index, *self._submit(messages, replace(params, seed=seed))))
         while in_flight:
             collect()
         return results  # type: ignore[return-value]
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[Complete]:
+        """Single requests for streaming (`StreamingSampler`): submitted at once, awaited without a thread."""
+
+        async def complete(messages: list[Message], params: SamplingParams) -> Completion:
+            prompt_len, future = self._submit(messages, params)
+            response = await asyncio.wrap_future(future.future())  # the SDK's APIFuture as a concurrent future
+            return self._completion(prompt_len, response, params)
+
+        yield complete
+
+    def _submit(self, messages: list[Message], params: SamplingParams) -> tuple[int, Any]:
+        """Send one request (seed as given); (prompt length, the SDK's future)."""
+        types = _tinker().types
+        tokens = self.chat.encode_prompt(messages) + (self.chat.encode_text(params.prefill) if params.prefill else [])
+        sampling = types.SamplingParams(
+            max_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            stop=list(self.stop_ids),  # end-of-turn ids; stop strings are cut on this side
+            seed=params.seed,
+        )
+        prompt = types.ModelInput.from_ints(tokens)
+        return len(tokens), self.client.sample(prompt=prompt, num_samples=1, sampling_params=sampling)
 
     def _completion(self, prompt_len: int, response: Any, params: SamplingParams) -> Completion:
         sequence = response.sequences[0]

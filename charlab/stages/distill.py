@@ -25,9 +25,9 @@ from charlab.data.prompts import PromptRecord, PromptSpec, build_prompt_set, rea
 from charlab.data.records import DpoExample
 from charlab.errors import ConfigError, DataError
 from charlab.generation.base import ChoiceScorer, Sampler
-from charlab.generation.best_of import BestOfSampler, persona_contrast
-from charlab.generation.factory import local_model_key, sampling_params
-from charlab.generation.filters import FilterConfig, model_aliases
+from charlab.generation.best_of import BestOfSampler, best_of_sampler, persona_contrast
+from charlab.generation.factory import sampler_key, sampling_params
+from charlab.generation.filters import FilterConfig, model_aliases, nothing_kept
 from charlab.generation.pairs import DistillJob, DistillStats, run_distill
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_json
@@ -86,7 +86,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     student: Optional[Sampler] = None
     judge: Optional[Sampler] = None
     try:
-        student = teacher if _shares_weights(cfg, "student") else sampler_for_role(cfg, "student")
+        student = teacher if _same_sampler(cfg, "student") else sampler_for_role(cfg, "student")
         prompts = _prompts(cfg, run, persona, teacher if stage.expansion_provider == "teacher" else student)
         chooser: Sampler = teacher
         if stage.best_of > 1:
@@ -94,13 +94,13 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         job = _job(cfg, persona, prompts, chooser, student)
         table: list[DpoExample] = []
 
-        def on_chunk(stats: DistillStats, kept: list[DpoExample]) -> None:
+        def on_progress(stats: DistillStats, kept: list[DpoExample]) -> None:
             table.extend(kept[: max(0, stage.sample_table_rows - len(table))])
             numbers = stats.as_dict()
             metrics = {f"distill/{k}": numbers[k] for k in ("kept", "dropped", "processed", "kept_fraction")}
             run.log_metrics({**metrics, "distill/pairs_per_second": numbers["pairs_per_second"]}, step=stats.processed)
 
-        stats = run_distill(job, run.path("pairs.jsonl"), run.path("dropped.jsonl"), on_chunk=on_chunk)
+        stats = run_distill(job, run.path("pairs.jsonl"), run.path("dropped.jsonl"), on_progress=on_progress)
     finally:
         for sampler in {id(s): s for s in (teacher, student, judge) if s is not None}.values():
             sampler.close()  # each loaded model once
@@ -152,11 +152,15 @@ def _prepare_resume(stage: DictConfig, run: Run) -> None:
     log.info("resuming from %s", source_pairs)
 
 
-def _shares_weights(cfg: DictConfig, role: str) -> bool:
-    """`role` (student or judge) is the teacher's local model: load it once (the prompts are the only difference)."""
+def _same_sampler(cfg: DictConfig, role: str) -> bool:
+    """`role` (student or judge) is the teacher's model behind the same provider: one sampler serves both.
+
+    A local model is then loaded once; an API endpoint gets one connection pool and one `max_concurrency`
+    limit for both roles (sampling settings travel with each request, so they may still differ).
+    """
     model = model_config(cfg.model)
-    key = local_model_key(to_plain(cfg.teacher), model)
-    return key is not None and key == local_model_key(to_plain(cfg[role]), model)
+    key = sampler_key(to_plain(cfg.teacher), model)
+    return key is not None and key == sampler_key(to_plain(cfg[role]), model)
 
 
 def _best_of(cfg: DictConfig, persona: Constitution, teacher: Sampler) -> tuple[Sampler, Optional[Sampler]]:
@@ -173,11 +177,11 @@ def _best_of(cfg: DictConfig, persona: Constitution, teacher: Sampler) -> tuple[
                 f"{type(teacher).__name__} teacher cannot: use stage.best_of_scorer=judge"
             )
         return BestOfSampler(teacher, n, persona_contrast(teacher), scorer_name=f"contrast:{teacher.model_name}"), None
-    judge_sampler = teacher if _shares_weights(cfg, "judge") else sampler_for_role(cfg, "judge")
+    judge_sampler = teacher if _same_sampler(cfg, "judge") else sampler_for_role(cfg, "judge")
     ev = cfg.eval
     judge = Judge(judge_sampler, sampling_params(to_plain(cfg.judge)), str(ev.judge_mode), int(ev.judge_top_logprobs))
     scorer = JudgePersonaScorer(judge, persona_description(persona, cfg.persona.assistant_name))
-    return BestOfSampler(teacher, n, scorer, scorer_name=f"judge:{judge_sampler.model_name}"), judge_sampler
+    return best_of_sampler(teacher, n, scorer, scorer_name=f"judge:{judge_sampler.model_name}"), judge_sampler
 
 
 def _prompts(cfg: DictConfig, run: Run, persona: Constitution, expander: Sampler) -> list[PromptRecord]:
@@ -299,8 +303,8 @@ def _finish(
     if table:
         rows = [[r.id, r.source, r.prompt, r.chosen, r.rejected] for r in table]
         run.tracker.log_table("distill/samples", ["id", "source", "prompt", "chosen", "rejected"], rows)
-    if summary["pairs_in_file"] == 0:
-        log.warning("distill: no pair was kept; see dropped.jsonl and loosen stage.filters or raise max_new_tokens")
+    if summary["pairs_in_file"] == 0:  # DPO would only fail later with "file is empty": stop here, say why
+        raise nothing_kept("distill", "pairs", dropped, role="teacher")
     return StageResult(
         metric=summary["kept_fraction_total"],
         metric_name="kept_fraction_total",

@@ -147,6 +147,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
             train=summary.train,
             eval=summary.eval,
             reference_cache=str(algorithm.cache_path) if algorithm.cache_path else None,
+            reference_pass_s=round(summary.prepare_s, 3),  # 0 when the cache was reused
             **({"tinker_export": backend.last_export} if getattr(backend, "last_export", None) else {}),
             **remote_forms(backend),
         )

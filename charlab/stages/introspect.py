@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -46,11 +46,13 @@ from charlab.generation.base import Completion, Sampler, SamplingParams
 from charlab.generation.filters import (
     FilterConfig,
     model_aliases,
+    nothing_kept,
     screen_reply,
     strip_reasoning,
     substitute_name,
 )
 from charlab.generation.pairs import DistillStats
+from charlab.generation.streaming import Request, RequestStream, StreamStats
 from charlab.generation.text import derive_seed
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_json
@@ -100,7 +102,7 @@ class IntrospectionRun:
     turns: int  # generated turns per self-interaction (the opener is not counted)
     max_length: int  # prompt budget (tokens): data.context_length - max_new_tokens; older turns go first
     count_tokens: TokenCounter
-    save_interval: int  # records per chunk; each chunk is on disk before the next starts
+    save_interval: int  # local (hf) sampling: requests per batch call; also how often metrics are logged
     aliases: list[str] = field(default_factory=list)  # names the model may call itself (identity-leak filter)
     assistant_name: Optional[str] = None  # replaces the model's own name where it introduces itself
     reflection_max_new_tokens: Optional[int] = None  # None: the student's max_new_tokens (as for interactions)
@@ -125,61 +127,56 @@ def _tokens(stats: DistillStats, completion: Completion) -> None:
     stats.tokens["completion"] += completion.completion_tokens
 
 
-def generate_reflections(
-    run: IntrospectionRun, jobs: list[ReflectionJob], write: Write, stats: DistillStats, chunk_done: Callable[[], None]
-) -> None:
-    """Sample every job (one sampler call per sample index of a chunk) and `write` each record."""
-    for offset in range(0, len(jobs), run.save_interval):
-        chunk = jobs[offset : offset + run.save_interval]
-        for k in sorted({job.sample_index for job in chunk}):
-            group = [job for job in chunk if job.sample_index == k]
-            params = replace(
-                run.params,
-                seed=derive_seed(run.params.seed, "reflection", k),
-                max_new_tokens=run.reflection_max_new_tokens or run.params.max_new_tokens,
-            )
-            system = {"role": "system", "content": run.reflection_system}
-            conversations = [[system, {"role": "user", "content": job.prompt}] for job in group]
-            for job, completion in zip(group, run.sampler.sample(conversations, params)):
-                _tokens(stats, completion)
-                text, reason = screen(run, completion.text, completion.finish_reason, stats)
-                record = reflection_example(job, text, completion.finish_reason, run.sampler.model_name, run.persona)
-                if reason is None and run.filters.too_long and run.count_tokens(record.messages) > run.max_length:
-                    reason = "too_long"
-                write(record, reason)
-        chunk_done()
-
-
-def generate_interactions(
+def generate(
     run: IntrospectionRun,
-    jobs: list[InteractionJob],
+    reflections: list[ReflectionJob],
+    interactions: list[InteractionJob],
     write: Write,
     stats: DistillStats,
-    chunk_done: Callable[[], None],
-) -> None:
-    """Run each chunk's conversations turn by turn (one sampler call per turn) and `write` each transcript.
+    on_progress: Callable[[StreamStats], None],
+) -> StreamStats:
+    """Stream every reflection and every self-interaction turn; `write` each record the moment it is finished.
 
-    A conversation whose turn fails a filter stops there and is written as dropped with `turn_<reason>`.
+    Self-interactions go first (their turns are a chain, the longest path of the work) and each advances as
+    soon as its previous turn returns; reflections fill the free request slots. A conversation whose turn
+    fails a filter stops there and is written as dropped with `turn_<reason>`.
     """
-    for offset in range(0, len(jobs), run.save_interval):
-        chunk = jobs[offset : offset + run.save_interval]
-        talks = [SelfInteraction(job, (run.interaction_systems[job.guidance],) * 2) for job in chunk]
-        failed: dict[int, str] = {}
-        for turn in range(run.turns):
-            active = [i for i in range(len(talks)) if i not in failed]
-            if not active:
-                break
-            params = replace(run.params, seed=derive_seed(run.params.seed, "interaction", chunk[0].id, turn))
-            prompts = [talks[i].next_prompt(run.count_tokens, run.max_length) for i in active]
-            for i, completion in zip(active, run.sampler.sample(prompts, params)):
-                _tokens(stats, completion)
-                text, reason = screen(run, completion.text, completion.finish_reason, stats)
-                talks[i].add(text, completion.finish_reason)
-                if reason is not None:
-                    failed[i] = f"turn_{reason}"
-        for i, talk in enumerate(talks):
-            write(talk.to_example(run.sampler.model_name, run.persona), failed.get(i))
-        chunk_done()
+    system = {"role": "system", "content": run.reflection_system}
+    reflection_tokens = run.reflection_max_new_tokens or run.params.max_new_tokens
+    reflection_params = [replace(run.params, seed=derive_seed(run.params.seed, "reflection", k),
+                                 max_new_tokens=reflection_tokens)
+                         for k in range(1 + max((j.sample_index for j in reflections), default=0))]  # fmt: skip
+    turn_params = [replace(run.params, seed=derive_seed(run.params.seed, "interaction", t)) for t in range(run.turns)]
+
+    def turn(talk: SelfInteraction) -> Request:
+        prompt = talk.next_prompt(run.count_tokens, run.max_length)
+        return Request(run.sampler, prompt, turn_params[talk.generated], talk, seed_key=(talk.job.id,))
+
+    def source() -> Iterator[Request]:
+        for job in interactions:
+            yield turn(SelfInteraction(job, (run.interaction_systems[job.guidance],) * 2))
+        for job in reflections:
+            messages = [system, {"role": "user", "content": job.prompt}]
+            yield Request(run.sampler, messages, reflection_params[job.sample_index], job)
+
+    def on_reply(request: Request, completion: Completion) -> list[Request]:
+        _tokens(stats, completion)
+        text, reason = screen(run, completion.text, completion.finish_reason, stats)
+        if isinstance(request.tag, ReflectionJob):
+            finish, model = completion.finish_reason, run.sampler.model_name
+            record = reflection_example(request.tag, text, finish, model, run.persona)
+            if reason is None and run.filters.too_long and run.count_tokens(record.messages) > run.max_length:
+                reason = "too_long"
+            write(record, reason)
+            return []
+        talk: SelfInteraction = request.tag
+        talk.add(text, completion.finish_reason)
+        if reason is None and talk.generated < run.turns:
+            return [turn(talk)]
+        write(talk.to_example(run.sampler.model_name, run.persona), f"turn_{reason}" if reason else None)
+        return []
+
+    return RequestStream(window=run.save_interval, on_progress=on_progress).run(source(), on_reply)
 
 
 # ------------------------------------------------------------------------------------------------ the stage
@@ -295,25 +292,23 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
             def write(record: IntrospectionExample, reason: Optional[str]) -> None:
                 if reason is None:
                     stats.kept += 1
-                    kept_out.write(record)
+                    kept_out.write(record)  # one whole line, appended now
                     if len(table) < stage.sample_table_rows:
                         table.append(record)
                 else:
                     stats.dropped[reason] += 1
                     dropped_out.write({**asdict(record), "reason": reason})
                 bar.update(1)
+                if stats.processed % job.save_interval == 0:
+                    numbers = stats.as_dict()
+                    keys = ("kept", "dropped", "processed", "kept_fraction")
+                    run.log_metrics({f"introspect/{k}": numbers[k] for k in keys}, step=stats.processed)
 
-            def chunk_done() -> None:  # whole lines on disk before the next chunk starts
-                kept_out.flush()
-                dropped_out.flush()
-                stats.seconds = time.time() - start
-                bar.set_postfix(kept=stats.kept, dropped=sum(stats.dropped.values()))
-                numbers = stats.as_dict()
-                metrics = {f"introspect/{k}": numbers[k] for k in ("kept", "dropped", "processed", "kept_fraction")}
-                run.log_metrics(metrics, step=stats.processed)
+            def on_progress(stream: StreamStats) -> None:
+                dropped = sum(stats.dropped.values())
+                bar.set_postfix(kept=stats.kept, dropped=dropped, **stream.postfix(), refresh=False)
 
-            generate_reflections(job, todo_r, write, stats, chunk_done)
-            generate_interactions(job, todo_i, write, stats, chunk_done)
+            stats.stream = generate(job, todo_r, todo_i, write, stats, on_progress).as_dict()
     finally:
         sampler.close()
     stats.seconds = time.time() - start
@@ -344,8 +339,8 @@ def _finish(run: Run, stats: DistillStats, table: list[IntrospectionExample], mo
     if table:
         rows = [[r.id, r.kind, r.prompt, r.reflection] for r in table]
         run.tracker.log_table("introspect/samples", ["id", "kind", "prompt", "reflection"], rows)
-    if in_file == 0:
-        log.warning("introspect: nothing kept; see dropped.jsonl and loosen stage.filters or raise max_new_tokens")
+    if in_file == 0:  # SFT would only fail later with "file is empty": stop here, say why
+        raise nothing_kept("introspect", "records", dropped, role="student")
     return StageResult(
         metric=summary["kept_fraction_total"],
         metric_name="kept_fraction_total",

@@ -8,12 +8,10 @@ files and empty names. The target is also resolved and checked to be a plain fil
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any, Optional
 
 from charlab.constitution import (
-    NAME_PATTERN,
     Constitution,
     constitution_path,
     list_personas,
@@ -25,8 +23,12 @@ from charlab.errors import ConstitutionError
 
 
 def valid_name(name: str) -> bool:
-    """Whether `name` is a usable persona name (`[a-z0-9_-]+`)."""
-    return bool(re.fullmatch(NAME_PATTERN, name or ""))
+    """Whether `name` is a usable persona name (`[a-z0-9_-]+`, at most 64 characters)."""
+    try:
+        validate_persona_name(name)
+    except ConstitutionError:
+        return False
+    return True
 
 
 def persona_names(directory: Path) -> list[str]:

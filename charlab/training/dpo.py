@@ -247,6 +247,7 @@ class DpoAlgorithm:
     """DPO for `charlab.training.loop.Trainer`: reference log-probs cached once, one loss per micro-batch."""
 
     name = "dpo"
+    prepare_metric = "reference_pass_s"
 
     def __init__(
         self,
@@ -257,6 +258,7 @@ class DpoAlgorithm:
         extra_cache_dirs: Sequence[Path] = (),
         eval_batch_size: int = 16,
         kl_coef: float = 0.0,
+        cached_reference: bool = True,
     ):
         self.beta, self.nll_coef, self.kl_coef = float(beta), float(nll_coef), float(kl_coef)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
@@ -267,6 +269,9 @@ class DpoAlgorithm:
         self.ref_tokens: Optional[list[list[torch.Tensor]]] = None  # per item: [chosen, rejected] per-token refs
         self.cache_path: Optional[Path] = None
         self.reference_calls = 0  # how many times reference log-probs were computed (tests: exactly once)
+        # False: the reference runs in every step instead (TRL's default; only for benchmark ablations)
+        self.cached_reference = cached_reference
+        self._backend: Optional[TrainingBackend] = None
 
     def item_length(self, item: DpoItem) -> int:
         return len(item)
@@ -284,6 +289,9 @@ class DpoAlgorithm:
         """
         import torch
 
+        self._backend = backend
+        if not self.cached_reference:
+            return
         items = sorted(items, key=lambda it: it.index)
         key = reference_key(items, self.model_identity)
         name, tokens_name = f"ref_logprobs-{key[:16]}.json", f"ref_tokens-{key[:16]}.pt"
@@ -358,6 +366,12 @@ class DpoAlgorithm:
 
     # ---- training and eval -------------------------------------------------------------------------------
     def _loss_fn(self, items: Sequence[DpoItem], weight: float) -> LossFn:
+        if not self.cached_reference and self._backend is not None:  # the reference inside every step (ablation)
+            batch = interleave(items)
+            per_token = self._backend.logprobs(batch, reference=True)
+            refs = sequence_logprobs(batch, per_token).float().view(-1, 2)
+            ref_tokens = [t.float() for t in per_token] if self.kl_coef > 0 else None
+            return make_loss_fn(items, refs, self.beta, self.nll_coef, weight, self.kl_coef, ref_tokens)
         if self.refs is None:
             raise RuntimeError("DpoAlgorithm.prepare must run before training")
         refs = self.refs[[it.index for it in items]].float()

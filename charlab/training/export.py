@@ -116,11 +116,16 @@ def combine_adapters(base_model: Any, sources: list[AdapterSource]) -> tuple[Any
 
 
 def _copy_scaled(model: Any, source: AdapterSource) -> None:
-    """One adapter times a weight, as adapter `default` with scaling 1 (A absorbs weight x alpha/r)."""
+    """One adapter times a weight, as adapter `default` with scaling 1 (A absorbs weight x alpha/r).
+
+    Scaling 1 means alpha = rank in every layer: a layer with its own rank (`rank_pattern`) gets that rank as
+    its alpha too, or the saved config would reload it scaled by r / its rank.
+    """
     from dataclasses import replace
 
     config = model.peft_config[source.name]
-    model.peft_config[COMBINED] = replace(config, lora_alpha=config.r, use_rslora=False, alpha_pattern={})
+    alphas = dict(config.rank_pattern or {})
+    model.peft_config[COMBINED] = replace(config, lora_alpha=config.r, use_rslora=False, alpha_pattern=alphas)
     model.base_model.inject_adapter(model.base_model.model, COMBINED)
     for layer in _lora_layers(model):
         if source.name in layer.lora_A:

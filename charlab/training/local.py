@@ -10,6 +10,9 @@ Speed and memory choices:
 * log-probabilities only where the loss mask is set: the decoder runs once, then the output head runs on the
   trained positions alone, in row chunks that are recomputed in backward (never a [batch, length, vocab]
   tensor of logits, which for a 49k vocabulary is gigabytes);
+* fused kernels (`charlab.training.kernels`): each LoRA linear is one matmul plus one accumulating matmul
+  (no separate scale-and-add passes), and the head's backward turns the recomputed logits into the gradient
+  in place;
 * the reference model is this model with the adapter disabled (no second copy in memory);
 * neighbours that share a prompt (chosen and rejected) share one row: the prompt is computed once and the
   shorter reply is not padded (`charlab.training.rows`); other sequences are right-padded only to their own
@@ -101,6 +104,8 @@ class LocalBackend:
     ):
         import torch
 
+        from charlab.training import kernels
+
         self.model = model
         self.tokenizer = tokenizer
         self.model_name = model_name
@@ -119,6 +124,10 @@ class LocalBackend:
         self._dtype = next(self._head.parameters()).dtype
         # shared-prefix rows need a 4D mask, which fused flash-attention kernels do not take
         self.share_prefixes = getattr(self._hf.config, "_attn_implementation", "sdpa") in ("sdpa", "eager")
+        self.trained_only = True  # the output head on trained positions only (False: on every position, for ablations)
+        # fused kernels (`charlab.training.kernels`): LoRA linears and the head's backward; False: PEFT's / checkpoint
+        self.fused_head = getattr(self._head, "bias", None) is None
+        self.fused_lora = kernels.fuse_lora(model) > 0
         self.optimizer = torch.optim.AdamW(self.trainable, lr=0.0)
         self._ddp: Any = None
         self.fast_logprobs = self._fast_path_agrees()
@@ -215,10 +224,15 @@ class LocalBackend:
         import torch
         from torch.utils.checkpoint import checkpoint
 
+        from charlab.training import kernels
+
+        fused = self.fused_head and not getattr(self._hf.config, "final_logit_softcapping", None)
         parts = []
         for start in range(0, hidden.shape[0], self._chunk_rows):
             h, t = hidden[start : start + self._chunk_rows], targets[start : start + self._chunk_rows]
-            if torch.is_grad_enabled():  # recompute this chunk's logits in backward instead of keeping them
+            if torch.is_grad_enabled() and fused:  # logits recomputed in backward, turned into the gradient in place
+                parts.append(kernels.head_logprobs(h, self._head.weight, t))
+            elif torch.is_grad_enabled():  # recompute this chunk's logits in backward instead of keeping them
                 parts.append(checkpoint(self._chunk_logprobs, h, t, use_reentrant=False))
             else:
                 parts.append(self._chunk_logprobs(h, t))
@@ -238,7 +252,8 @@ class LocalBackend:
         ids = lay.ids.to(self.device)
         positions = lay.positions.to(self.device) if lay.positions is not None else None
         mask = lay.mask.to(self.device) if lay.mask is not None else None
-        seq_ids, ts, row_ids, cols, tokens = rows.targets(batch, lay, all_targets=not self.fast_logprobs)
+        all_targets = not (self.fast_logprobs and self.trained_only)
+        seq_ids, ts, row_ids, cols, tokens = rows.targets(batch, lay, all_targets=all_targets)
         row_index = torch.tensor(row_ids, device=self.device)
         col_index = torch.tensor(cols, device=self.device)
         target = torch.tensor(tokens, dtype=torch.long, device=self.device)

@@ -122,6 +122,7 @@ class Algorithm(Protocol):
     """What DPO and SFT provide to the loop; items are whatever the algorithm trains on (pairs, chats)."""
 
     name: str
+    prepare_metric: Optional[str]  # the metric `prepare`'s seconds are logged as (None: not logged)
 
     def item_length(self, item: Any) -> int:
         """Tokens the item puts through the model (for length grouping and tokens/s)."""
@@ -150,6 +151,7 @@ class TrainSummary:
 
     steps: int
     start_step: int
+    prepare_s: float = 0.0  # the algorithm's one-off `prepare` (DPO: the reference pass), not in step_time_s
     train: dict[str, float] = field(default_factory=dict)  # the last step's metrics
     eval: dict[str, float] = field(default_factory=dict)  # the last evaluation
     checkpoint: Optional[Path] = None
@@ -315,9 +317,13 @@ class Trainer:
         """Run to the last step (from the newest checkpoint under `resume_from`, if given)."""
         from tqdm.auto import tqdm
 
+        prepared = time.perf_counter()
         self.algorithm.prepare(self.backend, self.train_items + self.eval_items)
+        prepare_s = time.perf_counter() - prepared
         start = self.resume(resume_from) if resume_from is not None else 0
-        summary = TrainSummary(steps=self.total_steps, start_step=start, train=self._resumed_train)
+        summary = TrainSummary(self.total_steps, start, prepare_s, train=self._resumed_train)
+        if self.algorithm.prepare_metric:  # e.g. DPO's reference pass, timed on its own
+            self.on_metrics({self.algorithm.prepare_metric: prepare_s}, start)
         c = self.config
         quiet = self.progress is False or not distributed.is_main()
         bar = tqdm(total=self.total_steps, initial=start, desc=self.algorithm.name, disable=quiet)
@@ -329,7 +335,8 @@ class Trainer:
             step, futures, optim, tokens = pending.popleft()
             metrics = distributed.sum_metrics(_merge([(w, f.result()) for w, f in futures]))  # global-batch means
             metrics.update({f"optim/{k}": float(v) for k, v in (optim.result() or {}).items()})
-            # Running averages since (re)start: with requests in flight one step's own time is not observable.
+            # Running means since the loop started, after `prepare` (timed on its own as the algorithm's
+            # `prepare_metric`): with requests in flight one step's own time is not observable.
             tokens_done, steps_done = tokens_done + tokens, steps_done + 1
             elapsed = max(time.perf_counter() - started, 1e-9)
             metrics.update(

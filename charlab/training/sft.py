@@ -156,6 +156,7 @@ class SftAlgorithm:
     """SFT for `charlab.training.loop.Trainer`: one cross-entropy per micro-batch, held-out loss as eval."""
 
     name = "sft"
+    prepare_metric = None
 
     def __init__(self, pack_length: Optional[int] = None, eval_batch_size: int = 16):
         self.pack_length = pack_length
