@@ -115,6 +115,24 @@ def timed_method(cls: Any, name: str, sink: dict[str, float]) -> None:
     setattr(cls, name, wrapper)
 
 
+# ------------------------------------------------------------------------------------------------ results
+
+
+def stored_rows(path: Optional[Path], setup: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Rows measured earlier with the same setup (`--results FILE`: rows can run one per heavy-lock hold)."""
+    if path is None or not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    if data.get("setup") != setup:
+        raise SystemExit(f"{path}: measured with another setup ({data.get('setup')}); use a new --results file")
+    return data["rows"]
+
+
+def store_rows(path: Optional[Path], setup: dict[str, Any], rows: dict[str, dict[str, Any]]) -> None:
+    if path is not None:
+        path.write_text(json.dumps({"setup": setup, "rows": rows}, indent=1))
+
+
 # ------------------------------------------------------------------------------------------------ the table
 
 
