@@ -120,7 +120,7 @@ def worker_charlab(args: argparse.Namespace, d: dict[str, Any], off: str) -> dic
     ref = summary.prepare_s if algorithm.cached_reference else None
     loss = sum(losses) / len(losses)
     return {"total_s": phase["phase_s"], "peak_mb": phase["peak_mb"], "ref_pass_s": ref, "pairs": len(items),
-            "steps_s": phase["phase_s"] - (ref or 0.0), "loss": loss}  # fmt: skip
+            "steps_s": phase["phase_s"] - (ref or 0.0), "loss": loss, "other_load": phase["other_load"]}  # fmt: skip
 
 
 def worker_trl(args: argparse.Namespace, d: dict[str, Any], best: bool) -> dict[str, Any]:
@@ -168,7 +168,7 @@ def worker_trl(args: argparse.Namespace, d: dict[str, Any], best: bool) -> dict[
     ref = timing.get("_precompute_ref_logps")
     return {"total_s": phase["phase_s"], "peak_mb": phase["peak_mb"], "ref_pass_s": ref,
             "pairs": len(trainer.train_dataset), "steps_s": phase["phase_s"] - (ref or 0.0),
-            "loss": result.training_loss}  # fmt: skip
+            "loss": result.training_loss, "other_load": phase["other_load"]}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ driver

@@ -117,7 +117,8 @@ def worker_charlab(args: argparse.Namespace, d: dict[str, Any], off: str) -> dic
     trainer.train()
     phase = meter.stop()
     return {"total_s": phase["phase_s"], "steps_s": phase["phase_s"], "ref_pass_s": None, "peak_mb": phase["peak_mb"],
-            "loss": sum(losses) / len(losses), "steps": trainer.total_steps}  # fmt: skip
+            "loss": sum(losses) / len(losses), "steps": trainer.total_steps,
+            "other_load": phase["other_load"]}  # fmt: skip
 
 
 def worker_trl(args: argparse.Namespace, d: dict[str, Any], row: str) -> dict[str, Any]:
@@ -156,7 +157,8 @@ def worker_trl(args: argparse.Namespace, d: dict[str, Any], row: str) -> dict[st
     result = trainer.train()
     phase = meter.stop()
     return {"total_s": phase["phase_s"], "steps_s": phase["phase_s"], "ref_pass_s": None, "peak_mb": phase["peak_mb"],
-            "loss": result.training_loss, "steps": trainer.state.global_step}  # fmt: skip
+            "loss": result.training_loss, "steps": trainer.state.global_step,
+            "other_load": phase["other_load"]}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ driver
