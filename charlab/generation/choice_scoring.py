@@ -3,10 +3,11 @@
 A judge that must pick one of a few answers ("A" / "B" / "tie", or two trait names) need not generate text
 that then has to be parsed: the model's own probability of each answer's tokens, right after the prompt,
 is its verdict, and it always exists. `choice_logprobs` computes, for each prompt, the summed log-probability
-of every choice's tokens. One forward pass per prompt gives the first token of every choice; only choices
-longer than one token need a pass of their own (prompt + choice). Rows are left-padded so that they all end at
-the same position and only the last few positions go through the output layer (a 49k vocabulary makes the
-full logits of a long prompt the most expensive part of the pass).
+of every choice's tokens. One forward pass per prompt gives the first token of every one-token choice; a choice
+longer than one token gets a pass of its own (prompt + choice) that scores all its tokens, so a prompt with only
+long choices (a whole reply, as the persona contrast scores) is never read alone. Rows are left-padded so that
+they all end at the same position and only the last few positions go through the output layer (a 49k vocabulary
+makes the full logits of a long prompt the most expensive part of the pass).
 
     scores = choice_logprobs(model, pad_id, [prompt_ids], [[[id_A], [id_B], [id_t, id_ie]]])
 """
@@ -75,8 +76,14 @@ def choice_logprobs(
     model.eval()
     try:
         with torch.inference_mode():
-            last = [lp[-1] for lp in _tail_logprobs(model, pad_id, prompts, [1] * len(prompts))]
-            result = [[float(last[i][tokens[0]]) for tokens in options] for i, options in enumerate(choices)]
+            # the prompt alone only where a choice is one token: a longer choice's own pass scores its first token
+            short = [i for i, options in enumerate(choices) if any(len(tokens) == 1 for tokens in options)]
+            tails = _tail_logprobs(model, pad_id, [prompts[i] for i in short], [1] * len(short)) if short else []
+            last = {i: lp[-1] for i, lp in zip(short, tails)}
+            result = [
+                [float(last[i][tokens[0]]) if len(tokens) == 1 else 0.0 for tokens in options]
+                for i, options in enumerate(choices)
+            ]
             longer = [
                 (i, j) for i, options in enumerate(choices) for j, tokens in enumerate(options) if len(tokens) > 1
             ]
