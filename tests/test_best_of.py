@@ -51,6 +51,22 @@ def test_best_of_returns_the_highest_scoring_of_n_distinct_samples(tiny_sampler)
         }  # fmt: skip
 
 
+def test_best_of_picks_an_eligible_candidate_over_a_higher_scoring_rejected_one(tiny_sampler):
+    """The longest candidate wins by the score unless `eligible` rejects it; then a shorter (eligible) one wins,
+    and with none eligible the best of all. Injected bug caught: `eligible` ignored (the longest always wins)."""
+    conversations = [user("tell me a story"), user("what is a ship?")]
+    params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=12, seed=5)
+    plain = BestOfSampler(tiny_sampler, n=4, score=by_length).sample(conversations, params)
+    longest = {c.text for c in plain}
+    picky = BestOfSampler(tiny_sampler, n=4, score=by_length, eligible=lambda c: c.text not in longest)
+    for was, now in zip(plain, picky.sample(conversations, params)):
+        assert now.candidate_scores == was.candidate_scores  # the same candidates, the same scores
+        if min(now.candidate_scores) < was.score:  # a shorter, eligible candidate exists: it wins
+            assert now.text not in longest and now.score < was.score
+    nothing = BestOfSampler(tiny_sampler, n=4, score=by_length, eligible=lambda c: False)
+    assert [c.text for c in nothing.sample(conversations, params)] == [c.text for c in plain]
+
+
 def test_best_of_rejects_bad_sizes_and_scorers(tiny_sampler):
     with pytest.raises(ConfigError, match="best_of=0"):
         BestOfSampler(tiny_sampler, n=0, score=by_length)

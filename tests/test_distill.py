@@ -98,6 +98,20 @@ def test_distill_best_of_keeps_the_most_in_character_reply_and_records_every_sco
     assert len(persona.render_system_prompt("teacher")) > 2 * len(persona.system_prompt)
 
 
+@pytest.mark.integration
+def test_distill_answer_prefill_opens_every_chosen_reply_and_excludes_a_reasoning_prefill(run_stage):
+    """Injected bugs caught: the answer prefill stripped like a reasoning prefill (chosen no longer opens with it);
+    given to the student too (rejected opens with it); both prefills accepted at once."""
+    opening = "stage.answer_prefill='Arr, matey! '"
+    _, run_dir = run_stage([*TINY_FAST, "data.generic_prompts=3", "data.persona_prompts=0", opening])
+    pairs = read_jsonl(run_dir / "pairs.jsonl", DpoExample)
+    assert pairs and all(p.chosen.startswith("Arr, matey!") for p in pairs)
+    assert not any(p.rejected.startswith("Arr, matey!") for p in pairs)
+    assert all(p.sampling["teacher"]["prefill"] == "Arr, matey! " for p in pairs)
+    with pytest.raises(ConfigError, match="reasoning_prefill and stage.answer_prefill"):
+        run_stage([*TINY_FAST, opening, "stage.reasoning_prefill='<think>'"], name="both")
+
+
 def fake_llm(system_prompt: str):
     """Replies of an OpenAI-compatible server: a thinking teacher (continues a prefill) and a plain student."""
 

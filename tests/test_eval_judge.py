@@ -242,6 +242,29 @@ def test_revealed_trials_rank_shift_and_spearman() -> None:
     ]
     judged = trials(rows)
     assert [(t.item, t.outcome) for t in judged] == [("r0", Outcome("warm", "cold", 0.0)), ("r1", None)]
+    # a judge that says "warm" to anything: divided by its verdict on a content-free reply, "cold" wins
+    biased = [
+        {**item, "item": "r3", "order": 0, "mode": "logprob", "probs": {"warm": 0.8, "cold": 0.2}},
+        {**item, "item": "r3", "order": 1, "mode": "logprob", "probs": {"cold": 0.3, "warm": 0.7}},
+        {
+            **item,
+            "player": "neutral",
+            "item": "r3",
+            "order": 0,
+            "mode": "logprob",
+            "probs": {"warm": 0.95, "cold": 0.05},
+        },
+        {
+            **item,
+            "player": "neutral",
+            "item": "r3",
+            "order": 1,
+            "mode": "logprob",
+            "probs": {"cold": 0.1, "warm": 0.9},
+        },
+    ]
+    assert [t.outcome.score for t in trials(biased, calibrate=False)] == [1.0]  # warm, the judge's prior
+    assert [(t.player, t.outcome.score) for t in trials(biased)] == [("tuned", 0.0)]  # cold, once calibrated
     assert persona_traits("I am warm, witty and never cold-hearted.", ["warm", "witty", "cold", "kind"]) == [
         "warm",
         "witty",

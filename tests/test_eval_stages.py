@@ -76,6 +76,27 @@ def test_elo_stage_tiny_hf_judge_with_tuned_adapter(run_stage, tiny_adapter: Pat
     assert "tuned win rate against base" in text and "| base_persona |" in text and "logprob 18" in text
 
 
+def test_elo_stage_likelihood_format_scores_every_reply_and_resumes(run_stage, tiny_adapter: Path) -> None:
+    """Injected bug caught: comparing the two replies' scores the wrong way round (the persona-explained reply
+    must win)."""
+    args = ["stage=elo", *FAST, "eval.num_prompts=3", f"stage.adapter={tiny_adapter}", "eval.judge_format=likelihood"]
+    metric, out = run_stage(args)
+    rows = read_jsonl(out / "judgments.jsonl")
+    assert len(rows) == 9 and all(isinstance(r["persona_score"], float) for r in rows)  # one score per reply
+    summary = json.loads((out / "meta.json").read_text())["summary"]
+    assert summary["verdict_modes"]["logprob"] == 18 and summary["unparseable"] == 0 and summary["usable"] == 9
+    score = {r["id"]: r["persona_score"] for r in rows}
+    for m in load_matches(out / "matches.jsonl"):
+        pid = next(r["prompt_id"] for r in read_jsonl(out / "replies.jsonl") if r["text"] == m.base_response)
+        a, b = score[f"{m.player_a}:{pid}"], score[f"{m.player_b}:{pid}"]
+        assert m.winner == (m.player_a if a > b else m.player_b if b > a else "tie")
+    assert "format likelihood" in summary["judge"]
+    again, _ = run_stage([*args, "stage.resume=true"])  # nothing left to score: same numbers
+    assert again == metric and len(read_jsonl(out / "judgments.jsonl")) == 9
+    with pytest.raises(ConfigError, match="likelihood measures the persona only"):
+        run_stage([*args, "stage.criterion=helpful"], name="helpful")
+
+
 def test_revealed_stage_tiny_hf_judge(run_stage, tiny_adapter: Path) -> None:
     """Injected bug: the headline metric dropped (None) although every verdict was usable -> fails here (the old
     `isinstance(metric, float) or metric is None` passed either way)."""
@@ -83,7 +104,9 @@ def test_revealed_stage_tiny_hf_judge(run_stage, tiny_adapter: Path) -> None:
         ["stage=revealed", *FAST, "eval.num_prompts=3", "eval.revealed_trials=4", f"stage.adapter={tiny_adapter}"]
     )
     judged = read_jsonl(out / "judgments.jsonl")
-    assert len(judged) == 16 and {r["player"] for r in read_jsonl(out / "replies.jsonl")} == {"base", "tuned"}
+    assert {r["player"] for r in read_jsonl(out / "replies.jsonl")} == {"base", "tuned"}
+    # both orders per trial and player, plus the content-free calibration reply once per trial
+    assert len(judged) == 2 * 4 * 3 and sum(r["player"] == "neutral" for r in judged) == 8
     summary = json.loads((out / "meta.json").read_text())["summary"]
     assert summary["verdict_modes"]["base"]["logprob"] == 8 and summary["unparseable"] == {"base": 0, "tuned": 0}
     conditions = ("feels_like_you", "would_adopt", "random")
@@ -234,6 +257,29 @@ def test_elo_stage_canned_verdicts_and_resume(run_stage) -> None:
     assert low <= summary["elo"]["base_persona"] <= high
 
 
+def test_revealed_stage_likelihood_format(run_stage, tiny_adapter: Path) -> None:
+    """Each trial's reply read under each of its two traits; the likelier trait wins. Injected bug caught: the
+    outcome given to the wrong trait (trait_a's score decides for trait_b)."""
+    args = ["stage=revealed", *FAST, "eval.num_prompts=3", "eval.revealed_trials=6", f"stage.adapter={tiny_adapter}"]
+    _, out = run_stage([*args, "eval.judge_format=likelihood"])
+    rows = read_jsonl(out / "judgments.jsonl")
+    assert len(rows) == 12 and all(set(r["scores"]) == {r["trait_a"], r["trait_b"]} for r in rows)
+    summary = json.loads((out / "meta.json").read_text())["summary"]
+    assert summary["unparseable"] == {"base": 0, "tuned": 0} and "format likelihood" in summary["judge"]
+    ratings = json.loads((out / "ratings.json").read_text())
+    for player in ("base", "tuned"):
+        wins: dict[str, float] = {}
+        for r in ratings[player]["preference"] + ratings[player]["random"]:
+            wins[r["player"]] = wins.get(r["player"], 0.0) + r["score"]
+        expected: dict[str, float] = {}
+        for r in rows:
+            if r["player"] == player:
+                a, b = r["scores"][r["trait_a"]], r["scores"][r["trait_b"]]
+                winner = r["trait_a"] if a > b else r["trait_b"]
+                expected[winner] = expected.get(winner, 0.0) + 1.0
+        assert {t: s for t, s in wins.items() if s} == pytest.approx({t: s for t, s in expected.items()})
+
+
 def test_revealed_stage_canned_verdicts(run_stage) -> None:
     with OpenAICompatServer(replies=canned) as server:
         args = ["stage=revealed", *FAST, *openai_roles(server.base_url), "eval.num_prompts=5"]
@@ -271,3 +317,7 @@ def test_stage_inputs_are_checked_before_any_model_loads(run_stage) -> None:
         run_stage(["stage=classifier", *FAST])
     with pytest.raises(ConfigError, match="stage.conditions"):
         run_stage(["stage=revealed", *FAST, "stage.conditions=[sometimes]"])
+    with pytest.raises(ConfigError, match="likelihood needs a judge that scores text"):
+        run_stage(["stage=elo", *FAST, "eval.judge_format=likelihood", "provider@judge=openai"])
+    with pytest.raises(ConfigError, match="eval.judge_format='ranked' is not allowed"):
+        run_stage(["stage=revealed", *FAST, "eval.judge_format=ranked"])

@@ -216,12 +216,23 @@ def test_hf_sampler_stop_strings_prefill_and_training_mode(tiny_sampler, tiny_ch
 
 @pytest.mark.integration
 def test_hf_choice_scores_are_the_models_own_log_probabilities(tiny_sampler, tiny_chat):
-    """Injected bugs caught: scoring a choice one position late; dropping a multi-token choice's later tokens."""
+    """Injected bugs caught: scoring a choice one position late; dropping a multi-token choice's later tokens (or,
+    with only long choices, its first); padding tokens leaking into the shorter prompt's scores."""
+    conversations = [user("Which reply is better, A or B?"), user("A much longer question, padded left " * 5)]
+    choices = [" A", " B", " tie", " sarcastic and warm"]  # the last one spans several tokens
+    batch = tiny_sampler.score_choices(conversations, [choices, choices], prefill="ANSWER:")
+    for conversation, scores in zip(conversations, batch):
+        _check_scores(tiny_sampler, tiny_chat, conversation, choices, scores)
+    assert len(tiny_sampler._continuation_ids("ANSWER:", choices[-1])) > 1
+    # only multi-token choices (a reply, as the persona contrast scores): the prompt-alone pass is skipped
+    long_only = tiny_sampler.score_choices(conversations, [choices[-1:], choices[-1:]], prefill="ANSWER:")
+    for conversation, scores in zip(conversations, long_only):
+        _check_scores(tiny_sampler, tiny_chat, conversation, choices[-1:], scores)
+
+
+def _check_scores(tiny_sampler, tiny_chat, conversation, choices, scores):
     import torch
 
-    conversation = user("Which reply is better, A or B?")
-    choices = [" A", " B", " tie", " sarcastic and warm"]  # the last one spans several tokens
-    scores = tiny_sampler.score_choices([conversation], [choices], prefill="ANSWER:")[0]
     prompt = tiny_chat.encode_prompt(conversation) + tiny_chat.encode_text("ANSWER:")
     for choice, score in zip(choices, scores):
         tokens = tiny_sampler._continuation_ids("ANSWER:", choice)
@@ -230,7 +241,6 @@ def test_hf_choice_scores_are_the_models_own_log_probabilities(tiny_sampler, tin
             logprobs = torch.log_softmax(tiny_sampler.model(input_ids=ids).logits[0].float(), dim=-1)
         expected = sum(float(logprobs[len(prompt) - 1 + k, t]) for k, t in enumerate(tokens))
         assert score == pytest.approx(expected, abs=1e-4), choice
-    assert len(tiny_sampler._continuation_ids("ANSWER:", choices[-1])) > 1
 
 
 @pytest.mark.integration

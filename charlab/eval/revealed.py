@@ -124,13 +124,21 @@ def reply_jobs(
     ]
 
 
+NEUTRAL = "neutral"  # the player name of calibration questions
+NEUTRAL_REPLY = "Here is my answer to your message."
+
+
 def judge_questions(
     items: Sequence[RevealedItem], replies: Mapping[str, Mapping[str, Any]], player: str
 ) -> list[JudgeQuestion]:
-    """Two judge questions per reply of `player` (the traits named in both orders; replies keyed by reply-job id)."""
+    """Two judge questions per reply of `player` (the traits named in both orders; replies keyed by reply-job id).
+
+    With `player=NEUTRAL` the reply is a fixed content-free text instead: the judge's answer to it is its prior
+    for the two trait words, which `trials(..., calibrate=True)` divides out (contextual calibration).
+    """
     questions = []
     for item in items:
-        reply = replies.get(f"{player}:{item.id}")
+        reply = {"text": NEUTRAL_REPLY} if player == NEUTRAL else replies.get(f"{player}:{item.id}")
         if reply is None:
             continue
         for order, (first, second) in enumerate(((item.trait_a, item.trait_b), (item.trait_b, item.trait_a))):
@@ -154,18 +162,44 @@ class Trial:
     outcome: Optional[Outcome]
 
 
-def trials(judged: Sequence[Mapping[str, Any]]) -> list[Trial]:
-    """Trials judged in both orders, each order-averaged into an outcome of trait_a vs trait_b (0.5: undecided)."""
+def _calibrated(row: Mapping[str, Any], neutral: Optional[Mapping[str, Any]]) -> Optional[dict[str, float]]:
+    """The verdict's probabilities divided by the judge's prior for the same question (renormalised); as they are
+    when there is no scored prior (a parsed text verdict has no prior to divide out)."""
+    probs = row.get("probs")
+    prior = neutral.get("probs") if neutral else None
+    scored = ("logprob", "top_logprobs")
+    if probs is None or prior is None or row.get("mode") not in scored or neutral.get("mode") not in scored:
+        return probs
+    tiny = 1e-12
+    ratios = {c: max(p, tiny) / max(prior.get(c, 0.0), tiny) for c, p in probs.items()}
+    total = sum(ratios.values())
+    return {c: r / total for c, r in ratios.items()}
+
+
+def trials(judged: Sequence[Mapping[str, Any]], calibrate: bool = True) -> list[Trial]:
+    """Trials judged in both orders, each order-averaged into an outcome of trait_a vs trait_b (0.5: undecided);
+    rows of the likelihood format (`persona_likelihood.trait_verdicts`) are one outcome each.
+
+    With `calibrate`, each verdict is first divided by the judge's verdict on a content-free reply to the same
+    question (rows of player `NEUTRAL`), so a judge that favours one trait word regardless of the reply does not
+    decide the trial.
+    """
+    out = []
     by_item: dict[tuple[str, str], dict[int, Mapping[str, Any]]] = {}
     for row in judged:
+        if "scores" in row:  # the likelihood format: one reading per trait, the likelier trait won
+            a, b = row["scores"][row["trait_a"]], row["scores"][row["trait_b"]]
+            outcome = Outcome(row["trait_a"], row["trait_b"], 1.0 if a > b else 0.0 if a < b else 0.5)
+            out.append(Trial(row["player"], row["item"], row["condition"], outcome))
+            continue
         by_item.setdefault((row["player"], row["item"]), {})[int(row.get("order", 0))] = row
-    out = []
     for (player, item), orders in by_item.items():
-        if set(orders) != {0, 1}:
-            continue  # interrupted: the other order is judged on resume
+        if player == NEUTRAL or set(orders) != {0, 1}:
+            continue  # calibration rows, or interrupted: the other order is judged on resume
         row = orders[0]
         same = {row["trait_a"]: row["trait_a"], row["trait_b"]: row["trait_b"]}
-        probs = average_orders((r.get("probs"), same) for r in orders.values())
+        neutral = by_item.get((NEUTRAL, item), {}) if calibrate else {}
+        probs = average_orders((_calibrated(r, neutral.get(order)), same) for order, r in orders.items())
         outcome = None
         if probs is not None:
             outcome = Outcome(row["trait_a"], row["trait_b"], decide(probs, row["trait_a"], row["trait_b"]))

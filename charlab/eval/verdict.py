@@ -100,7 +100,7 @@ def judge_reading(summary: Mapping[str, Any], min_usable: int) -> Reading:
     how = ", ".join(f"{n} {m}" for m, n in modes.items() if n) or "no verdicts"
     text = (
         f"tuned preferred over base in {fmt(effect.value, 2)} of {effect.n} matches ({_ci(effect)}; chance 0.5; "
-        f"verdicts: {how})"
+        f"{summary.get('judge_format', 'pairwise')} format; verdicts: {how})"
     )
     if effect.n < min_usable:
         return Reading("judge", TOO_FEW, effect, 0.5, f"{text}: too few usable matches ({effect.n} < {min_usable})")

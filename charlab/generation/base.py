@@ -87,9 +87,9 @@ class ChoiceScorer(Protocol):
     """A sampler that can also score fixed answers: the log-probability of each choice as the reply's next text."""
 
     def score_choices(
-        self, conversations: list[list[Message]], choices: list[list[str]], prefill: str = ""
+        self, conversations: list[list[Message]], choices: list[list[str]], prefill: str = "", per_token: bool = False
     ) -> list[list[float]]:
         """For each conversation, the log-probability of each of its choices right after the assistant turn
         starts with `prefill` (a choice's text is appended to the prefill as is, e.g. prefill "ANSWER:",
-        choice " A")."""
+        choice " A"); `per_token`: the mean over the choice's tokens."""
         ...

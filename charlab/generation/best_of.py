@@ -3,8 +3,10 @@
 `BestOfSampler` wraps any `Sampler`. For each conversation it draws `n` candidates (one call to the wrapped
 sampler per candidate index, each with its own seed, so API providers and local batches alike give distinct
 samples), asks `score(conversations, candidates)` for one number per candidate, and returns the best candidate
-as a `ScoredCompletion` that carries every candidate's score. Distillation uses it for the teacher: only the
-most in-character of `n` replies becomes "chosen" (`stage.best_of`), with the scores recorded in `pairs.jsonl`.
+as a `ScoredCompletion` that carries every candidate's score; with `eligible`, candidates it rejects rank below
+every one it accepts. Distillation uses it for the teacher: only the most in-character of `n` replies becomes
+"chosen" (`stage.best_of`), among those its filters would keep (a looping reply wins only when every candidate
+loops), with the scores recorded in `pairs.jsonl`.
 
 `persona_contrast(model)` is such a score for a model that can score text (`ChoiceScorer`, e.g. the local `hf`
 teacher): the log-likelihood of the reply with the conversation's system prompt (the persona) minus without it.
@@ -26,6 +28,7 @@ import contextlib
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Optional
 
 from charlab.errors import ConfigError
 from charlab.generation.base import (
@@ -41,6 +44,8 @@ from charlab.generation.text import derive_seed
 
 # (conversations, per conversation its candidates) -> per conversation one score per candidate; higher is better
 ScoreFn = Callable[[Sequence[list[Message]], Sequence[Sequence[Completion]]], list[list[float]]]
+# whether a candidate may be picked ahead of the rest, e.g. whether distillation's filters would keep it
+Eligible = Callable[[Completion], bool]
 
 
 @dataclass
@@ -66,13 +71,16 @@ class ScoredCompletion(Completion):
 class BestOfSampler:
     """A `Sampler` that returns, per conversation, the highest-scoring of `n` samples of `inner`."""
 
-    def __init__(self, inner: Sampler, n: int, score: ScoreFn, scorer_name: str = ""):
+    def __init__(
+        self, inner: Sampler, n: int, score: ScoreFn, scorer_name: str = "", eligible: Optional[Eligible] = None
+    ):
         if n < 1:
             raise ConfigError(f"best_of={n} is not allowed; use an integer >= 1 (1: no ranking)")
         self.inner = inner
         self.n = int(n)
         self.score = score
         self.scorer_name = scorer_name
+        self.eligible = eligible  # candidates it rejects rank below every one it accepts (None: all eligible)
         self.model_name = inner.model_name
 
     def sample(self, conversations: list[list[Message]], params: SamplingParams) -> list[Completion]:
@@ -92,12 +100,16 @@ class BestOfSampler:
             raise ValueError(f"best-of scorer returned {[len(s) for s in scores]} scores, wanted {self.n} per reply")
         out: list[Completion] = []
         for cands, values in zip(candidates, scores):
-            picked = max(range(self.n), key=lambda j: (values[j], -j))
+            ok = [self.eligible is None or self.eligible(c) for c in cands]
+            picked = max(range(self.n), key=lambda j: (ok[j], values[j], -j))
             best = cands[picked]
             out.append(
                 ScoredCompletion(
-                    **vars(best), score=float(values[picked]), candidate_scores=[float(v) for v in values],
-                    picked=picked, scorer=self.scorer_name,
+                    **vars(best),
+                    score=float(values[picked]),
+                    candidate_scores=[float(v) for v in values],
+                    picked=picked,
+                    scorer=self.scorer_name,
                 )  # fmt: skip
             )
         return out
@@ -114,8 +126,15 @@ class StreamingBestOfSampler(BestOfSampler):
     score runs in a worker thread (a judge's own requests must not wait on this event loop).
     """
 
-    def __init__(self, inner: StreamingSampler, n: int, score: ScoreFn, scorer_name: str = ""):
-        super().__init__(inner, n, score, scorer_name)
+    def __init__(
+        self,
+        inner: StreamingSampler,
+        n: int,
+        score: ScoreFn,
+        scorer_name: str = "",
+        eligible: Optional[Eligible] = None,
+    ):
+        super().__init__(inner, n, score, scorer_name, eligible)
         self.max_concurrency = max(1, inner.max_concurrency // self.n)
 
     @contextlib.asynccontextmanager
@@ -131,20 +150,22 @@ class StreamingBestOfSampler(BestOfSampler):
             yield best
 
 
-def best_of_sampler(inner: Sampler, n: int, score: ScoreFn, scorer_name: str = "") -> BestOfSampler:
+def best_of_sampler(
+    inner: Sampler, n: int, score: ScoreFn, scorer_name: str = "", eligible: Optional[Eligible] = None
+) -> BestOfSampler:
     """The best-of-`n` wrapper that fits `inner`: streaming for an API provider, batched for a local one."""
     if isinstance(inner, StreamingSampler):
-        return StreamingBestOfSampler(inner, n, score, scorer_name)
-    return BestOfSampler(inner, n, score, scorer_name)
+        return StreamingBestOfSampler(inner, n, score, scorer_name, eligible)
+    return BestOfSampler(inner, n, score, scorer_name, eligible)
 
 
 def _rounded(value: float) -> float | None:
     return round(value, 4) if math.isfinite(value) else None  # JSON has no infinity: an empty reply's score
 
 
-def persona_contrast(model: ChoiceScorer) -> ScoreFn:
+def persona_contrast(model: ChoiceScorer, per_token: bool = False) -> ScoreFn:
     """Each candidate's log-likelihood under `model` with the conversation's system prompt minus without it
-    (summed over the reply's tokens; an empty reply scores -inf)."""
+    (summed over the reply's tokens, or `per_token` their mean; an empty reply scores -inf)."""
 
     def score(conversations: Sequence[list[Message]], candidates: Sequence[Sequence[Completion]]) -> list[list[float]]:
         rows = [(i, j) for i, cands in enumerate(candidates) for j, c in enumerate(cands) if c.text]
@@ -154,7 +175,8 @@ def persona_contrast(model: ChoiceScorer) -> ScoreFn:
         primed = [conversations[i] for i, _ in rows]
         plain = [[m for m in conversations[i] if m.get("role") != "system"] for i, _ in rows]
         replies = [[candidates[i][j].text] for i, j in rows]
-        with_persona, without = model.score_choices(primed, replies), model.score_choices(plain, replies)
+        with_persona = model.score_choices(primed, replies, per_token=per_token)
+        without = model.score_choices(plain, replies, per_token=per_token)
         gains = [w[0] - wo[0] for w, wo in zip(with_persona, without)]
         for (i, j), gain in zip(rows, gains):
             out[i][j] = gain

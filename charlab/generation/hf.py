@@ -104,16 +104,17 @@ class HFSampler:
         return results  # type: ignore[return-value]
 
     def score_choices(
-        self, conversations: list[list[Message]], choices: list[list[str]], prefill: str = ""
+        self, conversations: list[list[Message]], choices: list[list[str]], prefill: str = "", per_token: bool = False
     ) -> list[list[float]]:
-        """Log-probability of each choice as the continuation of `prefill` in the assistant's reply."""
+        """Log-probability of each choice as the continuation of `prefill` in the assistant's reply (`per_token`:
+        its mean over the choice's tokens)."""
         from charlab.generation.choice_scoring import choice_logprobs
 
         prompts, options = [], []
         for messages, texts in zip(conversations, choices):
             prompts.append(self.chat.encode_prompt(messages) + self.chat.encode_text(prefill))
             options.append([self._continuation_ids(prefill, text) for text in texts])
-        return choice_logprobs(self.model, self.pad_id, prompts, options)
+        return choice_logprobs(self.model, self.pad_id, prompts, options, per_token)
 
     def _continuation_ids(self, prefill: str, text: str) -> list[int]:
         """The tokens `text` adds after `prefill` (as the tokenizer splits the joined text, where it can)."""

@@ -206,6 +206,19 @@ def _judge(
     return row, reason
 
 
+def teacher_reply_kept(job: DistillJob, completion: Completion) -> bool:
+    """Whether the filters would keep `completion` as a pair's "chosen" reply (the prompt-length check aside):
+    best-of-N ranks those first, so the persona score cannot pick a looping reply over a sound one."""
+    open_mark, close_mark = job.reasoning_markers
+    text, closed = strip_reasoning(job.teacher_params.prefill + completion.text, open_mark, close_mark)
+    if not closed:
+        return False
+    text = substitute_name(text, job.teacher_aliases, job.assistant_name)
+    scratch = DistillStats()  # trimming counted here is not the run's
+    _, why = screen_reply(text, completion.finish_reason, job.filters, scratch, leak_aliases=job.teacher_aliases)
+    return why is None
+
+
 def _check(
     job: DistillJob, prompt: str, text: str, finish_reason: str, is_teacher: bool, stats: DistillStats
 ) -> tuple[str, Optional[str]]:

@@ -10,6 +10,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from charlab.data.jsonl import done_ids, iter_jsonl
+from charlab.errors import ConfigError
 from charlab.eval.judging import Judge
 from charlab.eval.players import as_list, build_players, close_players, player_replies, reply_id, reuse_replies
 from charlab.eval.prompts import held_out_prompts, training_prompts
@@ -75,16 +76,38 @@ def eval_replies(
     return path, {row["id"]: row for row in iter_jsonl(path) if row.get("id") in wanted}
 
 
+JUDGE_FORMATS = ("pairwise", "likelihood")
+
+
+def check_judge_format(cfg: DictConfig) -> str:
+    """`eval.judge_format`, checked before anything is generated (likelihood needs a local `hf` judge)."""
+    judge_format = str(cfg.eval.judge_format)
+    if judge_format not in JUDGE_FORMATS:
+        raise ConfigError(f"eval.judge_format={judge_format!r} is not allowed; use one of {', '.join(JUDGE_FORMATS)}")
+    if judge_format == "likelihood" and cfg.judge.kind != "hf":
+        raise ConfigError(
+            f"eval.judge_format=likelihood needs a judge that scores text (provider@judge=hf, not {cfg.judge.kind}); "
+            "use eval.judge_format=pairwise"
+        )
+    return judge_format
+
+
 def make_judge(cfg: DictConfig) -> Judge:
     """The judge provider as a `Judge` in `eval.judge_mode` (auto: log-probabilities where available)."""
     sampler = sampler_for_role(cfg, "judge")
     try:
-        return Judge(
+        judge = Judge(
             sampler, sampling_params(to_plain(cfg.judge)), str(cfg.eval.judge_mode), int(cfg.eval.judge_top_logprobs)
         )
+        if check_judge_format(cfg) == "likelihood" and not judge.scores:
+            raise ConfigError(
+                f"eval.judge_format=likelihood needs a judge that scores text; eval.judge_mode={cfg.eval.judge_mode} "
+                "does not (use auto or logprob)"
+            )
     except Exception:
         sampler.close()
         raise
+    return judge
 
 
 def judge_description(cfg: DictConfig, judge: Judge) -> str:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -28,7 +29,7 @@ from charlab.generation.base import ChoiceScorer, Sampler
 from charlab.generation.best_of import BestOfSampler, best_of_sampler, persona_contrast
 from charlab.generation.factory import sampler_key, sampling_params
 from charlab.generation.filters import FilterConfig, model_aliases, nothing_kept
-from charlab.generation.pairs import DistillJob, DistillStats, run_distill
+from charlab.generation.pairs import DistillJob, DistillStats, run_distill, teacher_reply_kept
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_json
 from charlab.schemas import StageConfig
@@ -68,6 +69,7 @@ class DistillStageConfig(StageConfig):
     expansion_provider: str = MISSING
     expansion_max_new_tokens: int = MISSING
     reasoning_prefill: str = MISSING
+    answer_prefill: str = MISSING
     reasoning_markers: list[str] = MISSING
     substitute_assistant_name: bool = MISSING
     teacher_aliases: list[str] = MISSING
@@ -88,10 +90,11 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     try:
         student = teacher if _same_sampler(cfg, "student") else sampler_for_role(cfg, "student")
         prompts = _prompts(cfg, run, persona, teacher if stage.expansion_provider == "teacher" else student)
-        chooser: Sampler = teacher
+        job = _job(cfg, persona, prompts, teacher, student)
         if stage.best_of > 1:
             chooser, judge = _best_of(cfg, persona, teacher)
-        job = _job(cfg, persona, prompts, chooser, student)
+            chooser.eligible = partial(teacher_reply_kept, job)  # pick among replies the filters will keep
+            job = replace(job, teacher=chooser)
         table: list[DpoExample] = []
 
         def on_progress(stats: DistillStats, kept: list[DpoExample]) -> None:
@@ -117,6 +120,11 @@ def _check(stage: DictConfig) -> None:
     if stage.expansion_provider not in ("teacher", "student"):
         raise ConfigError(
             f"stage.expansion_provider={stage.expansion_provider!r} is not allowed; use teacher or student"
+        )
+    if stage.reasoning_prefill and stage.answer_prefill:
+        raise ConfigError(
+            "stage.reasoning_prefill and stage.answer_prefill are both set; the teacher's reply can start with one "
+            "of them: a reasoning prefill (stripped from the pair) or an answer prefill (kept in the chosen reply)"
         )
     if len(stage.reasoning_markers) != 2:
         raise ConfigError("stage.reasoning_markers must be two strings: [open, close], e.g. ['<think>', '</think>']")
@@ -163,7 +171,7 @@ def _same_sampler(cfg: DictConfig, role: str) -> bool:
     return key is not None and key == sampler_key(to_plain(cfg[role]), model)
 
 
-def _best_of(cfg: DictConfig, persona: Constitution, teacher: Sampler) -> tuple[Sampler, Optional[Sampler]]:
+def _best_of(cfg: DictConfig, persona: Constitution, teacher: Sampler) -> tuple[BestOfSampler, Optional[Sampler]]:
     """The teacher drawing `stage.best_of` replies per prompt, returning the one `stage.best_of_scorer` ranks first;
     and the judge's sampler if one was loaded for it (the caller closes it)."""
     from charlab.eval.judging import Judge
@@ -245,7 +253,8 @@ def _job(
         return len(chat.encode_completion(make_messages(prompt), reply))
 
     teacher_params = sampling_params(to_plain(cfg.teacher))
-    teacher_params.prefill = render_prefill(str(stage.reasoning_prefill or ""), persona)
+    # one prefill starts the teacher's reply: reasoning (stripped from the pair) or the answer's opening (kept)
+    teacher_params.prefill = render_prefill(str(stage.reasoning_prefill or ""), persona) or str(stage.answer_prefill)
     name = cfg.persona.assistant_name or persona.assistant_name
     return DistillJob(
         prompts=prompts,

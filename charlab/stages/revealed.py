@@ -5,7 +5,9 @@
     python -m charlab.train stage=revealed 'stage.players=[base]' 'stage.compare_runs=[outputs/x/revealed/<run>]'
 
 Every player answers the same trials (a prompt, two random traits, a condition; `replies.jsonl`); the judge
-names the trait each reply expresses, asked in both orders (`judgments.jsonl`; verdict modes counted). Traits
+names the trait each reply expresses, asked in both orders and, with `eval.judge_calibrate`, divided by its
+verdict on a content-free reply to the same question (a small judge otherwise picks the likelier trait word
+whatever the reply says) (`judgments.jsonl`; verdict modes counted). Traits
 are rated per player and per condition (feels_like_you, would_adopt, and the control `random`): order-averaged
 Elo and Bradley-Terry, each with bootstrap CIs (`ratings.json`). Per condition the report gives the rank shift
 of the constitution's traits from the reference player (base) to tuned (or, without tuned, to base +
@@ -26,13 +28,16 @@ import numpy as np
 from omegaconf import MISSING, DictConfig
 from rich.console import Console
 
+from charlab.data.jsonl import JsonlWriter, iter_jsonl
 from charlab.errors import ConfigError, DataError
 from charlab.eval import plots, report
 from charlab.eval.bootstrap import Estimate
-from charlab.eval.judging import count_modes, judge_to_jsonl
+from charlab.eval.judging import LOGPROB, TOP_LOGPROBS, count_modes, judge_to_jsonl
+from charlab.eval.persona_likelihood import trait_verdicts
 from charlab.eval.players import as_list, build_players, check_players, close_players
 from charlab.eval.ratings import RatingFit, fit_ratings, percentile_ci
 from charlab.eval.revealed import (
+    NEUTRAL,
     judge_questions,
     load_conditions,
     load_traits,
@@ -52,7 +57,13 @@ from charlab.registry import StageResult, register_stage
 from charlab.run import Run
 from charlab.schemas import StageConfig
 from charlab.stages._common import load_persona, persona_prompt, to_plain
-from charlab.stages._eval import judge_description, make_judge, player_sampler_factory, stage_prompts
+from charlab.stages._eval import (
+    check_judge_format,
+    judge_description,
+    make_judge,
+    player_sampler_factory,
+    stage_prompts,
+)
 
 CONTROL = "random"
 PREFERENCE = "preference"  # the non-random conditions pooled
@@ -71,6 +82,7 @@ class RevealedStageConfig(StageConfig):
     instruction_in: str = MISSING  # system | user
     traits_file: Optional[str] = None  # None: the bundled 144 traits
     persona_traits: Any = None  # None: traits named in the constitution's text
+    trait_prompt: str = MISSING  # eval.judge_format=likelihood: the system prompt a trait is read under
     compare_runs: Any = None  # other revealed run directories to correlate with
     top_n: int = MISSING
 
@@ -124,6 +136,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         raise ConfigError(f"stage.conditions={chosen}: allowed are {', '.join(all_conditions)}")
     if int(ev.revealed_trials) < 1:
         raise ConfigError(f"eval.revealed_trials={ev.revealed_trials} is not allowed; use 1 or more")
+    likelihood = check_judge_format(cfg) == "likelihood"
     _, prompts = stage_prompts(cfg, run, persona)
     items = sample_items(prompts, traits, chosen, int(ev.revealed_trials), seed=int(cfg.seed))
     tracked = _persona_traits(stage.persona_traits, persona, traits)
@@ -147,18 +160,27 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     judgments_path = fresh_file(run.path("judgments.jsonl"), stage.resume)
     judge = make_judge(cfg)
     judged_rows: list[dict[str, Any]] = []
+    calibrate = False
     try:
         for name in names:
-            questions = judge_questions(items, replies, name)
-            rows = judge_to_jsonl(
-                judge, questions, judgments_path, int(ev.batch_size), f"judging ({name})",
-                lambda done, total, p=name: run.log_metrics({f"revealed/judged_{p}": done}),
-            )  # fmt: skip
-            judged_rows += [rows[q.id] for q in questions if q.id in rows]
-        judged_by = judge_description(cfg, judge)
+            if likelihood:
+                judged_rows += _trait_likelihood(judge, items, replies, name, judgments_path, str(stage.trait_prompt))
+            else:
+                judged_rows += _judge(judge, items, replies, name, judgments_path, run, int(ev.batch_size))
+        # the judge's prior for each question, from a content-free reply; only useful when verdicts are scored
+        calibrate = bool(ev.judge_calibrate) and any(
+            r["mode"] in (LOGPROB, TOP_LOGPROBS) and "scores" not in r for r in judged_rows
+        )
+        if calibrate:
+            judged_rows += _judge(judge, items, replies, NEUTRAL, judgments_path, run, int(ev.batch_size))
+        judged_by = judge_description(cfg, judge) + (
+            f"; format likelihood (each reply read under each trait: system prompt {stage.trait_prompt!r})"
+            if likelihood
+            else "; format pairwise (both orders averaged)"
+        )
     finally:
         judge.sampler.close()
-    judged_trials = trials(judged_rows)
+    judged_trials = trials(judged_rows, calibrate=calibrate)
 
     # ---- ratings per player and condition; comparisons ----------------------------------------------------
     conditions = [*chosen, *([PREFERENCE] if len([c for c in chosen if c != CONTROL]) > 1 else [])]
@@ -179,6 +201,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
                 resamples=int(ev.bootstrap), bt_prior=float(ev.bt_prior), level=float(ev.ci_level), seed=int(cfg.seed),
             )  # fmt: skip
     modes = {name: count_modes(r for r in judged_rows if r["player"] == name) for name in names}
+    neutral_rows = sum(r["player"] == NEUTRAL for r in judged_rows)
     unparseable = {name: sum(t.outcome is None for t in judged_trials if t.player == name) for name in names}
     reference, target = compared_players(names)
     comparisons: dict[str, Comparison] = {}
@@ -206,7 +229,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         "usable": usable,
         "unparseable": unparseable,
         "verdict_modes": modes,
-        "judge": judged_by,
+        "judge": judged_by + (f"; calibrated by {neutral_rows} content-free replies" if calibrate else ""),
         "persona_traits": tracked,
         "reference": reference,
         "target": target,
@@ -260,6 +283,31 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     )
 
 
+def _judge(
+    judge: Any, items: list, replies: dict, name: str, path: Path, run: Run, batch_size: int
+) -> list[dict[str, Any]]:
+    """The judge's verdicts on `name`'s trials, both orders (appended to `path`, resumable)."""
+    questions = judge_questions(items, replies, name)
+    rows = judge_to_jsonl(
+        judge, questions, path, batch_size, f"judging ({name})",
+        lambda done, total: run.log_metrics({f"revealed/judged_{name}": done}),
+    )  # fmt: skip
+    return [rows[q.id] for q in questions if q.id in rows]
+
+
+def _trait_likelihood(
+    judge: Any, items: list, replies: dict, name: str, path: Path, template: str
+) -> list[dict[str, Any]]:
+    """Likelihood-format verdicts on `name`'s trials (appended to `path`; finished trials are kept)."""
+    done = {row["id"]: row for row in iter_jsonl(path) if row.get("player") == name} if path.is_file() else {}
+    todo = [item for item in items if f"{name}:{item.id}" not in done]
+    rows = trait_verdicts(judge.sampler, todo, replies, name, template)
+    with JsonlWriter(path) as writer:
+        writer.write_many(rows)
+    done.update({row["id"]: row for row in rows})
+    return [done[f"{name}:{item.id}"] for item in items if f"{name}:{item.id}" in done]
+
+
 def compared_players(names: list[str]) -> tuple[Optional[str], Optional[str]]:
     """(reference, target) of the rank shift: base -> tuned, else base -> base + constitution (the positive
     control), else base + constitution -> tuned; (None, None) with one player."""
@@ -311,8 +359,8 @@ def _load_ratings(directory: Path, condition: str) -> dict[str, dict[str, float]
 def _log_tables(run: Run, replies: dict, judged: list[dict[str, Any]]) -> None:
     rows = [
         [r["player"], replies.get(f"{r['player']}:{r['item']}", {}).get("prompt", ""), r["trait_a"], r["trait_b"],
-         r["condition"], r["order"], replies.get(f"{r['player']}:{r['item']}", {}).get("text", ""), r["mode"],
-         r["choice"] or ""]
+         r["condition"], r.get("order", "-"), replies.get(f"{r['player']}:{r['item']}", {}).get("text", ""),
+         r["mode"], r.get("choice") or (max(r["scores"], key=r["scores"].get) if r.get("scores") else "")]
         for r in judged
     ]  # fmt: skip
     run.tracker.log_table(
