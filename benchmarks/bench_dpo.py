@@ -41,13 +41,25 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from trainbench import ALL_LINEAR, PhaseMeter, model_folder, print_table, run_worker, stage_defaults, timed_method  # noqa: E402
+from trainbench import (  # noqa: E402
+    ALL_LINEAR,
+    PhaseMeter,
+    model_folder,
+    print_table,
+    run_worker,
+    stage_defaults,
+    store_rows,
+    stored_rows,
+    timed_method,
+)
 
 ABLATIONS = {
     "charlab -shared prompt rows": "share_prefixes",
     "charlab -trained-only logits": "trained_only",
     "charlab -cached reference": "cached_reference",
     "charlab -length grouping": "group_by_length",
+    "charlab -fused kernels": "fused",
+    "charlab -branched attention": "branched_attention",
 }
 ROWS = ("charlab", *ABLATIONS, "trl-default", "trl-best")
 
@@ -76,6 +88,7 @@ def worker_charlab(args: argparse.Namespace, d: dict[str, Any], off: str) -> dic
     from charlab.chat_format import ChatFormat
     from charlab.data.records import DpoExample
     from charlab.schemas import LoraConfig, ModelConfig
+    from charlab.training import kernels
     from charlab.training.dpo import DpoAlgorithm, encode_pairs
     from charlab.training.local import LocalBackend
     from charlab.training.loop import LoopConfig, Trainer
@@ -85,6 +98,10 @@ def worker_charlab(args: argparse.Namespace, d: dict[str, Any], off: str) -> dic
     backend = LocalBackend.create(model, lora, Path(args.work), device=args.device, dtype=args.dtype, seed=0)
     backend.share_prefixes = backend.share_prefixes and off != "share_prefixes"
     backend.trained_only = off != "trained_only"
+    backend.branched_attention = backend.branched_attention and off != "branched_attention"
+    if off == "fused":
+        kernels.unfuse_lora(backend.model)
+        backend.fused_head = False
     pairs = [DpoExample(**p) for p in json.loads(Path(args.pairs_file).read_text())]
     items, _ = encode_pairs(ChatFormat(backend.tokenizer), pairs, args.max_length)
     algorithm = DpoAlgorithm(beta=d["beta"], nll_coef=d["nll_coef"], eval_batch_size=d["eval_batch_size"],
@@ -103,7 +120,7 @@ def worker_charlab(args: argparse.Namespace, d: dict[str, Any], off: str) -> dic
     ref = summary.prepare_s if algorithm.cached_reference else None
     loss = sum(losses) / len(losses)
     return {"total_s": phase["phase_s"], "peak_mb": phase["peak_mb"], "ref_pass_s": ref, "pairs": len(items),
-            "steps_s": phase["phase_s"] - (ref or 0.0), "loss": loss}  # fmt: skip
+            "steps_s": phase["phase_s"] - (ref or 0.0), "loss": loss, "other_load": phase["other_load"]}  # fmt: skip
 
 
 def worker_trl(args: argparse.Namespace, d: dict[str, Any], best: bool) -> dict[str, Any]:
@@ -151,7 +168,7 @@ def worker_trl(args: argparse.Namespace, d: dict[str, Any], best: bool) -> dict[
     ref = timing.get("_precompute_ref_logps")
     return {"total_s": phase["phase_s"], "peak_mb": phase["peak_mb"], "ref_pass_s": ref,
             "pairs": len(trainer.train_dataset), "steps_s": phase["phase_s"] - (ref or 0.0),
-            "loss": result.training_loss}  # fmt: skip
+            "loss": result.training_loss, "other_load": phase["other_load"]}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -165,6 +182,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto", help="auto: fp32 on CPU, bf16 on CUDA")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"which rows, of {','.join(ROWS)}")
+    parser.add_argument("--results", type=Path, help="a JSON file that keeps rows across runs (one row per run)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--pairs-file", help=argparse.SUPPRESS)
@@ -191,7 +209,8 @@ def main() -> None:
     if unknown:
         sys.exit(f"--rows: unknown {', '.join(sorted(unknown))}; allowed: {', '.join(ROWS)}")
     folder = model_folder(args.model)
-    results: dict[str, dict[str, Any]] = {}
+    setup = {k: getattr(args, k) for k in ("model", "pairs", "max_length", "device", "dtype")}
+    results = stored_rows(args.results, setup)
     with tempfile.TemporaryDirectory(prefix="bench-dpo-") as tmp:
         work = Path(tmp)
         pairs_file = work / "pairs.json"
@@ -202,13 +221,15 @@ def main() -> None:
             r = run_worker(__file__, row, [*common, "--work", str(work / row)], work / f"{row}.json")
             r["rate"] = r["pairs"] / r["total_s"]  # pairs trained (both sides drop pairs with no reply left)
             results[row] = r
+            store_rows(args.results, setup, results)
             print(f"  {row}: {r['total_s']:.1f} s, {r['peak_mb']:.0f} MB", flush=True)
     d = defaults
     print(f"\nDPO, {args.model}, {args.pairs} pairs, batch {d['batch_size']}, LoRA r=32 all linear, max length "
           f"{args.max_length}, {args.device} {args.dtype}, {os.cpu_count()} cores; lr {d['lr']} {d['schedule']} "
           f"(warmup {d['warmup_ratio']}), clip {d['max_grad_norm']}, beta {d['beta']}, "
           f"NLL {d['nll_coef']}")  # fmt: skip
-    print_table(results, "pairs", reference="trl-best" if "trl-best" in results else "")
+    ordered = {row: results[row] for row in ROWS if row in results}
+    print_table(ordered, "pairs", reference="trl-best" if "trl-best" in results else "")
 
 
 if __name__ == "__main__":

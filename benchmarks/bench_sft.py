@@ -41,12 +41,22 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from trainbench import ALL_LINEAR, PhaseMeter, model_folder, print_table, run_worker, stage_defaults  # noqa: E402
+from trainbench import (  # noqa: E402
+    ALL_LINEAR,
+    PhaseMeter,
+    model_folder,
+    print_table,
+    run_worker,
+    stage_defaults,
+    store_rows,
+    stored_rows,
+)
 
 ABLATIONS = {
     "charlab -packing": "packing",
     "charlab -trained-only logits": "trained_only",
     "charlab -length grouping": "group_by_length",
+    "charlab -fused kernels": "fused",
 }
 ROWS = ("charlab", *ABLATIONS, "trl-default", "trl-best", "trl-packing")
 DEFAULT_ROWS = ROWS[:-1]
@@ -78,6 +88,7 @@ def conversations(n: int, seed: int = 0) -> list[list[dict[str, str]]]:
 
 def worker_charlab(args: argparse.Namespace, d: dict[str, Any], off: str) -> dict[str, Any]:
     from charlab.schemas import LoraConfig, ModelConfig
+    from charlab.training import kernels
     from charlab.training.backend import TokenSequence
     from charlab.training.local import LocalBackend
     from charlab.training.loop import LoopConfig, Trainer
@@ -88,6 +99,9 @@ def worker_charlab(args: argparse.Namespace, d: dict[str, Any], off: str) -> dic
     lora = LoraConfig(rank=256, alpha=512, dropout=0.0, target_modules=list(ALL_LINEAR))
     backend = LocalBackend.create(model, lora, Path(args.work), device=args.device, dtype=args.dtype, seed=0)
     backend.trained_only = off != "trained_only"
+    if off == "fused":
+        kernels.unfuse_lora(backend.model)
+        backend.fused_head = False
     items = [SftItem(i, TokenSequence(tuple(x["input_ids"]), tuple(x["assistant_masks"]))) for i, x in enumerate(data)]
     pack = args.max_length if d["packing"] and off != "packing" else None
     algorithm = SftAlgorithm(pack_length=pack, eval_batch_size=d["eval_batch_size"])
@@ -103,7 +117,8 @@ def worker_charlab(args: argparse.Namespace, d: dict[str, Any], off: str) -> dic
     trainer.train()
     phase = meter.stop()
     return {"total_s": phase["phase_s"], "steps_s": phase["phase_s"], "ref_pass_s": None, "peak_mb": phase["peak_mb"],
-            "loss": sum(losses) / len(losses), "steps": trainer.total_steps}  # fmt: skip
+            "loss": sum(losses) / len(losses), "steps": trainer.total_steps,
+            "other_load": phase["other_load"]}  # fmt: skip
 
 
 def worker_trl(args: argparse.Namespace, d: dict[str, Any], row: str) -> dict[str, Any]:
@@ -142,7 +157,8 @@ def worker_trl(args: argparse.Namespace, d: dict[str, Any], row: str) -> dict[st
     result = trainer.train()
     phase = meter.stop()
     return {"total_s": phase["phase_s"], "steps_s": phase["phase_s"], "ref_pass_s": None, "peak_mb": phase["peak_mb"],
-            "loss": result.training_loss, "steps": trainer.state.global_step}  # fmt: skip
+            "loss": result.training_loss, "steps": trainer.state.global_step,
+            "other_load": phase["other_load"]}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -156,6 +172,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto", help="auto: fp32 on CPU, bf16 on CUDA")
     parser.add_argument("--rows", default=",".join(DEFAULT_ROWS), help=f"which rows, of {','.join(ROWS)}")
+    parser.add_argument("--results", type=Path, help="a JSON file that keeps rows across runs (one row per run)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--data-file", help=argparse.SUPPRESS)
@@ -191,8 +208,8 @@ def main() -> None:
         data.append({"input_ids": encoded.input_ids[: args.max_length],
                      "assistant_masks": encoded.loss_mask[: args.max_length]})  # fmt: skip
     tokens = sum(len(x["input_ids"]) for x in data)
-    results: dict[str, dict[str, Any]] = {}
-    notes: dict[str, str] = {}
+    setup = {k: getattr(args, k) for k in ("model", "conversations", "max_length", "device", "dtype")}
+    results = stored_rows(args.results, setup)
     with tempfile.TemporaryDirectory(prefix="bench-sft-") as tmp:
         work = Path(tmp)
         data_file = work / "data.json"
@@ -203,13 +220,15 @@ def main() -> None:
             r = run_worker(__file__, row, [*common, "--work", str(work / row)], work / f"{row}.json")
             r["rate"] = tokens / r["total_s"]
             results[row] = r
-            notes[row] = f"{r['steps']} steps"
+            store_rows(args.results, setup, results)
             print(f"  {row}: {r['total_s']:.1f} s, {r['peak_mb']:.0f} MB", flush=True)
     d = defaults
     print(f"\nSFT, {args.model}, {len(data)} conversations ({tokens} tokens), batch {d['batch_size']}, LoRA r=256 all "
           f"linear, max length {args.max_length}, {args.device} {args.dtype}, {os.cpu_count()} cores; lr {d['lr']} "
           f"{d['schedule']} (warmup {d['warmup_ratio']}), clip {d['max_grad_norm']}")  # fmt: skip
-    print_table(results, "tokens", reference="trl-best" if "trl-best" in results else "", notes=notes,
+    ordered = {row: results[row] for row in ROWS if row in results}
+    notes = {row: f"{r['steps']} steps" for row, r in ordered.items()}
+    print_table(ordered, "tokens", reference="trl-best" if "trl-best" in results else "", notes=notes,
                 reference_pass=False)
 
 

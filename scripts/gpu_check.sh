@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One short check for a machine with NVIDIA GPUs (~10 minutes once the environments exist): SmolLM2-135M through
 # distill (teacher + student on vLLM) -> DPO (bf16, SDPA; data-parallel over all GPUs when there are several) ->
-# introspection sampled by vLLM with the DPO adapter as a LoRA module -> SFT (bf16), then vLLM vs hf sampling.
+# introspection sampled by vLLM with the DPO adapter as a LoRA module -> SFT (bf16), then vLLM vs hf sampling and
+# the DPO / SFT tables against TRL.
 # Prints generation and training tokens/s and peak GPU memory (meta.json of each step).
 #   bash scripts/gpu_check.sh
 #   PY=/opt/env/bin/python CHARLAB_VLLM_PYTHON=/opt/env/bin/python bash scripts/gpu_check.sh   # existing envs
@@ -59,3 +60,8 @@ if servers.is_file():
 EOF
 # Sampling throughput of the two engines on the same prompts (benchmarks/bench_vllm_sampling.py).
 "$PY" benchmarks/bench_vllm_sampling.py --prompts 256 --max-new-tokens 256 --hf-batch-sizes 64,256
+# charlab vs TRL's default and best configuration, like for like (benchmarks/bench_dpo.py, bench_sft.py; README
+# "Performance"): bf16, peak GPU memory of the training phase. TRL comes with the `bench` extra.
+"$PY" -c "import trl" 2>/dev/null || "$PY" -m pip install -q -e ".[bench]"
+"$PY" benchmarks/bench_dpo.py --device cuda --pairs 64 --rows charlab,trl-default,trl-best
+"$PY" benchmarks/bench_sft.py --device cuda --conversations 64 --rows charlab,trl-default,trl-best

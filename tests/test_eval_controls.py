@@ -21,13 +21,11 @@ from charlab.eval.bootstrap import paired_rates
 from charlab.eval.classifier_data import LabelledText
 from charlab.eval.elo import match_outcomes
 from charlab.eval.persona_classifier import ClassifierConfig, train_on_rows
-from charlab.eval.persona_likelihood import likelihood_matches, persona_scores, trait_verdicts
+from charlab.eval.persona_likelihood import likelihood_matches, persona_scores
 from charlab.eval.prompts import generic_prompts
-from charlab.eval.ratings import bootstrap_win_rate, fit_ratings
-from charlab.eval.revealed import RevealedItem, trials
+from charlab.eval.ratings import bootstrap_win_rate
 from charlab.generation.base import SamplingParams
 from charlab.schemas import ModelConfig
-from charlab.stages.revealed import compare
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -113,53 +111,3 @@ def test_classifier_separates_the_controls(replies: dict[str, Any], tmp_path: Pa
     positive, negative = rates["pirate - base"], rates["base2 - base"]
     assert positive.low > 0, f"positive control: {positive}"
     assert negative.low <= 0 <= negative.high, f"negative control: {negative}"
-
-
-TRAITS = ["piratical", "formal", "gloomy", "technical"]  # a trait SmolLM2 shows visibly when told to, and others
-TRAIT_PROMPT = "You are {trait}."  # configs/stage/revealed.yaml's trait_prompt
-TRIALS = 24
-
-
-@pytest.fixture(scope="module")
-def trait_replies(smol: Any) -> dict[str, Any]:
-    """Revealed-preference trials (two traits, 'the one that feels most like you', in the user's message) for
-    base (two seeds) and for base told to talk like a pirate."""
-    import random
-
-    from charlab.eval.revealed import load_conditions, reply_jobs
-
-    rng = random.Random(0)
-    prompts = generic_prompts()[300 : 300 + TRIALS]
-    items = [
-        RevealedItem(f"r{i}", pid, text, *rng.sample(TRAITS, 2), "feels_like_you")
-        for i, (pid, text) in enumerate(prompts)
-    ]
-    conditions = load_conditions()
-    out: dict[str, Any] = {"items": items}
-    for name, system, seed in (("base", None, 1), ("base2", None, 2), ("pirate", PIRATE, 1)):
-        jobs = reply_jobs(items, name, conditions, system, placement="user")
-        done = smol.sample([j.messages for j in jobs], SamplingParams(**{**REPLY.__dict__, "seed": seed}))
-        out[name] = {j.id: {"text": c.text} for j, c in zip(jobs, done)}
-    return out
-
-
-def _trait_fit(smol: Any, trait_replies: dict[str, Any], name: str) -> Any:
-    """Trait ratings from the local judge's format (eval.judge_format=likelihood)."""
-    rows = trait_verdicts(smol, trait_replies["items"], trait_replies[name], name, TRAIT_PROMPT)
-    judged = trials(rows)
-    assert len(judged) == TRIALS and all(t.outcome is not None for t in judged)  # every trial got a verdict
-    return fit_ratings([t.outcome for t in judged], TRAITS, resamples=1000)
-
-
-def test_revealed_preferences_separate_the_controls(smol: Any, trait_replies: dict[str, Any]) -> None:
-    """Injected bugs caught: rating the trait named first instead of the likelier one (the shift then follows
-    the trial order, not the replies); reading both traits' scores under the same trait (all ties)."""
-    base = _trait_fit(smol, trait_replies, "base")
-    positive = compare(
-        "feels_like_you", base, _trait_fit(smol, trait_replies, "pirate"), TRAITS, ["piratical"], 0.95, TRIALS
-    )
-    negative = compare(
-        "feels_like_you", base, _trait_fit(smol, trait_replies, "base2"), TRAITS, ["piratical"], 0.95, TRIALS
-    )
-    assert positive.shift_ci.low > 0, f"positive control: piratical's rank shift {positive.shift_ci}"
-    assert negative.shift_ci.low <= 0 <= negative.shift_ci.high, f"negative control: {negative.shift_ci}"

@@ -281,3 +281,21 @@ def test_revealed_trials_rank_shift_and_spearman() -> None:
     samples = np.stack([base, tuned])
     assert sampled_spearman(samples, samples[::-1]).tolist() == pytest.approx([0.4, 0.4])
     assert sampled_rank_shift(np.stack([base, base]), np.stack([tuned, base]), [2, 3]).tolist() == [1.0, 0.0]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("kind", "criterion", "expected"),
+    [("hf", "persona", "likelihood"), ("hf", None, "likelihood"), ("hf", "helpfulness", "pairwise"),
+     ("openai", "persona", "pairwise"), ("vllm", "persona", "pairwise"), ("tinker", None, "pairwise")],
+)  # fmt: skip
+def test_auto_judge_format_reads_replies_only_where_the_judge_can(kind: str, criterion, expected: str) -> None:
+    """eval=demo (judge_format auto) with an API judge must judge pairwise, not stop. Injected bug caught: auto
+    resolving to likelihood for every judge (experiment=paper's openai judge then fails at the classifier step)."""
+    from omegaconf import OmegaConf
+
+    from charlab.stages._eval import check_judge_format
+
+    stage = {"criterion": criterion} if criterion else {}
+    cfg = OmegaConf.create({"eval": {"judge_format": "auto"}, "judge": {"kind": kind}, "stage": stage})
+    assert check_judge_format(cfg) == expected

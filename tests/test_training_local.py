@@ -313,10 +313,12 @@ def test_the_sampler_generates_with_the_trained_weights(tiny_model, cache_dir) -
 
 
 def test_a_pair_sharing_its_prompt_in_one_row_scores_as_if_alone(tiny_model, cache_dir, pairs_items) -> None:
+    """Shared rows through the branched attention, the same rows through a dense mask, and each sequence alone:
+    equal log-probabilities and gradients. Injected bug: a second reply that also attends to the first."""
     from charlab.training import rows
 
     backend = make_backend(tiny_model, cache_dir)
-    assert backend.share_prefixes
+    assert backend.share_prefixes and backend.branched_attention
     batch = interleave(pairs_items[:4])
     assert rows.group(batch) == [[0, 1], [2, 3], [4, 5], [6, 7]]
     torch.manual_seed(0)
@@ -327,6 +329,13 @@ def test_a_pair_sharing_its_prompt_in_one_row_scores_as_if_alone(tiny_model, cac
     together = backend._forward(batch)  # with gradient: the training path
     (sum(lp.sum() for lp in together)).backward()
     grads = {n: p.grad.clone() for n, p in backend.model.named_parameters() if p.requires_grad}
+    backend.model.zero_grad()
+    backend.branched_attention = False  # the same rows through one dense masked attention
+    dense = backend._forward(batch)
+    (sum(lp.sum() for lp in dense)).backward()
+    for n, p in backend.model.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(grads[n], p.grad, atol=1e-5), n
     backend.model.zero_grad()
     backend.share_prefixes = False
     alone = [backend._forward([seq])[0] for seq in batch]

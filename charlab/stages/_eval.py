@@ -76,12 +76,16 @@ def eval_replies(
     return path, {row["id"]: row for row in iter_jsonl(path) if row.get("id") in wanted}
 
 
-JUDGE_FORMATS = ("pairwise", "likelihood")
+JUDGE_FORMATS = ("pairwise", "likelihood", "auto")
 
 
 def check_judge_format(cfg: DictConfig) -> str:
-    """`eval.judge_format`, checked before anything is generated (likelihood needs a local `hf` judge)."""
+    """`eval.judge_format`, checked before anything is generated (likelihood needs a local `hf` judge); `auto`
+    resolves to likelihood for an `hf` judge of the persona, else to pairwise."""
     judge_format = str(cfg.eval.judge_format)
+    if judge_format == "auto":
+        persona = str(cfg.stage.get("criterion", "persona")) == "persona"
+        return "likelihood" if cfg.judge.kind == "hf" and persona else "pairwise"
     if judge_format not in JUDGE_FORMATS:
         raise ConfigError(f"eval.judge_format={judge_format!r} is not allowed; use one of {', '.join(JUDGE_FORMATS)}")
     if judge_format == "likelihood" and cfg.judge.kind != "hf":

@@ -10,6 +10,11 @@ Both compute exactly what the plain modules compute, with fewer passes over larg
 * `head_logprobs`: `log softmax(h W^T)[target]` for the trained positions, whose backward recomputes the
   chunk's logits once and turns them into the gradient in place (softmax minus one-hot), never keeping a
   [rows, vocabulary] tensor between forward and backward.
+* `branched_attention`: attention for rows that hold a shared prompt and then two replies
+  (`charlab.training.rows`). With one dense masked attention over the row, every reply token would also be
+  scored against the other reply's tokens (masked out, but computed); here the prompt and the first reply are
+  one causal attention, and each further reply attends to the prompt and to itself only. `use_branched_attention`
+  installs it as the model's attention (plain SDPA whenever a forward passes no row spans).
 """
 
 from __future__ import annotations
@@ -112,3 +117,57 @@ class _HeadLogprobs(torch.autograd.Function):
 def head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per-row log-probability of `targets` under the output head `weight` ([vocabulary, hidden])."""
     return _HeadLogprobs.apply(hidden, weight, targets)
+
+
+BRANCHES = "charlab_branches"  # the forward keyword that carries `Layout.spans` down to the attention layers
+ATTENTION = "charlab_sdpa"
+
+
+def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+def branched_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                       attention_mask: Optional[torch.Tensor], dropout: float = 0.0, scaling: Optional[float] = None,
+                       **kwargs: Any) -> tuple[torch.Tensor, None]:  # fmt: skip
+    """Transformers' attention-function signature; rows as `kwargs[BRANCHES]` describes (see the docstring)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    spans = kwargs.pop(BRANCHES, None)
+    if spans is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    groups = int(getattr(module, "num_key_value_groups", 1))
+    key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
+    width, rows = query.shape[2], []
+    for r, row in enumerate(spans):
+        q, k, v = query[r : r + 1], key[r : r + 1], value[r : r + 1]
+        first = row[1][1] if len(row) > 1 else row[0][1]  # the prompt and the first reply: plain causal
+        parts = [sdpa(q[:, :, :first], k[:, :, :first], v[:, :, :first], dropout_p=dropout, scale=scaling,
+                      is_causal=True)]  # fmt: skip
+        prefix = row[0][1]
+        for start, end in row[2:]:  # a further reply: the prompt, then itself causally
+            keys = torch.cat([k[:, :, :prefix], k[:, :, start:end]], dim=2)
+            values = torch.cat([v[:, :, :prefix], v[:, :, start:end]], dim=2)
+            own = torch.ones(end - start, end - start, dtype=torch.bool, device=q.device).tril()
+            allowed = torch.cat([own.new_ones(end - start, prefix), own], dim=1)
+            parts.append(sdpa(q[:, :, start:end], keys, values, attn_mask=allowed, dropout_p=dropout, scale=scaling))
+        end = row[-1][1]
+        if end < width:  # padding: never read by a real token
+            parts.append(q.new_zeros(1, q.shape[1], width - end, q.shape[3]))
+        rows.append(torch.cat(parts, dim=2))
+    return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
+
+
+def use_branched_attention(model: torch.nn.Module) -> bool:
+    """Route a model's SDPA attention through `branched_attention`; False if it does not use SDPA."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    config = model.config
+    if getattr(config, "_attn_implementation", None) not in ("sdpa", ATTENTION):
+        return False
+    AttentionInterface.register(ATTENTION, branched_attention)
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # masks built as for SDPA
+    config._attn_implementation = ATTENTION
+    return True

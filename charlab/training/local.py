@@ -122,8 +122,9 @@ class LocalBackend:
         self._chunk_rows = max(64, LOGIT_BYTES_PER_CHUNK // (4 * vocab))
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         self._dtype = next(self._head.parameters()).dtype
-        # shared-prefix rows need a 4D mask, which fused flash-attention kernels do not take
-        self.share_prefixes = getattr(self._hf.config, "_attn_implementation", "sdpa") in ("sdpa", "eager")
+        # shared-prefix rows need a 4D mask (eager) or the branched attention (SDPA); fused flash kernels take neither
+        self.branched_attention = kernels.use_branched_attention(self._hf)
+        self.share_prefixes = self.branched_attention or self._hf.config._attn_implementation == "eager"
         self.trained_only = True  # the output head on trained positions only (False: on every position, for ablations)
         # fused kernels (`charlab.training.kernels`): LoRA linears and the head's backward; False: PEFT's / checkpoint
         self.fused_head = getattr(self._head, "bias", None) is None
@@ -258,7 +259,8 @@ class LocalBackend:
         col_index = torch.tensor(cols, device=self.device)
         target = torch.tensor(tokens, dtype=torch.long, device=self.device)
         score = self._ddp if self._ddp is not None and torch.is_grad_enabled() else self.score
-        picked = score(ids, mask, positions, row_index, col_index, target)
+        spans = lay.spans if mask is not None and self.branched_attention else None  # else the dense 4D mask
+        picked = score(ids, mask, positions, row_index, col_index, target, spans)
         starts = [0]
         for seq in batch:
             starts.append(starts[-1] + len(seq) - 1)
@@ -274,15 +276,21 @@ class LocalBackend:
         row_index: torch.Tensor,
         col_index: torch.Tensor,
         target: torch.Tensor,
+        spans: Optional[list[list[tuple[int, int]]]] = None,
     ) -> torch.Tensor:
-        """Log-probabilities of `target` at (row, column) positions of the laid-out batch."""
+        """Log-probabilities of `target` at (row, column) positions of the laid-out batch (`spans`: its rows'
+        prompt and replies, for the branched attention)."""
         import torch
 
+        from charlab.training import kernels
+
         index = (row_index, col_index)
+        extra = {kernels.BRANCHES: spans} if spans is not None else {}
         if self.fast_logprobs:
-            hidden = self._body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+            hidden = self._body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, **extra)
             return self._head_logprobs(hidden.last_hidden_state[index], target)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, **extra)
+        logits = out.logits
         return torch.log_softmax(logits[index].float(), dim=-1).gather(-1, target[:, None]).squeeze(-1)
 
     def _fast_path_agrees(self) -> bool:

@@ -73,6 +73,8 @@ class Layout:
     row: list[int]  # row of each sequence
     shared: list[int]  # shared prefix length of each sequence's row (its own length when alone)
     offset: list[int]  # column where each sequence's own suffix starts
+    # per row: (0, shared prefix end) then each member's (start, end) columns; a row of one sequence: (0, its end)
+    spans: list[list[tuple[int, int]]]
 
     def column(self, seq: int, t: int) -> int:
         """Column holding token `t` of sequence `seq`."""
@@ -94,6 +96,7 @@ def layout(
     positions = torch.zeros((len(rows), width), dtype=torch.long) if branched or packed else None
     allowed = torch.ones((width, width), dtype=torch.bool).tril().repeat(len(rows), 1, 1) if branched else None
     seq_row, seq_shared, seq_offset = [0] * len(batch), [0] * len(batch), [0] * len(batch)
+    row_spans: list[list[tuple[int, int]]] = []
     for r, members in enumerate(rows):
         shared = _shared(batch, members)
         first = batch[members[0]]
@@ -112,6 +115,7 @@ def layout(
             seq_row[i], seq_shared[i], seq_offset[i] = r, shared, start
             spans.append((start, end))
             start = end
+        row_spans.append([(0, start)] if len(members) == 1 else [(0, shared), *spans])
         if positions is not None and start < width:  # padding continues the last count (never a new segment)
             last = int(positions[r, start - 1])
             positions[r, start:] = last + 1 + torch.arange(width - start)
@@ -123,7 +127,7 @@ def layout(
     if allowed is not None:
         dtype = mask_dtype or torch.float32
         mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
-    return Layout(ids, positions, mask, seq_row, seq_shared, seq_offset)
+    return Layout(ids, positions, mask, seq_row, seq_shared, seq_offset, row_spans)
 
 
 def targets(
