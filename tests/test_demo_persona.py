@@ -6,8 +6,9 @@ DPO adapter (no system prompt) then answers held-out prompts beside base, and th
 the pairs, as in the demo) measures both. The tuned model's in-persona rate must exceed base's by a margin the
 paired 95% bootstrap CI supports (its lower bound above 0), not by a lucky seed.
 
-Injected bug, seen to fail: DPO with `stage.lr=0` (the adapter stays zero, tuned == base): tuned - base = 0.00
-(CI 0.00 - 0.00), so the assertion on the lower bound fails.
+Injected bug, seen to fail: DPO with `stage.lr=1e-9` (the adapter stays ~zero, tuned == base; lr 0 is refused):
+tuned - base = 0.00 (CI 0.00 - 0.00), so the assertion on the lower bound fails. Measured with the demo preset as
+landed: tuned 0.31 (CI 0.12-0.56) vs base 0.00 on 16 held-out prompts, 3.8 min on 2 cores.
 """
 
 from __future__ import annotations
