@@ -111,8 +111,8 @@ def test_openai_errors_for_missing_key_empty_url_and_bad_url(monkeypatch):
 @pytest.mark.integration
 def test_openai_retries_429_500_timeouts_and_drops_and_keeps_order():
     failures = ["429", "500", "timeout", "drop", "503", None, "429"]
-    with OpenAICompatServer(replies=echo, failures=failures, timeout_delay_s=2.0, models=["m"]) as server:
-        sampler = OpenAISampler("m", base_url=server.base_url, timeout_s=0.5, retry_backoff_s=0.01, max_concurrency=3)
+    with OpenAICompatServer(replies=echo, failures=failures, timeout_delay_s=6.0, models=["m"]) as server:
+        sampler = OpenAISampler("m", base_url=server.base_url, timeout_s=2.0, retry_backoff_s=0.01, max_concurrency=3)
         assert isinstance(sampler, Sampler)
         conversations = [user(f"question {i}") for i in range(9)]
         out = sampler.sample(conversations, SamplingParams(max_new_tokens=20, seed=1))
