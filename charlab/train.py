@@ -28,6 +28,7 @@ load_env_file()
 register_resolvers()
 
 from charlab import distributed, launch  # noqa: E402
+from charlab.config_checks import check_config  # noqa: E402
 from charlab.config_store import register_schemas  # noqa: E402  (after resolvers: stages may compose configs)
 from charlab.errors import CharlabError, ConfigError  # noqa: E402
 from charlab.generation import vllm  # noqa: E402
@@ -61,6 +62,7 @@ def execute(cfg: DictConfig, output_dir: Optional[Path] = None) -> Optional[floa
     """Run the stage `cfg.stage.name` in `output_dir` (default: Hydra's job directory); return its metric."""
     spec = get_stage(cfg.stage.name)
     resolved = resolve_config(cfg)
+    check_config(resolved)  # every group's values, whatever the stage
     output_dir = Path(output_dir or HydraConfig.get().runtime.output_dir)
     launch.check_world(cfg)
     if launch.wants_launch(cfg):  # backend.nproc_per_node > 1: rank 0 of a torchrun group makes this run

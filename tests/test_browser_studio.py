@@ -118,7 +118,7 @@ def test_studio_in_a_real_browser(studio_url: tuple[str, Path]) -> None:
         page.get_by_role("textbox", name="Constitution (JSON)").fill(json.dumps(data, indent=2))
         page.get_by_role("textbox", name="Save as").fill("browser_pirate")
         page.get_by_role("textbox", name="Save as").press("Enter")
-        page.get_by_test_id("stBaseButton-primary").filter(has_text="Save").click()
+        page.locator(".st-key-save button").click()
         page.get_by_text("Saved").wait_for()
         page.screenshot(path=shots / "constitution.png")
         saved = load_constitution(tmp_path / "constitutions" / "browser_pirate.json", name="browser_pirate")
@@ -134,9 +134,9 @@ def test_studio_in_a_real_browser(studio_url: tuple[str, Path]) -> None:
         page.get_by_text("stage=show model=tiny").wait_for()
         page.get_by_text("show template").click()  # off: no tokenizer needed
         page.get_by_text("stage=show model=tiny stage.show_template=false").wait_for()
-        page.get_by_test_id("stBaseButton-primary").filter(has_text="Launch").click()
-        page.get_by_text("finished", exact=True).wait_for(timeout=120_000)
-        page.get_by_role("button", name="Stop").wait_for(state="detached")  # the live panel caught up
+        page.locator(".st-key-trainlaunch button").click()
+        # the launch's own card in its finished state (never a "Stop" label: Streamlit's header has one too)
+        page.locator("[class*='st-key-traincard-finished-']").wait_for(timeout=240_000)
         page.screenshot(path=shots / "training_launched.png")
 
         # Runs: both runs listed; Evaluation: the report
@@ -146,9 +146,9 @@ def test_studio_in_a_real_browser(studio_url: tuple[str, Path]) -> None:
         goto(page, "Evaluation")
         page.get_by_text("tuned_win_rate").wait_for()
         page.screenshot(path=shots / "evaluation.png")
-        for name, last in (("Data preview", "Generate replies"), ("Chat playground", "Send to all three")):
+        for name, last in (("Data preview", "data_go"), ("Chat playground", "chat_send")):
             goto(page, name)
-            page.get_by_role("button", name=last).wait_for()
+            page.locator(f".st-key-{last} button").wait_for()
             page.get_by_test_id("stSlider").first.wait_for()
             page.screenshot(path=shots / f"{name.split()[0].lower()}.png")
         assert not page.get_by_test_id("stException").count()

@@ -70,12 +70,15 @@ def test_cfg_job_prints_the_composed_config(cli) -> None:
         (["stage=show", "lora.rank=abc"], "could not be converted to Integer"),
         (["persona=nobody"], "Could not find 'persona/nobody'"),
         (["stage=nostage"], "Could not find 'stage/nostage'"),
+        (["stage=show", "lora.rank=0"], "charlab: error: lora.rank=0 is not allowed; use a positive integer"),
     ],
 )
 def test_bad_overrides_fail_at_start_naming_the_problem(cli, args: list[str], expected: str) -> None:
     result = cli(args)
     assert result.returncode != 0
     assert expected in result.stderr
+    if expected.startswith("charlab: error:"):  # charlab's own checks: status 2, one line, nothing else
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 @pytest.mark.integration

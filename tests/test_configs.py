@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
+from charlab.config_checks import RULES, check_config
+from charlab.errors import ConfigError
 from charlab.settings import configs_dir
 from tests.conftest import compose_config
 
@@ -61,6 +64,7 @@ def test_every_option_composes_and_resolves(group: str, option: str, tmp_path: P
     container = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
     assert container["stage"]["name"]
     assert container["persona"]["file"].endswith(".json")
+    check_config(container)  # every shipped option passes the value checks every stage runs at start
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -106,6 +110,43 @@ def test_schemas_reject_typos_and_wrong_types(override: str, message: str) -> No
         with pytest.raises(ConfigCompositionException) as err:
             compose(config_name="train", overrides=[override])
     assert message in str(err.value.__cause__ or err.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("lora.rank=0", "lora.rank=0 is not allowed; use a positive integer"),
+     ("lora.dropout=1.0", "lora.dropout=1.0 is not allowed; use a value in [0, 1)"),
+     ("teacher.top_p=0", "teacher.top_p=0 is not allowed"), ("judge.temperature=-0.5", "judge.temperature=-0.5"),
+     ("backend.nproc_per_node=0", "backend.nproc_per_node=0"), ("model.dtype=fp8", "auto | float32 | bfloat16"),
+     ("data.eval_fraction=1.0", "data.eval_fraction=1.0"), ("eval.ci_level=95", "a number in (0, 1)"),
+     ("provider@student=openai", None), ("student.max_concurrency=0", None)],
+)  # fmt: skip
+def test_value_checks_name_the_key_and_what_is_allowed(override: str, message: str, tmp_path: Path) -> None:
+    """Well-typed values that cannot work; `student.max_concurrency` exists only on API providers (hf: skipped).
+    Injected bug: `check_config` returning at once fails every bad case."""
+    overrides = ["provider@student=openai", override] if override.startswith("student.") else [override]
+    cfg = compose_config(overrides, tmp_path / "run")
+    container = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    if override.startswith("student."):
+        message = "student.max_concurrency=0 is not allowed; use an integer >= 1"
+    if message is None:
+        check_config(container)
+        return
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_config(container)
+
+
+def test_every_rule_names_a_key_some_config_has(tmp_path: Path) -> None:
+    """A rule for a key no shipped option composes is dead (a renamed key would silently go unchecked)."""
+    keys = set()
+    for group, option in every_option() + [("provider", "openai"), ("backend", "tinker")]:
+        extra = ["persona.name=pirate"] if (group, option) == ("persona", "custom") else []
+        cfg = compose_config([f"{GROUPS[group]}={option}", *extra], tmp_path / f"{group}-{option}")
+        for role in ROLES:
+            keys |= {f"{role}.{k}" for k in cfg[role]}
+        for node in ("lora", "model", "backend", "data", "eval"):
+            keys |= {f"{node}.{k}" for k in cfg[node]}
+    assert [r.key for r in RULES if r.key not in keys] == []
 
 
 def test_seed_environment_variables_are_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

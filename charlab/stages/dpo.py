@@ -24,7 +24,6 @@ from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_meta
 from charlab.stages._common import cache_dir, lora_config, model_config, to_plain
 from charlab.stages._training import TrainingStageConfig, loop_config, remote_forms
-from charlab.training.local import validate_lora
 from charlab.training.loop import validate_loop_config
 
 
@@ -83,7 +82,6 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     stage = cfg.stage
     validate(stage)
     model, lora = model_config(cfg.model), lora_config(cfg.lora)
-    validate_lora(lora)
     backend_cfg = backend_config(to_plain(cfg.backend))
     pairs_path, pairs = read_pairs(Path(stage.pairs).expanduser().resolve())
     run.add_parent("pairs", pairs_path)

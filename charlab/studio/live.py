@@ -88,7 +88,8 @@ def _launch_card(item: launcher.Launch, root: Path, key: str) -> None:
         "stopped": ":material/stop_circle:",
         "failed": ":material/cancel:",
     }[status]
-    with st.container(border=True):
+    # the key (CSS class st-key-<key>card-<status>-<id>) lets a browser test wait for one card's state
+    with st.container(border=True, key=f"{key}card-{status}-{item.id}"):
         top = st.columns([6, 1])
         top[0].markdown(f"{icon} **{status}** · `{item.command}`")
         if code is None and top[1].button("Stop", key=f"{key}stop{item.id}", icon=":material/stop:"):

@@ -51,9 +51,10 @@ def create_backend(
     init_adapter: Optional[str] = None,
 ) -> Any:
     """A ready `LocalBackend` or `TinkerBackend` with a fresh LoRA adapter of `lora`'s shape."""
-    from charlab.training.local import LocalBackend, validate_lora
+    from charlab.config_checks import check_lora
+    from charlab.training.local import LocalBackend
 
-    validate_lora(lora)
+    check_lora(lora)
     if isinstance(backend, LocalBackendConfig):
         from charlab import distributed
         from charlab.generation.vllm import POOL

@@ -52,16 +52,6 @@ LOGIT_BYTES_PER_CHUNK = 1 << 26  # 64 MiB of fp32 logits per output-head chunk
 STATE_WEIGHTS, STATE_OPTIMIZER = "adapter_state.safetensors", "optimizer.pt"
 
 
-def validate_lora(lora: LoraConfig) -> None:
-    """One-line errors for LoRA shapes that cannot train."""
-    if int(lora.rank) <= 0:
-        raise ConfigError(f"lora.rank={lora.rank} is not allowed; use a positive integer (e.g. 32)")
-    if float(lora.alpha) <= 0:
-        raise ConfigError(f"lora.alpha={lora.alpha} is not allowed; use a positive number (e.g. 2 x rank)")
-    if not 0.0 <= float(lora.dropout) < 1.0:
-        raise ConfigError(f"lora.dropout={lora.dropout} is not allowed; use a value in [0, 1)")
-
-
 def _to_cpu(value: Any) -> Any:
     """`value` with every tensor in it moved to the CPU (nested dicts and lists)."""
     if hasattr(value, "detach"):
@@ -174,7 +164,6 @@ class LocalBackend:
 
         from charlab.models import load_causal_lm, load_tokenizer, resolve_device
 
-        validate_lora(lora_cfg)
         if num_threads:
             torch.set_num_threads(int(num_threads))
         device = distributed.rank_device(resolve_device(device))
