@@ -7,8 +7,10 @@ Configs are composed with Hydra's compose API (never by calling the `@hydra.main
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -170,6 +172,46 @@ def run_cli(args: list[str], tmp_path: Path, timeout: float = 600, **env: str) -
         text=True,
         timeout=timeout,
     )
+
+
+def wait_until(condition: Callable[[], bool], deadline_s: float = 600, what: str = "the condition") -> None:
+    """Poll `condition` until it holds; the deadline is generous on purpose (it only ends a test that failed)."""
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {deadline_s} s"
+        time.sleep(0.1)
+
+
+def line_count(path: Path) -> int:
+    """Whole lines in a file (0 when it does not exist yet)."""
+    return path.read_bytes().count(b"\n") if path.is_file() else 0
+
+
+def kill_when_held(
+    args: list[str], tmp_path: Path, hold: str, ready: Callable[[], bool], deadline_s: float = 900, **env: str
+) -> None:
+    """Run `python -m charlab.train <args>` holding at the failpoint `hold` (`charlab/failpoints.py`), wait until
+    `ready()` sees the finished artifact the hold follows, then SIGKILL its process group: the run is killed in
+    exactly that state, never after it finished and never by a race with a poll. The deadline only catches a run
+    that never gets there (its log ends the failure message)."""
+    log_path = tmp_path / f"killed-{len(list(tmp_path.glob('killed-*.log')))}.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "charlab.train", *args], cwd=ROOT, env=cli_env(tmp_path, CHARLAB_HOLD=hold, **env),
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + deadline_s
+            while not ready():
+                tail = log_path.read_text()[-3000:]
+                assert proc.poll() is None, f"the run ended before its hold ({hold}): {tail}"
+                assert time.monotonic() < deadline, f"no hold ({hold}) in {deadline_s} s: {tail}"
+                time.sleep(0.05)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, log_path.read_text()[-3000:]
 
 
 @pytest.fixture

@@ -10,15 +10,16 @@ fixed latency per request. Every request it receives is recorded.
     from tests.openai_compat_server import serve
 
     with serve(replies=["Ahoy."], failures=["429", "500", "timeout"]) as base_url:
-        sampler = OpenAISampler("test-model", base_url=base_url, timeout_s=0.5, retry_backoff_s=0.01)
+        sampler = OpenAISampler("test-model", base_url=base_url, timeout_s=5, retry_backoff_s=0.01)
 
     with OpenAICompatServer(replies=sampler_of_tiny_model, latency_s=0.2) as server:
         ... server.base_url, server.requests, server.failures_served ...
 
 `failures` is a list (applied to the first requests, in order; `None` entries succeed) or a dict of
 probabilities per kind (`{"429": 0.2, "500": 0.1, "timeout": 0.05, "drop": 0.05}`, seeded). Kinds:
-"429" (with `Retry-After: 0`), "500", "503", "timeout" (the reply comes after `timeout_delay_s`), "drop" (the
-connection is closed without an answer).
+"429" (with `Retry-After: 0`), "500", "503", "timeout" (no reply: the request is held until the client gives
+up, the server stops or `timeout_delay_s` passes, so a client timeout of any length sees a timeout), "drop"
+(the connection is closed without an answer).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class OpenAICompatServer:
         replies: Replies = None,
         failures: Union[None, Sequence[Optional[str]], dict[str, float]] = None,
         latency_s: float = 0.0,
-        timeout_delay_s: float = 3.0,
+        timeout_delay_s: float = 600.0,
         models: Optional[Sequence[str]] = None,
         api_key: Optional[str] = None,
         seed: int = 0,
@@ -76,6 +77,7 @@ class OpenAICompatServer:
         self.last_reply_at: Optional[float] = None  # ... and of the end of the latest one
         self._in_flight_seconds = 0.0  # integral of in_flight over time (for the mean)
         self.completed = 0  # replies produced (a reply to a client that already timed out counts too)
+        self.stopping = threading.Event()  # set on stop: releases requests held by a "timeout" failure
         self._httpd: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
 
@@ -98,6 +100,7 @@ class OpenAICompatServer:
         return self
 
     def stop(self) -> None:
+        self.stopping.set()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -290,8 +293,9 @@ class _Handler(BaseHTTPRequestHandler):
             headers = {"Retry-After": "0"} if failure == "429" else None
             self._error(int(failure), f"injected {failure}", "injected", headers)
             return
-        if failure == "timeout":
-            time.sleep(owner.timeout_delay_s)
+        if failure == "timeout":  # held until the client gave up: no race between a late reply and its timeout
+            owner.stopping.wait(owner.timeout_delay_s)
+            return
         text, finish, prompt_tokens, completion_tokens, logprobs = owner.answer(body)
         with owner._lock:
             owner.completed += 1
@@ -343,7 +347,7 @@ def serve(
     replies: Replies = None,
     failures: Union[None, Sequence[Optional[str]], dict[str, float]] = None,
     latency_s: float = 0.0,
-    timeout_delay_s: float = 3.0,
+    timeout_delay_s: float = 600.0,
     models: Optional[Sequence[str]] = None,
     api_key: Optional[str] = None,
     seed: int = 0,

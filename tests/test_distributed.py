@@ -21,6 +21,8 @@ from tests.conftest import ROOT, cli_env, run_cli
 from tests.test_dpo_stage import write_pairs
 from tests.test_sft import examples, write_examples
 
+pytestmark = pytest.mark.timing  # torchrun rendezvous and subprocess deadlines
+
 
 def metric_rows(run_dir: Path) -> list[dict[str, Any]]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]

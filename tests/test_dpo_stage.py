@@ -6,17 +6,14 @@ import json
 import math
 import os
 import random
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from charlab.errors import CharlabError
-from tests.conftest import ROOT, cli_env
+from charlab.training.loop import newest_checkpoint
+from tests.conftest import kill_when_held
 
 pytestmark = pytest.mark.integration
 TOPICS = ["the harbor", "bread", "the river", "a castle", "the weather", "my garden", "the library", "the ocean"]
@@ -140,6 +137,7 @@ def one_thread() -> Any:
     torch.set_num_threads(before)
 
 
+@pytest.mark.timing
 def test_a_killed_run_resumes_from_its_newest_checkpoint_to_the_same_final_loss(run_stage, tmp_path, one_thread):
     pairs = write_pairs(tmp_path / "pairs.jsonl", n=40)
     train = overrides(pairs, "stage.batch_size=2", "stage.epochs=3", "stage.save_every=2", "stage.eval_every=0")
@@ -150,28 +148,18 @@ def test_a_killed_run_resumes_from_its_newest_checkpoint_to_the_same_final_loss(
     assert final["step"] == 3 * math.ceil(train_pairs / 2)
 
     killed = tmp_path / "outputs" / "killed"
-    env = cli_env(tmp_path, CHARLAB_CACHE=str(Path(os.environ.get("CHARLAB_CACHE", "~/.cache/charlab")).expanduser()))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "charlab.train", *train, "logger=none", f"hydra.run.dir={killed}"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.time() + 240
-        while not list((killed / "checkpoints").glob("step-*/COMPLETE")) and proc.poll() is None:
-            assert time.time() < deadline, "no checkpoint appeared"
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    cache = str(Path(os.environ.get("CHARLAB_CACHE", "~/.cache/charlab")).expanduser())
+    checkpoints = killed / "checkpoints"
+    kill_when_held(
+        [*train, "logger=none", f"hydra.run.dir={killed}"], tmp_path, "checkpoint:1",
+        lambda: newest_checkpoint(checkpoints) is not None, CHARLAB_CACHE=cache,
+    )  # fmt: skip
+    assert newest_checkpoint(checkpoints).name == "step-000002"  # held after its first checkpoint (save_every=2)
     assert not (killed / "adapter").exists()
     _, resumed = run_stage([*train, "stage.resume=true", f"stage.resume_from={killed}"], name="resumed")
     rows = [r for r in metric_rows(resumed) if "loss" in r]
     total = final["step"]
-    assert 2 <= rows[0]["step"] - 1 < total and rows[-1]["step"] == total  # continued, not restarted
+    assert rows[0]["step"] == 3 and rows[-1]["step"] == total  # continued after step 2, not restarted
     assert rows[-1]["loss"] == pytest.approx(final["loss"], abs=1e-4)
     assert json.loads((resumed / "adapter" / "meta.json").read_text())["parents"]["resumed_from"] == str(killed)
     assert not list(resumed.glob("ref_logprobs-*.json"))  # the killed run's reference cache was reused

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from charlab.training.loop import newest_checkpoint
-from tests.conftest import ROOT, cli_env
+from tests.conftest import ROOT, cli_env, kill_when_held
 from tests.test_dpo_stage import write_pairs
 
 STEPS = ["distill", "dpo", "introspect", "sft", "export", "classifier", "revealed", "elo"]
@@ -63,26 +60,21 @@ def test_the_tiny_demo_runs_every_step_and_writes_a_full_report(run_stage, tmp_p
 
 @pytest.mark.integration
 @pytest.mark.slow
+@pytest.mark.timing
 def test_a_pipeline_killed_during_sft_resumes_without_redoing_finished_steps(tmp_path: Path) -> None:
-    """Killed once SFT has a finished checkpoint: its COMPLETE marker, never the `.tmp-` folder it is built in
-    (waiting for any folder killed the run before the first checkpoint existed, so it resumed at step 0)."""
+    """Killed while held after SFT's first finished checkpoint (`CHARLAB_HOLD`; waiting for any folder once killed
+    the run before the first checkpoint existed, so it resumed at step 0)."""
     root = tmp_path / "pipeline"
     slow_sft = '["stage.batch_size=1","stage.save_every=1","stage.eval_every=0","stage.gap_examples=2"]'
     args = [
-        "experiment=demo_tiny", "logger=none", "pipeline.steps=[distill,dpo,introspect,sft]", "data.reflections=48",
+        "experiment=demo_tiny", "logger=none", "pipeline.steps=[distill,dpo,introspect,sft]", "data.reflections=12",
         f"++pipeline.step_overrides.sft={slow_sft}",
     ]  # fmt: skip
     command = [sys.executable, "-m", "charlab.train", *args, f"hydra.run.dir={root}"]
     env = cli_env(tmp_path)
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)  # fmt: skip
     checkpoints = root / "04_sft" / "checkpoints"
-    deadline = time.time() + 420
-    while time.time() < deadline and proc.poll() is None and newest_checkpoint(checkpoints) is None:
-        time.sleep(0.1)
-    assert proc.poll() is None, f"the pipeline ended before SFT checkpointed: {proc.stderr.read().decode()[-2000:]}"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    ready = lambda: newest_checkpoint(checkpoints) is not None  # noqa: E731
+    kill_when_held([*args, f"hydra.run.dir={root}"], tmp_path, "checkpoint@04_sft:1", ready)
     finished = {s: (root / s / "meta.json").stat().st_mtime_ns for s in ("01_distill", "02_dpo", "03_introspect")}
     assert meta(root / "04_sft")["status"] == "running"
 
@@ -95,7 +87,7 @@ def test_a_pipeline_killed_during_sft_resumes_without_redoing_finished_steps(tmp
         assert (root / step / "meta.json").stat().st_mtime_ns == mtime, f"{step} was rerun"
         assert f"step {step.split('_', 1)[1]} already finished" in resumed.stdout
     sft = meta(root / "04_sft")
-    assert sft["status"] == "completed" and sft["summary"]["resumed_at_step"] >= 1
+    assert sft["status"] == "completed" and sft["summary"]["resumed_at_step"] == 1  # held after its 1st checkpoint
 
 
 @pytest.mark.integration

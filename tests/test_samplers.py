@@ -109,10 +109,13 @@ def test_openai_errors_for_missing_key_empty_url_and_bad_url(monkeypatch):
 
 
 @pytest.mark.integration
+@pytest.mark.timing
 def test_openai_retries_429_500_timeouts_and_drops_and_keeps_order():
     failures = ["429", "500", "timeout", "drop", "503", None, "429"]
-    with OpenAICompatServer(replies=echo, failures=failures, timeout_delay_s=6.0, models=["m"]) as server:
-        sampler = OpenAISampler("m", base_url=server.base_url, timeout_s=2.0, retry_backoff_s=0.01, max_concurrency=3)
+    # a "timeout" is held until the client gives up, so the client's timeout only needs to outlast a normal reply
+    # under load (2 s did not always: 8 retries counted instead of 6)
+    with OpenAICompatServer(replies=echo, failures=failures, models=["m"]) as server:
+        sampler = OpenAISampler("m", base_url=server.base_url, timeout_s=10.0, retry_backoff_s=0.01, max_concurrency=3)
         assert isinstance(sampler, Sampler)
         conversations = [user(f"question {i}") for i in range(9)]
         out = sampler.sample(conversations, SamplingParams(max_new_tokens=20, seed=1))
@@ -163,6 +166,7 @@ def test_openai_unknown_model_and_rejected_key_are_one_line_errors(monkeypatch):
 
 
 @pytest.mark.integration
+@pytest.mark.timing
 def test_openai_gives_up_after_max_retries():
     with serve(failures={"500": 1.0}) as url:
         sampler = OpenAISampler("m", base_url=url, max_retries=2, retry_backoff_s=0.01)

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from charlab.training.loop import newest_checkpoint
-from tests.conftest import ROOT, cli_env
+from charlab.training.loop import find_checkpoints, newest_checkpoint
+from tests.conftest import ROOT, cli_env, kill_when_held
 from tests.test_sft import examples, write_examples
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timing]
 
 
 def overrides(data: Path) -> list[str]:
@@ -35,21 +33,13 @@ def adapter_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 def test_sft_resumes_after_a_kill_and_matches_an_unbroken_run(tmp_path: Path, run_stage) -> None:
     data = write_examples(tmp_path / "introspection.jsonl", examples(10, 2, seed=1))
     first = tmp_path / "first"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "charlab.train", *overrides(data), "logger=none", f"hydra.run.dir={first}"],
-        cwd=ROOT, env=cli_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    kill_when_held(
+        [*overrides(data), "logger=none", f"hydra.run.dir={first}"], tmp_path, "checkpoint:2",
+        lambda: len(find_checkpoints(first / "checkpoints")) >= 2,
     )  # fmt: skip
-    deadline = time.time() + 180
-    while proc.poll() is None and time.time() < deadline:
-        checkpoint = newest_checkpoint(first / "checkpoints")
-        if checkpoint is not None and int(checkpoint.name.split("-")[1]) >= 2:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
     assert not (first / "adapter").exists()
     killed_at = int(newest_checkpoint(first / "checkpoints").name.split("-")[1])
+    assert killed_at == 2  # held after its 2nd checkpoint (save_every=1)
 
     second = tmp_path / "second"
     done = subprocess.run(

@@ -7,7 +7,6 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from charlab.studio.runs import (
     tail,
     vllm_command,
 )
+from tests.conftest import wait_until
 
 PIRATE = project_root() / "constitutions" / "pirate.json"
 
@@ -226,14 +226,13 @@ def test_tail_reads_the_end_of_a_log(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.timing
 def test_a_launch_runs_the_cli_command_and_finds_its_run_directory(tmp_path: Path) -> None:
     root = tmp_path / "outputs"
     overrides = ["stage=show", "stage.show_template=false", "logger=none", "persona=humor"]
     started = launcher.launch(overrides, root, env={"CHARLAB_OUTPUT_DIR": str(root)})
     assert started.argv == [sys.executable, "-m", "charlab.train", *overrides]
-    deadline = time.time() + 120
-    while launcher.poll(started) is None and time.time() < deadline:
-        time.sleep(0.3)
+    wait_until(lambda: launcher.poll(started) is not None, what="the launched run's end")
     assert launcher.poll(started) == 0, Path(started.log).read_text()
     run = launcher.run_of(started, root)
     assert run is not None and run.stage == "show" and run.persona == "humor" and run.status == "completed"
@@ -243,6 +242,7 @@ def test_a_launch_runs_the_cli_command_and_finds_its_run_directory(tmp_path: Pat
 
 
 @pytest.mark.integration
+@pytest.mark.timing
 def test_stop_interrupts_a_running_launch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A real process that runs until interrupted, started through the launcher's own code path.
     sleeper = [sys.executable, "-c", "import time\nwhile True: time.sleep(0.1)"]

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
+from charlab import failpoints
 from charlab.data.records import from_dict, to_dict
 from charlab.errors import DataError
 
@@ -103,6 +104,7 @@ class JsonlWriter:
         if self._pending:
             os.write(self._fd, b"".join(self._pending))
             self.written += len(self._pending)
+            failpoints.reached("lines", self.path, len(self._pending))
             self._pending.clear()
 
     def close(self) -> None:

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Protocol
 
-from charlab import distributed
+from charlab import distributed, failpoints
 from charlab.errors import ConfigError
 from charlab.training.backend import AdamParams, LossFn, ResultFuture, TokenSequence, TrainingBackend
 
@@ -195,6 +195,7 @@ def write_checkpoint(backend: TrainingBackend, root: Path, step: int, loop_state
     if keep > 0:
         for old in find_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
+    failpoints.reached("checkpoint", final)
     return final
 
 
