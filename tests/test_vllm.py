@@ -24,7 +24,7 @@ import pytest
 from charlab.eval.judging import TOP_LOGPROBS
 from charlab.generation import vllm
 from charlab.generation.vllm_server import adapter_name, lora_rank_slot
-from tests.conftest import ROOT, cli_env, run_cli
+from tests.conftest import ROOT, cli_env, random_adapter, run_cli
 from tests.test_dpo_stage import write_pairs
 
 VLLM_PYTHON = Path(os.environ.get("CHARLAB_VLLM_PYTHON") or ROOT / ".venv-vllm" / "bin" / "python")
@@ -119,6 +119,37 @@ def check_vllm_pipeline(root: Path) -> None:
     assert len(judged) == 4 * 3 * 2  # every pair of the three players, both orders, by the vLLM judge
     scored = sum(r["mode"] == TOP_LOGPROBS for r in judged)
     assert scored >= len(judged) // 2, [r["mode"] for r in judged]  # the judge read vLLM's top_logprobs
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_elo_alone_on_vllm_with_a_tuned_adapter_gets_replies_from_base_and_tuned(
+    vllm_python: Path, run_stage, compose_cfg, cache_dir: Path, tmp_path: Path
+) -> None:
+    """`stage=elo` on its own (no earlier step left a LoRA server behind) with `max_lora_rank: 0`.
+
+    Injected bug this catches (issue 23, defect 1): the base sampler keeps the endpoint of the server it started
+    without LoRA, the tuned sampler makes the pool restart that server with LoRA on a new port, and every base
+    reply fails against the dead port. Also: the server sized for the stage's adapter before its first start
+    (one server, not a LoRA-less one and then a restart)."""
+    from charlab.stages._common import model_config
+
+    smol = model_config(compose_cfg(["model=smollm2-135m"], name="model").model)
+    adapter = random_adapter(smol, cache_dir, tmp_path / "dpo" / "adapter", rank=8, alpha=16, b_scale=0.3)
+    overrides = [
+        "stage=elo", "model=smollm2-135m", "persona=pirate", f"stage.adapter={adapter}", "provider@student=vllm",
+        f"student.server.python={vllm_python}", "student.temperature=0", "student.max_new_tokens=16",
+        "provider@judge=hf", "judge.model=tiny", "eval.num_prompts=3", "eval.bootstrap=50", "eval.orderings=10",
+    ]  # fmt: skip
+    _, run_dir = run_stage(overrides, name="elo")
+    replies = {(r["player"], r["prompt_id"]): r["text"] for r in rows(run_dir / "replies.jsonl")}
+    prompts = sorted({pid for _, pid in replies})
+    assert len(prompts) == 3 and all(replies[(p, q)].strip() for p in ("base", "tuned") for q in prompts), replies
+    assert sum(replies[("tuned", q)] != replies[("base", q)] for q in prompts) >= 2, replies  # the adapter applied
+    servers = json.loads((run_dir / "vllm" / "servers.json").read_text())
+    assert len(servers) == 1 and "--enable-lora" in servers[0]["command"], servers
+    assert vllm.POOL.running() == []
 
 
 # ------------------------------------------------------------------------------------------------ lifecycle

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from charlab.errors import ProviderError
+from charlab.memory import process_group_memory
 
 log = logging.getLogger("charlab")
 # The LoRA ranks vLLM accepts for --max-lora-rank (vllm.config.lora.MaxLoRARanks)
@@ -117,6 +118,8 @@ class VllmServer:
     started_at: Optional[float] = None
     stopped_at: Optional[float] = None
     adapters: dict[str, str] = field(default_factory=dict)  # served name -> adapter folder
+    max_model_len: Optional[int] = None  # the context (prompt + reply) the server accepts, as its /v1/models says
+    memory_gb: dict[str, float] = field(default_factory=dict)  # measured when it stopped (`memory`)
 
     @property
     def base_url(self) -> str:
@@ -125,6 +128,15 @@ class VllmServer:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def exit_message(self) -> Optional[str]:
+        """None while the server runs or after `stop`; once it died by itself, one line with its last error and log."""
+        if self.process is None or self.process.poll() is None:
+            return None
+        return (
+            f"vllm provider: the {self.spec.served_name} server on port {self.port} exited with status "
+            f"{self.process.returncode}: {self._last_error()} (full log: {self.log_path})"
+        )
 
     def command(self) -> list[str]:
         spec = self.spec
@@ -199,7 +211,10 @@ class VllmServer:
             try:
                 if httpx.get(f"http://{self.host}:{self.port}/health", timeout=2.0).status_code == 200:
                     models = httpx.get(f"{self.base_url}/models", timeout=10.0).json()
-                    if self.spec.served_name in {m.get("id") for m in models.get("data", [])}:
+                    served = {m.get("id"): m for m in models.get("data", [])}
+                    if self.spec.served_name in served:
+                        length = served[self.spec.served_name].get("max_model_len")
+                        self.max_model_len = int(length) if length else None
                         return
             except (httpx.HTTPError, ValueError):
                 pass
@@ -212,9 +227,10 @@ class VllmServer:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM the server's process group, then SIGKILL what is left after `timeout_s`."""
-        process, self.process = self.process, None
-        if process is None:
+        if self.process is None:
             return
+        self.memory_gb = self.memory() or self.memory_gb
+        process, self.process = self.process, None
         if process.poll() is None:
             for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
                 try:
@@ -263,6 +279,14 @@ class VllmServer:
         return name
 
     # ---- reporting ------------------------------------------------------------------------------------------
+    def memory(self) -> dict[str, float]:
+        """Memory of the server's processes now, in GB: resident and peak resident CPU memory (summed over its
+        process group) and, where `nvidia-smi` lists them, the GPU memory they hold; {} when it is not running."""
+        if not self.running:
+            return {}
+        assert self.process is not None
+        return process_group_memory(self.process.pid)
+
     def describe(self) -> dict[str, Any]:
         """What `servers.json` records about this server."""
         return {
@@ -273,6 +297,8 @@ class VllmServer:
             "started_at": self.started_at,
             "stopped_at": self.stopped_at,
             "adapters": dict(self.adapters),
+            "max_model_len": self.max_model_len,
+            "memory_gb": self.memory() or self.memory_gb,
         }
 
     def _log_tail(self, limit: int = 20000) -> str:
