@@ -28,6 +28,7 @@ from tests.conftest import ROOT, cli_env, random_adapter, run_cli
 from tests.test_dpo_stage import write_pairs
 
 VLLM_PYTHON = Path(os.environ.get("CHARLAB_VLLM_PYTHON") or ROOT / ".venv-vllm" / "bin" / "python")
+STANDIN = ROOT / "tests" / "vllm_standin.py"  # `vllm serve`'s command line over the loopback test server
 PIRATE = re.compile(r"\b(arr+|matey|ahoy|ye|yo ho)\b", re.IGNORECASE)
 
 
@@ -170,6 +171,63 @@ def test_a_server_that_dies_while_starting_gives_one_line_naming_its_error_and_l
     error = [line for line in result.stderr.splitlines() if line.startswith("charlab: error:")]
     assert len(error) == 1 and "exited with status 3" in error[0] and "ValueError: no model at /nowhere" in error[0]
     log = tmp_path / "run" / "vllm" / "server-1.log"
+    assert str(log) in error[0] and log.is_file()
+
+
+def fake_adapter(folder: Path, rank: int) -> Path:
+    """A PEFT folder as far as the pool looks at it (its rank, its files); the stand-in server loads nothing."""
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"r": rank, "peft_type": "LORA"}))
+    (folder / "adapter_model.safetensors").write_bytes(b"\0" * 16)
+    return folder
+
+
+@pytest.mark.integration
+def test_a_sampler_follows_the_server_the_pool_restarted_for_a_larger_adapter(compose_cfg, tmp_path: Path) -> None:
+    """Issue 23, defect 1, without vLLM: the base sampler starts a server without LoRA, the tuned sampler makes the
+    pool restart it (new port) with LoRA; the base sampler (plain calls and streaming sessions) must reach the new
+    one. Injected bug this catches: a sampler that keeps the endpoint it was built with (connection refused)."""
+    from charlab.generation.base import SamplingParams
+    from charlab.generation.factory import make_sampler
+    from charlab.generation.openai_compat import run_sync
+    from charlab.stages._common import cache_dir, model_config, to_plain
+
+    cfg = compose_cfg(["provider@student=vllm", "model=tiny", "student.server.max_model_len=4000"])
+    provider = to_plain(cfg.student)
+    provider["server"]["command"] = [sys.executable, str(STANDIN)]
+    model, cache = model_config(cfg.model), cache_dir(cfg)
+    hello, params = [[{"role": "user", "content": "hello"}]], SamplingParams(max_new_tokens=8)
+    port = re.compile(r"on port (\d+)")
+
+    async def streamed(sampler) -> str:
+        async with sampler.session() as complete:
+            return (await complete(hello[0], params)).text
+
+    with vllm.POOL.scope(tmp_path / "run"):
+        base = make_sampler(provider, model, cache)
+        first = port.search(base.sample(hello, params)[0].text).group(1)
+        assert base.context_length == 4000  # what the server's /v1/models said
+        tuned = make_sampler(provider, model, cache, adapter=str(fake_adapter(tmp_path / "adapter", rank=8)))
+        second = port.search(tuned.sample(hello, params)[0].text).group(1)
+        assert second != first  # restarted with LoRA capacity
+        assert port.search(base.sample(hello, params)[0].text).group(1) == second
+        assert port.search(run_sync(streamed(base))).group(1) == second
+    servers = json.loads((tmp_path / "run" / "vllm" / "servers.json").read_text())
+    assert len(servers) == 2 and "--enable-lora" in servers[1]["command"] and servers[0]["stopped_at"]
+
+
+@pytest.mark.integration
+def test_a_server_that_dies_in_the_middle_of_a_stage_is_reported_with_its_error_and_log(tmp_path: Path) -> None:
+    """Injected bug this catches: the death reported as the client's connection failures after its retries
+    ("still failing after 3 attempts"), with no word of the server's own error or where its log is."""
+    standin = [sys.executable, str(STANDIN)]
+    args = stage_with_server(standin, "data.reflections=10", "++student.server.env.STANDIN_DIE_AFTER='3'",
+                             "student.max_concurrency=1", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    result = run_cli(args, tmp_path, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    error = [line for line in result.stderr.splitlines() if line.startswith("charlab: error:")]
+    log = tmp_path / "run" / "vllm" / "server-1.log"
+    assert len(error) == 1 and "exited with status 3" in error[0] and "illegal memory access" in error[0], error
     assert str(log) in error[0] and log.is_file()
 
 
