@@ -166,10 +166,6 @@ class VllmSampler:
         """The context (prompt + reply, tokens) the server accepts; None where it did not say."""
         return self._server.max_model_len if self._server is not None else None
 
-    @property
-    def base_url(self) -> str:
-        return self._resolve()[1].base_url
-
     def _resolve(self) -> tuple[VllmServer, OpenAISampler]:
         """The live server (the pool starts or restarts it as needed) and a client addressed to it."""
         server = self.pool.acquire(self.spec, lora_rank=self.lora_rank)
