@@ -217,7 +217,7 @@ def screen_reply(
 
 # What to change when a filter drops every reply ({role}: the provider that wrote the reply).
 LOOSEN = {
-    OVER_LENGTH: "raise the server's context ({role}.server.max_model_len) or lower data.context_length",
+    OVER_LENGTH: "raise the server's context ({role}.server.max_model_len) or shorten the prompts",
     "empty": "check {role}.stop and raise {role}.max_new_tokens",
     "truncated": "raise {role}.max_new_tokens or set stage.filters.trim_truncated=true",
     "unclosed_reasoning": "raise {role}.max_new_tokens (the reasoning never closed) or check stage.reasoning_markers",
