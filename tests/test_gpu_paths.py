@@ -113,7 +113,7 @@ def test_the_fused_lora_kernel_runs_in_bf16_with_float32_adapter_weights(tiny_mo
 
         def loss_fn(batch: Any, logprobs: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
             loss = -(logprobs[0] * torch.tensor(batch[0].loss_mask[1:])).sum()
-            return loss, {"loss": float(loss)}
+            return loss, {"loss": float(loss.detach())}
 
         calls.clear()  # creation probes the fast paths with a forward or two
         metrics = backend.forward_backward([seq], loss_fn).result()
