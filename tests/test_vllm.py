@@ -312,6 +312,28 @@ def test_gpu_flags_follow_the_servers_own_python_and_context_and_tensor_parallel
 
 
 @pytest.mark.unit
+def test_a_dead_servers_report_names_the_root_cause_not_the_last_error_line(tmp_path: Path) -> None:
+    """Lines of a real vLLM-CPU log whose engine died (the tiny model's head size has no CPU attention kernel):
+    the access log and the "see the stack trace above" reports come last, the cause before them.
+    Injected bug this catches: the last line naming an error ("POST /v1/chat/completions ... 500")."""
+    from charlab.generation.vllm_server import ServerSpec, VllmServer
+
+    log = tmp_path / "server-1.log"
+    log.write_text(
+        "(Worker pid=12924) ERROR 12-07 13:22:59 [multiproc_executor.py:1063] RuntimeError: Unsupported CPU "
+        "attention configuration: head_dim=16 isa=2 kv_cache_idx=0\n"
+        "(EngineCore pid=12912) ERROR 12-07 13:22:59 [core.py:1512] RuntimeError: Worker failed with error "
+        "'Unsupported CPU attention configuration', please check the stack trace above for the root cause\n"
+        "(APIServer pid=12900) ERROR 12-07 13:22:59 [async_llm.py:906] vllm.v1.engine.exceptions.EngineDeadError: "
+        "EngineCore encountered an issue. See stack trace (above) for the root cause.\n"
+        'INFO:     127.0.0.1:54372 - "POST /v1/chat/completions HTTP/1.1" 500 Internal Server Error\n'
+    )
+    server = VllmServer(ServerSpec(command=("vllm",), model="m", served_name="m"), log_path=log)
+    cause = "RuntimeError: Unsupported CPU attention configuration: head_dim=16 isa=2 kv_cache_idx=0"
+    assert server._last_error() == cause
+
+
+@pytest.mark.unit
 def test_a_rewritten_adapter_gets_a_new_served_name(tmp_path: Path) -> None:
     folder = tmp_path / "02_dpo" / "adapter"
     folder.mkdir(parents=True)

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -31,6 +32,9 @@ from charlab.errors import ProviderError
 from charlab.memory import process_group_memory
 
 log = logging.getLogger("charlab")
+EXCEPTION = re.compile(r"\b[A-Z]\w*(?:Error|Exception): ")  # "RuntimeError: ...", as a traceback ends
+NOT_A_CAUSE = re.compile(r"root cause|stack trace", re.IGNORECASE)  # what reports an error raised elsewhere
+ACCESS_LOG = re.compile(r'"(?:GET|POST) /\S* HTTP/')  # the server's request lines ("... 500 Internal Server Error")
 # The LoRA ranks vLLM accepts for --max-lora-rank (vllm.config.lora.MaxLoRARanks)
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -309,11 +313,15 @@ class VllmServer:
         return data.decode("utf-8", "replace").lower()
 
     def _last_error(self) -> str:
-        """The most telling line of the log: the last one naming an error, else the last line."""
+        """The most telling line of the log: the last exception that is a root cause (vLLM's engine reports its
+        death as "EngineDeadError ... see the stack trace above for the root cause"), else the last line naming an
+        error (not an access-log line), else the last line."""
         try:
             lines = [ln.strip() for ln in self.log_path.read_text("utf-8", "replace").splitlines() if ln.strip()]
         except OSError:
             return "(no log)"
+        lines = [ln for ln in lines if not ACCESS_LOG.search(ln)]
+        causes = [ln[m.start() :] for ln in lines if (m := EXCEPTION.search(ln)) and not NOT_A_CAUSE.search(ln)]
         errors = [ln for ln in lines if "error" in ln.lower() and not ln.startswith("WARNING: Location")]
-        line = (errors or lines or ["(empty log)"])[-1]
+        line = (causes or errors or lines or ["(empty log)"])[-1]
         return line if len(line) <= 300 else line[:297] + "..."
