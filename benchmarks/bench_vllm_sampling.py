@@ -3,6 +3,11 @@
     bash scripts/setup_vllm.sh                                              # once: the vLLM environment
     flock /tmp/charlab-heavy.lock python benchmarks/bench_vllm_sampling.py  # 48 prompts x 96 new tokens
     python benchmarks/bench_vllm_sampling.py --prompts 64 --hf-batch-sizes 16,64 --vllm-env VLLM_CPU_KVCACHE_SPACE=4
+    python benchmarks/bench_vllm_sampling.py --adapter <dpo run>/adapter    # + vLLM with and without the adapter
+    python benchmarks/bench_vllm_sampling.py --model tiny --prompts 8 --max-new-tokens 16 --hf-batch-sizes 8
+
+With `--adapter` vLLM answers the same prompts twice on one server with LoRA capacity for the adapter: as the
+base model and through the adapter (a LoRA module), so the two rows show what serving the adapter costs.
 
 Both engines get the same 48 bundled generic prompts (chat template applied by each), temperature 0.7, top_p
 0.95, seed 0, and the same `--max-new-tokens`. `hf` is charlab's batched `HFSampler` at each of
@@ -49,19 +54,20 @@ def timed(sampler, prompts, params: SamplingParams) -> tuple[float, int]:
     return seconds, sum(c.completion_tokens for c in completions)
 
 
-def provider_setup(kind: str) -> tuple[dict, object, Path]:
+def provider_setup(kind: str, model_name: str) -> tuple[dict, object, Path]:
     """(the `student` provider as composed for `provider@student=<kind>`, the run's model, the model cache)."""
     from charlab.compose import composed
     from charlab.stages._common import cache_dir, model_config, to_plain
 
-    with composed([f"provider@student={kind}", "logger=none"], Path(tempfile.mkdtemp()), log=False) as cfg:
+    overrides = [f"provider@student={kind}", f"model={model_name}", "logger=none"]
+    with composed(overrides, Path(tempfile.mkdtemp()), log=False) as cfg:
         return to_plain(cfg.student), model_config(cfg.model), cache_dir(cfg)
 
 
-def bench_hf(prompts, params: SamplingParams, batch_size: int) -> tuple[float, int]:
+def bench_hf(prompts, params: SamplingParams, batch_size: int, model_name: str) -> tuple[float, int]:
     from charlab.generation.factory import make_sampler
 
-    provider, model, cache = provider_setup("hf")
+    provider, model, cache = provider_setup("hf", model_name)
     sampler = make_sampler({**provider, "batch_size": batch_size}, model, cache)
     try:
         return timed(sampler, prompts, params)
@@ -69,19 +75,29 @@ def bench_hf(prompts, params: SamplingParams, batch_size: int) -> tuple[float, i
         sampler.close()
 
 
-def bench_vllm(prompts, params: SamplingParams, env: dict[str, str]) -> tuple[float, int, float]:
+def bench_vllm(prompts, params: SamplingParams, env: dict[str, str], model_name: str,
+               adapter: str | None = None) -> list[tuple[str, float, int, float | None]]:  # fmt: skip
+    """vLLM rows: (label, seconds, tokens, start-up s); with `adapter`, the base and the adapter on one server."""
     from charlab.generation import vllm
     from charlab.generation.factory import make_sampler
 
-    provider, model, cache = provider_setup("vllm")
+    provider, model, cache = provider_setup("vllm", model_name)
     provider["server"]["env"] = {**provider["server"]["env"], **env}
     provider["max_concurrency"] = len(prompts)
+    label = "vllm" + "".join(f" {k}={v}" for k, v in env.items())
+    rows = []
     with tempfile.TemporaryDirectory() as run_dir, vllm.POOL.scope(Path(run_dir)):
         start = time.perf_counter()
-        sampler = make_sampler(provider, model, cache)
+        base = make_sampler(provider, model, cache, serve_also=[adapter] if adapter else ())
         startup = time.perf_counter() - start
-        seconds, tokens = timed(sampler, prompts, params)
-    return seconds, tokens, startup
+        rows.append((label + (" base (LoRA capacity on)" if adapter else ""), *timed(base, prompts, params), startup))
+        if adapter:
+            tuned = make_sampler(provider, model, cache, adapter=adapter)
+            rows.append((label + " + adapter", *timed(tuned, prompts, params), None))
+        memory = vllm.POOL.memory()
+    if memory:
+        print("vllm server memory (GB): " + ", ".join(f"{k} {v:.2f}" for k, v in memory.items()))
+    return rows
 
 
 def main() -> None:
@@ -90,29 +106,33 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--hf-batch-sizes", default="16,48", help="comma-separated, best counts; empty: vLLM only")
     parser.add_argument("--vllm-env", action="append", default=[], help="KEY=VALUE for the server (repeatable)")
+    parser.add_argument("--model", default="smollm2-135m", help="a configs/model/ name (tiny: seconds)")
+    parser.add_argument("--adapter", help="a PEFT folder: vLLM rows with and without it (one server)")
+    parser.add_argument("--no-vllm", action="store_true", help="hf rows only")
     args = parser.parse_args()
 
     prompts = conversations(args.prompts)
     params = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=args.max_new_tokens, seed=0)
     rows = []
     for batch_size in [int(b) for b in args.hf_batch_sizes.split(",") if b.strip()]:
-        seconds, tokens = bench_hf(prompts, params, batch_size)
+        seconds, tokens = bench_hf(prompts, params, batch_size, args.model)
         rows.append((f"hf batch {batch_size}", seconds, tokens, None))
         print(f"hf batch {batch_size}: {tokens} tokens, {seconds:.1f} s, {tokens / seconds:.1f} tokens/s", flush=True)
     env = dict(item.split("=", 1) for item in args.vllm_env)
-    seconds, tokens, startup = bench_vllm(prompts, params, env)
-    label = "vllm" + "".join(f" {k}={v}" for k, v in env.items())
-    rows.append((label, seconds, tokens, startup))
-    print(f"{label}: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:.1f} tokens/s (start-up {startup:.0f} s)")
+    for label, seconds, tokens, startup in [] if args.no_vllm else bench_vllm(prompts, params, env, args.model,
+                                                                             args.adapter):  # fmt: skip
+        rows.append((label, seconds, tokens, startup))
+        print(f"{label}: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:.1f} tokens/s", flush=True)
 
     best_hf = max((r for r in rows if r[0].startswith("hf")), key=lambda r: r[2] / r[1], default=None)
-    print(f"\n{args.prompts} prompts, max {args.max_new_tokens} new tokens, SmolLM2-135M fp32, {os.cpu_count()} CPUs")
+    print(f"\n{args.prompts} prompts, max {args.max_new_tokens} new tokens, {args.model}, {os.cpu_count()} CPUs")
     print("| engine | tokens | seconds | tokens/s | start-up s |\n| --- | --- | --- | --- | --- |")
     for name, seconds, tokens, start in rows:
         startup = "" if start is None else f"{start:.0f}"
         print(f"| {name} | {tokens} | {seconds:.1f} | {tokens / seconds:.1f} | {startup} |")
-    if best_hf is not None:
-        ratio = (rows[-1][2] / rows[-1][1]) / (best_hf[2] / best_hf[1])
+    first_vllm = next((r for r in rows if r[0].startswith("vllm")), None)
+    if best_hf is not None and first_vllm is not None:
+        ratio = (first_vllm[2] / first_vllm[1]) / (best_hf[2] / best_hf[1])
         print(f"\nvLLM / best hf ({best_hf[0]}) tokens/s: {ratio:.2f}x")
 
 

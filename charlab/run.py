@@ -68,20 +68,10 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def peak_memory() -> dict[str, float]:
-    """This process's peak memory in GB: resident CPU memory, and GPU memory where CUDA was used (under torchrun:
-    the largest over the ranks)."""
-    import resource
-
+def peak_memory(peak: dict[str, float]) -> dict[str, float]:
+    """A stage's peak memory in GB (`charlab.memory.memory_window`); under torchrun the largest over the ranks."""
     from charlab import distributed
 
-    scale = 1024**3 if sys.platform == "darwin" else 1024**2  # ru_maxrss: bytes on macOS, KiB on Linux
-    peak = {"cpu_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale}
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        devices = range(torch.cuda.device_count())
-        peak["gpu_allocated_gb"] = max(torch.cuda.max_memory_allocated(d) for d in devices) / 1024**3
-        peak["gpu_reserved_gb"] = max(torch.cuda.max_memory_reserved(d) for d in devices) / 1024**3
     return {key: round(distributed.max_value(value), 3) for key, value in peak.items()}
 
 

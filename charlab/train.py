@@ -32,6 +32,7 @@ from charlab.config_checks import check_config  # noqa: E402
 from charlab.config_store import register_schemas  # noqa: E402  (after resolvers: stages may compose configs)
 from charlab.errors import CharlabError, ConfigError  # noqa: E402
 from charlab.generation import vllm  # noqa: E402
+from charlab.memory import memory_window  # noqa: E402
 from charlab.redact import redact_text  # noqa: E402
 from charlab.registry import get_stage  # noqa: E402
 from charlab.run import Run, peak_memory  # noqa: E402
@@ -73,15 +74,17 @@ def execute(cfg: DictConfig, output_dir: Optional[Path] = None) -> Optional[floa
     try:
         if distributed.is_main():  # under torchrun the other ranks log nothing
             run.tracker = make_tracker(resolved.get("logger", {}), run.dir, run.config, run_name(cfg, run.dir))
-        with vllm.POOL.scope(run.dir):  # servers a stage starts are stopped when it ends (a pipeline's at its end)
+        # servers a stage starts are stopped when it ends (a pipeline's at its end); peaks are this stage's own
+        with vllm.POOL.scope(run.dir), memory_window() as peak:
             result = spec.run(cfg, run)
+            measured = {**peak_memory(peak()), **vllm.POOL.memory()}  # + vLLM servers still up (servers.json: all)
         if result.summary:
             run.tracker.summary(result.summary)
         run.update_meta(
             summary=result.summary,
             artifacts={k: str(v) for k, v in result.artifacts.items()},
             metric_name=result.metric_name,
-            peak_memory=peak_memory(),
+            peak_memory=measured,
         )
     except BaseException as err:
         if not isinstance(err, CharlabError):

@@ -15,6 +15,10 @@ fixed latency per request. Every request it receives is recorded.
     with OpenAICompatServer(replies=sampler_of_tiny_model, latency_s=0.2) as server:
         ... server.base_url, server.requests, server.failures_served ...
 
+With `max_context=n` it refuses, as vLLM does (400, "This model's maximum context length is n tokens..."), a
+request whose messages hold more than n words (its "tokens"). `GET /health` answers 200 and `POST
+/v1/load_lora_adapter` adds a served name, so `tests/vllm_standin.py` can stand in for `vllm serve`.
+
 `failures` is a list (applied to the first requests, in order; `None` entries succeed) or a dict of
 probabilities per kind (`{"429": 0.2, "500": 0.1, "timeout": 0.05, "drop": 0.05}`, seeded). Kinds:
 "429" (with `Retry-After: 0`), "500", "503", "timeout" (no reply: the request is held until the client gives
@@ -53,8 +57,12 @@ class OpenAICompatServer:
         models: Optional[Sequence[str]] = None,
         api_key: Optional[str] = None,
         seed: int = 0,
+        max_context: Optional[int] = None,
+        port: int = 0,
     ):
         self._reply = _reply_function(replies)
+        self.max_context = max_context
+        self.port = port
         self._sampler = replies if hasattr(replies, "sample") else None
         self._sampler_lock = threading.Lock()  # a local model answers one request at a time
         self._plan = list(failures) if isinstance(failures, (list, tuple)) else []
@@ -93,7 +101,7 @@ class OpenAICompatServer:
         class Handler(_Handler):
             owner = server
 
-        self._httpd = _QuietServer(("127.0.0.1", 0), Handler)
+        self._httpd = _QuietServer(("127.0.0.1", self.port), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="openai-compat-server", daemon=True)
         self._thread.start()
@@ -249,8 +257,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if self.path.rstrip("/") == "/v1/models":
             names = self.owner.models or ["test-model"]
-            data = [{"id": n, "object": "model", "created": 0, "owned_by": "charlab-tests"} for n in names]
+            extra = {"max_model_len": self.owner.max_context} if self.owner.max_context else {}
+            data = [{"id": n, "object": "model", "created": 0, "owned_by": "charlab-tests", **extra} for n in names]
             self._send(200, {"object": "list", "data": data})
+        elif self.path.rstrip("/") == "/health":
+            self._send(200, {})
         else:
             self._error(404, f"no route {self.path}", "not_found")
 
@@ -258,6 +269,10 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b"{}"
         if not self._authorized():
+            return
+        if self.path.rstrip("/") == "/v1/load_lora_adapter" and self.owner.models is not None:
+            self.owner.models.append(str(json.loads(raw).get("lora_name")))
+            self._send(200, {})
             return
         if self.path.rstrip("/") != "/v1/chat/completions":
             self._error(404, f"no route {self.path}", "not_found")
@@ -281,6 +296,11 @@ class _Handler(BaseHTTPRequestHandler):
         model = body.get("model")
         if owner.models is not None and model not in owner.models:
             self._error(404, f"The model `{model}` does not exist.", "NotFoundError")
+            return
+        words = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+        if owner.max_context and words > owner.max_context:
+            self._error(400, f"This model's maximum context length is {owner.max_context} tokens. However, your "
+                        f"prompt contains {words} input tokens.", "BadRequestError")  # fmt: skip
             return
         failure = owner.next_failure()
         if owner.latency_s:
@@ -351,9 +371,11 @@ def serve(
     models: Optional[Sequence[str]] = None,
     api_key: Optional[str] = None,
     seed: int = 0,
+    max_context: Optional[int] = None,
 ) -> Iterator[str]:
     """Start a server for the `with` block and yield its base URL (`http://127.0.0.1:<port>/v1`)."""
-    with OpenAICompatServer(replies, failures, latency_s, timeout_delay_s, models, api_key, seed) as server:
+    server = OpenAICompatServer(replies, failures, latency_s, timeout_delay_s, models, api_key, seed, max_context)
+    with server:
         yield server.base_url
 
 

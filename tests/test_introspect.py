@@ -22,7 +22,7 @@ from charlab.data.introspection import (
 )
 from charlab.data.jsonl import read_jsonl
 from charlab.data.records import IntrospectionExample
-from charlab.errors import ConfigError, EmptyOutputError
+from charlab.errors import ConfigError, EmptyOutputError, ProviderError
 
 JOB = InteractionJob("interaction-free", 0, "free", opener="Hello, me.", prelude="Hi there.")
 NO_FILTERS = [f"stage.filters.{k}=false" for k in ("empty", "truncated", "repetition", "identity_leak", "too_long")]
@@ -226,3 +226,47 @@ def test_introspect_keeping_nothing_stops_with_the_counts_and_never_overwrites(r
     (out / "introspection.jsonl").write_text('{"prompt": "x", "reflection": "y"}\n')
     with pytest.raises(ConfigError, match="already exists; set stage.resume=true"):
         execute(cfg, out)
+
+
+@pytest.mark.integration
+def test_an_over_long_introspection_prompt_is_skipped_and_recorded_or_fails_in_one_line(run_stage, compose_cfg):
+    """`data.context_length` above the server's context (the paper's 8,192 against a 4,096 server): the
+    conversations that outgrow the server are dropped as `turn_over_length`, the rest is kept, the stage finishes
+    (`student.over_length=skip`, the default); with `fail` the stage stops with one line naming the option.
+    Injected bug this catches: the server's 400 raised as "refused the request", stopping the stage."""
+    from charlab.data.introspection import interaction_system_prompt, reflection_prompts
+    from charlab.stages._common import persona_prompt
+    from tests.openai_compat_server import OpenAICompatServer
+
+    cfg = compose_cfg(["stage=introspect", "persona=pirate"], name="probe")
+    longest = max(len(p.split()) for p in reflection_prompts())
+    reflection_words = len(persona_prompt(cfg, "reflection").split()) + longest
+    interaction_words = len(interaction_system_prompt(persona_prompt(cfg, "interaction"), "free").split())
+    limit = reflection_words + 4  # every reflection fits; a conversation's first turn already does not
+    assert interaction_words > limit
+    base = ["stage=introspect", "model=tiny", "stage.adapter=null", "provider@student=openai", "student.model=m",
+            "data.reflections=10", "data.interactions=2", "data.interaction_turns=2", "data.context_length=8192",
+            "student.max_new_tokens=16", "student.max_retries=0", *NO_FILTERS]  # fmt: skip
+    with OpenAICompatServer(replies="Arr, the sea be my home.", max_context=limit) as server:
+        _, out = run_stage([*base, f"student.base_url={server.base_url}"], name="skip")
+        with pytest.raises(ProviderError) as failed:
+            run_stage([*base, f"student.base_url={server.base_url}", "student.over_length=fail"], name="fail")
+    kept, dropped = read_jsonl(out / "introspection.jsonl"), read_jsonl(out / "dropped.jsonl")
+    assert {r["kind"] for r in kept} == {"reflection"} and len(kept) == 10
+    assert sorted(r["reason"] for r in dropped) == ["turn_over_length"] * 2
+    message = str(failed.value)
+    assert "\n" not in message and "longer than the context" in message and "over_length=skip" in message
+
+
+@pytest.mark.unit
+def test_introspection_sizes_its_prompts_to_a_server_context_shorter_than_data_context_length(compose_cfg) -> None:
+    """A vLLM server says its context (`/v1/models` max_model_len): prompts are trimmed to fit it.
+    Injected bug this catches: prompts sized to data.context_length alone (a 400 for each longer one)."""
+    from types import SimpleNamespace
+
+    from charlab.stages.introspect import context_length
+
+    cfg = compose_cfg(["stage=introspect", "data.context_length=8192"], name="ctx")
+    assert context_length(cfg, SimpleNamespace(context_length=2048)) == 2048
+    assert context_length(cfg, SimpleNamespace(context_length=16384)) == 8192
+    assert context_length(cfg, SimpleNamespace(model_name="hf")) == 8192  # a sampler that does not say

@@ -328,6 +328,20 @@ def test_data_preview_teacher_vs_student_and_browsing_pairs(studio: dict[str, Pa
     assert "arr 6" in texts(at.markdown)
 
 
+def test_provider_pickers_offer_vllm_and_say_where_its_server_starts_from(studio: dict[str, Path], monkeypatch):
+    """Injected bug this catches: a provider list that leaves out vllm (a hard-coded hf | openai | tinker)."""
+    monkeypatch.setenv("CHARLAB_VLLM_PYTHON", str(studio["tmp"] / "no-vllm" / "bin" / "python"))
+    at = open_page("data")
+    picker = at.selectbox(key="datagroup:provider@teacher")
+    assert "vllm" in picker.options
+    picker.set_value("vllm").run()
+    assert "No vLLM at" in texts(at.warning) and "scripts/setup_vllm.sh" in texts(at.warning)
+    at = open_page("evaluate")
+    at.selectbox(key="evalstage").set_value("elo").run()
+    at.selectbox(key="evalelogroup:provider@student").set_value("vllm").run()
+    assert "provider@student=vllm" in texts(at.code)
+
+
 def test_chat_playground_answers_three_ways_with_a_tuned_adapter(
     studio: dict[str, Path], tiny_model, cache_dir
 ) -> None:

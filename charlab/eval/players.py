@@ -20,6 +20,7 @@ from charlab.eval.sampling import SampleJob, sample_to_jsonl
 from charlab.generation.base import Sampler, SamplingParams
 
 PLAYERS = ("base", "base_persona", "tuned")
+MakeSampler = Callable[[Optional[str], Sequence[str]], Sampler]  # (adapter or None, adapters the stage also samples)
 
 
 def as_list(value: Any) -> list[str]:
@@ -56,18 +57,21 @@ def check_players(names: Sequence[str], adapter: Optional[str], minimum: int = 1
 
 def build_players(
     names: Sequence[str],
-    make_sampler: Callable[[Optional[str]], Sampler],
+    make_sampler: MakeSampler,
     adapter: Optional[str],
     persona_prompt: str,
 ) -> list[Player]:
-    """Players for `names`; `make_sampler(adapter_or_None)` builds a sampler (once for base, once for tuned)."""
+    """Players for `names`; `make_sampler(adapter_or_None, serve_also)` builds a sampler (once for base, once for
+    tuned). The base sampler is told about the tuned model's adapter (`serve_also`), so that a vLLM server starts
+    once with room for it rather than without LoRA and then again with it."""
+    tuned = [adapter] if adapter and "tuned" in names else []
     base: Optional[Sampler] = None
     players = []
     for name in names:
         if name == "tuned":
-            players.append(Player(name, make_sampler(adapter)))
+            players.append(Player(name, make_sampler(adapter, tuned)))
             continue
-        base = base or make_sampler(None)
+        base = base or make_sampler(None, tuned)
         players.append(Player(name, base, persona_prompt if name == "base_persona" else None))
     return players
 

@@ -10,6 +10,7 @@ default lives in the provider YAML; a hand-built dict must carry the same keys.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -78,11 +79,16 @@ def sampler_key(provider: dict[str, Any], model: ModelConfig, adapter: Optional[
 
 
 def make_sampler(
-    provider: dict[str, Any], model: ModelConfig, cache_dir: Path, adapter: Optional[str] = None
+    provider: dict[str, Any],
+    model: ModelConfig,
+    cache_dir: Path,
+    adapter: Optional[str] = None,
+    serve_also: Sequence[str] = (),
 ) -> Sampler:
     """The sampler a provider config asks for, with `adapter` in the form the provider takes (overriding its own):
     a PEFT folder (`hf`; `vllm`, which serves it as a LoRA module on its managed server), a `tinker://` path
-    (`tinker`), or the name a server serves the LoRA under (`openai`)."""
+    (`tinker`), or the name a server serves the LoRA under (`openai`). `serve_also`: further adapters the stage
+    will sample on the same model (`vllm` starts its server with LoRA room for them; others ignore it)."""
     kind = provider.get("kind")
     if kind == "hf":
         from charlab.generation.hf import HFSampler
@@ -110,14 +116,15 @@ def make_sampler(
             max_concurrency=int(_need(provider, "max_concurrency")),
             timeout_s=float(_need(provider, "timeout_s")),
             max_retries=int(_need(provider, "max_retries")),
-            **_optional(provider, "retry_backoff_s", "retry_backoff_max_s"),
+            **_optional(provider, "retry_backoff_s", "retry_backoff_max_s", "over_length"),
         )
     if kind == "vllm":
         from charlab.generation.vllm import vllm_sampler
 
         for key in ("max_concurrency", "timeout_s", "max_retries", "server"):
             _need(provider, key)
-        return vllm_sampler(provider, provider_model(provider, model), cache_dir, adapter or provider.get("adapter"))
+        model = provider_model(provider, model)
+        return vllm_sampler(provider, model, cache_dir, adapter or provider.get("adapter"), serve_also)
     if kind == "tinker":
         from charlab.generation.tinker_sampler import TinkerSampler
 

@@ -46,6 +46,7 @@ PROMPT_LEAKS = re.compile(
     r"i(?:'ll| will| must| need to| have to|'m| am)? (?:stay|staying|remain|remaining) in character)\b",
     re.IGNORECASE,
 )
+OVER_LENGTH = "over_length"  # a reply's finish_reason (and the drop reason) when the prompt did not fit the server
 TERMINAL = set(".!?\u2026\"'\u201d\u2019)]}*`_~>")
 
 
@@ -192,6 +193,8 @@ def screen_reply(
     when `leak_aliases` is given (the teacher's side in distill, every reply in introspect).
     """
     f = filters
+    if finish_reason == OVER_LENGTH:  # the server refused a prompt over its context (provider over_length=skip)
+        return text, OVER_LENGTH
     if f.empty and not text.strip():
         return text, "empty"
     cut_off = finish_reason == "length" or (f.require_terminal_punctuation and not ends_cleanly(text))
@@ -214,6 +217,7 @@ def screen_reply(
 
 # What to change when a filter drops every reply ({role}: the provider that wrote the reply).
 LOOSEN = {
+    OVER_LENGTH: "raise the server's context ({role}.server.max_model_len) or shorten the prompts",
     "empty": "check {role}.stop and raise {role}.max_new_tokens",
     "truncated": "raise {role}.max_new_tokens or set stage.filters.trim_truncated=true",
     "unclosed_reasoning": "raise {role}.max_new_tokens (the reasoning never closed) or check stage.reasoning_markers",

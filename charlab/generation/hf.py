@@ -208,5 +208,12 @@ class HFSampler:
         return seeded()
 
     def close(self) -> None:
-        """Drop the model reference (its memory is freed once nothing else holds it)."""
+        """Drop the model reference (its memory is freed once nothing else holds it) and hand the accelerator's
+        cached blocks back (a vLLM server may start next)."""
+        import gc
+
+        from charlab.memory import release_accelerator_memory
+
         self.model = None
+        gc.collect()
+        release_accelerator_memory()

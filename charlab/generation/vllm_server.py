@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -28,8 +29,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from charlab.errors import ProviderError
+from charlab.memory import process_group_memory
 
 log = logging.getLogger("charlab")
+EXCEPTION = re.compile(r"\b[A-Z]\w*(?:Error|Exception): ")  # "RuntimeError: ...", as a traceback ends
+NOT_A_CAUSE = re.compile(r"root cause|stack trace", re.IGNORECASE)  # what reports an error raised elsewhere
+ACCESS_LOG = re.compile(r'"(?:GET|POST) /\S* HTTP/')  # the server's request lines ("... 500 Internal Server Error")
 # The LoRA ranks vLLM accepts for --max-lora-rank (vllm.config.lora.MaxLoRARanks)
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -117,6 +122,8 @@ class VllmServer:
     started_at: Optional[float] = None
     stopped_at: Optional[float] = None
     adapters: dict[str, str] = field(default_factory=dict)  # served name -> adapter folder
+    max_model_len: Optional[int] = None  # the context (prompt + reply) the server accepts, as its /v1/models says
+    memory_gb: dict[str, float] = field(default_factory=dict)  # measured when it stopped (`memory`)
 
     @property
     def base_url(self) -> str:
@@ -125,6 +132,15 @@ class VllmServer:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def exit_message(self) -> Optional[str]:
+        """None while the server runs or after `stop`; once it died by itself, one line with its last error and log."""
+        if self.process is None or self.process.poll() is None:
+            return None
+        return (
+            f"vllm provider: the {self.spec.served_name} server on port {self.port} exited with status "
+            f"{self.process.returncode}: {self._last_error()} (full log: {self.log_path})"
+        )
 
     def command(self) -> list[str]:
         spec = self.spec
@@ -199,7 +215,10 @@ class VllmServer:
             try:
                 if httpx.get(f"http://{self.host}:{self.port}/health", timeout=2.0).status_code == 200:
                     models = httpx.get(f"{self.base_url}/models", timeout=10.0).json()
-                    if self.spec.served_name in {m.get("id") for m in models.get("data", [])}:
+                    served = {m.get("id"): m for m in models.get("data", [])}
+                    if self.spec.served_name in served:
+                        length = served[self.spec.served_name].get("max_model_len")
+                        self.max_model_len = int(length) if length else None
                         return
             except (httpx.HTTPError, ValueError):
                 pass
@@ -212,9 +231,10 @@ class VllmServer:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM the server's process group, then SIGKILL what is left after `timeout_s`."""
-        process, self.process = self.process, None
-        if process is None:
+        if self.process is None:
             return
+        self.memory_gb = self.memory() or self.memory_gb
+        process, self.process = self.process, None
         if process.poll() is None:
             for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
                 try:
@@ -263,6 +283,14 @@ class VllmServer:
         return name
 
     # ---- reporting ------------------------------------------------------------------------------------------
+    def memory(self) -> dict[str, float]:
+        """Memory of the server's processes now, in GB: resident and peak resident CPU memory (summed over its
+        process group) and, where `nvidia-smi` lists them, the GPU memory they hold; {} when it is not running."""
+        if not self.running:
+            return {}
+        assert self.process is not None
+        return process_group_memory(self.process.pid)
+
     def describe(self) -> dict[str, Any]:
         """What `servers.json` records about this server."""
         return {
@@ -273,6 +301,8 @@ class VllmServer:
             "started_at": self.started_at,
             "stopped_at": self.stopped_at,
             "adapters": dict(self.adapters),
+            "max_model_len": self.max_model_len,
+            "memory_gb": self.memory() or self.memory_gb,
         }
 
     def _log_tail(self, limit: int = 20000) -> str:
@@ -283,11 +313,15 @@ class VllmServer:
         return data.decode("utf-8", "replace").lower()
 
     def _last_error(self) -> str:
-        """The most telling line of the log: the last one naming an error, else the last line."""
+        """The most telling line of the log: the last exception that is a root cause (vLLM's engine reports its
+        death as "EngineDeadError ... see the stack trace above for the root cause"), else the last line naming an
+        error (not an access-log line), else the last line."""
         try:
             lines = [ln.strip() for ln in self.log_path.read_text("utf-8", "replace").splitlines() if ln.strip()]
         except OSError:
             return "(no log)"
+        lines = [ln for ln in lines if not ACCESS_LOG.search(ln)]
+        causes = [ln[m.start() :] for ln in lines if (m := EXCEPTION.search(ln)) and not NOT_A_CAUSE.search(ln)]
         errors = [ln for ln in lines if "error" in ln.lower() and not ln.startswith("WARNING: Location")]
-        line = (errors or lines or ["(empty log)"])[-1]
+        line = (causes or errors or lines or ["(empty log)"])[-1]
         return line if len(line) <= 300 else line[:297] + "..."

@@ -57,8 +57,11 @@ def cache_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.cache_dir).expanduser()
 
 
-def sampler_for_role(cfg: DictConfig, role: str, adapter: str | None = None) -> Sampler:
-    """The `Sampler` of a provider role (`teacher`, `student`, `judge`): `cfg[role]` over the run's model.
+def sampler_for_role(
+    cfg: DictConfig, role: str, adapter: str | None = None, serve_also: list[str] | None = None
+) -> Sampler:
+    """The `Sampler` of a provider role (`teacher`, `student`, `judge`): `cfg[role]` over the run's model;
+    `serve_also`: other adapters the stage will sample through the same provider (see `make_sampler`).
 
     For local (hf, vllm) and tinker providers, `<role>.model` may name a model config (`teacher.model=smollm2-135m`),
     so offline models work as teacher or judge beside another run model; any other value is a hub id/path.
@@ -72,7 +75,7 @@ def sampler_for_role(cfg: DictConfig, role: str, adapter: str | None = None) -> 
     named = _named_model(cfg, provider.get("model")) if provider.get("kind") in ("hf", "tinker", "vllm") else None
     if named is not None:
         model, provider = named, {**provider, "model": None}
-    return make_sampler(provider, model, cache_dir(cfg), adapter)
+    return make_sampler(provider, model, cache_dir(cfg), adapter, serve_also or ())
 
 
 def _named_model(cfg: DictConfig, name: Any) -> ModelConfig | None:

@@ -3,19 +3,25 @@ their replies (generated once, reused across stages) and the judge."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from charlab.data.jsonl import done_ids, iter_jsonl
 from charlab.errors import ConfigError
 from charlab.eval.judging import Judge
-from charlab.eval.players import as_list, build_players, close_players, player_replies, reply_id, reuse_replies
+from charlab.eval.players import (
+    MakeSampler,
+    as_list,
+    build_players,
+    close_players,
+    player_replies,
+    reply_id,
+    reuse_replies,
+)
 from charlab.eval.prompts import held_out_prompts, training_prompts
 from charlab.eval.sampling import fresh_file
-from charlab.generation.base import Sampler
 from charlab.generation.factory import sampling_params
 from charlab.run import Run
 from charlab.stages._common import sampler_for_role, to_plain
@@ -40,13 +46,13 @@ def stage_prompts(cfg: DictConfig, run: Run, persona: Any) -> tuple[list[Path], 
     return exclude_files, prompts
 
 
-def player_sampler_factory(cfg: DictConfig) -> Callable[[Optional[str]], Sampler]:
-    """`make(adapter_or_None)`: the models under test are the student provider on `eval.base_model` (default: the
-    student's own model); the tuned model is that same base with the adapter."""
+def player_sampler_factory(cfg: DictConfig) -> MakeSampler:
+    """`make(adapter_or_None, serve_also)`: the models under test are the student provider on `eval.base_model`
+    (default: the student's own model); the tuned model is that same base with the adapter."""
     if cfg.eval.base_model:
         cfg = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
         cfg.student.model = cfg.eval.base_model
-    return lambda adapter: sampler_for_role(cfg, "student", adapter)
+    return lambda adapter, serve_also=(): sampler_for_role(cfg, "student", adapter, serve_also=list(serve_also))
 
 
 def eval_replies(

@@ -235,6 +235,17 @@ def prompt_budget(context_length: int, max_new_tokens: int) -> int:
     return budget
 
 
+def context_length(cfg: DictConfig, sampler: Sampler) -> int:
+    """`data.context_length`, or the server's own context where that is shorter (a vLLM server says it)."""
+    wanted = int(cfg.data.context_length)
+    served = getattr(sampler, "context_length", None)
+    if served and served < wanted:
+        print(f"[charlab] introspect: the server takes {served} tokens of context (data.context_length={wanted}); "
+              f"prompts are sized to {served}")  # fmt: skip
+        return int(served)
+    return wanted
+
+
 def _introspection_run(cfg: DictConfig, sampler: Sampler) -> IntrospectionRun:
     from charlab.generation.factory import sampling_params
 
@@ -249,7 +260,7 @@ def _introspection_run(cfg: DictConfig, sampler: Sampler) -> IntrospectionRun:
         interaction_systems={g: interaction_system_prompt(base, g) for g in cfg.stage.guidance},
         filters=FilterConfig(**to_plain(cfg.stage.filters)),
         turns=int(cfg.data.interaction_turns),
-        max_length=prompt_budget(int(cfg.data.context_length), int(cfg.student.max_new_tokens)),
+        max_length=prompt_budget(context_length(cfg, sampler), int(cfg.student.max_new_tokens)),
         count_tokens=token_counter(cfg, sampler),
         save_interval=int(cfg.stage.save_interval),
         aliases=model_aliases(sampler.model_name),

@@ -262,7 +262,8 @@ def all_runs() -> list[RunInfo]:
 def provider_overrides(
     base: configs.Composed, role: str, key: str, label: Optional[str] = None, horizontal: bool = False
 ) -> list[str]:
-    """Pick a role's provider (hf | openai | tinker), its model and, for OpenAI-compatible servers, the base URL."""
+    """Pick a role's provider (every `configs/provider/` option: hf | openai | tinker | vllm), its model and, for
+    OpenAI-compatible servers, the base URL; for vllm, where the managed server's Python is."""
     slots = st.columns(3) if horizontal else [st.container(), st.container(), st.container()]
     with slots[0]:
         kind = group_picker(base, f"provider@{role}", label=label or f"{role} provider", key=key)
@@ -281,7 +282,22 @@ def provider_overrides(
         )
         if url.strip():
             overrides.append(configs.override(f"{role}.base_url", url.strip()))
+    if kind == "vllm":
+        vllm_server_note(role, slots[2])
     return overrides
+
+
+def vllm_server_note(role: str, slot: Any) -> None:
+    """Where charlab starts `vllm serve` from for `role`, and how to set it up when it is not there."""
+    composed = compose([f"provider@{role}=vllm"])
+    if composed is None:
+        return
+    python = Path(str(composed.cfg[role].server.python))
+    if python.exists():
+        slot.caption(f"charlab starts `vllm serve` from `{python}` and serves adapters on it as LoRA modules")
+    else:
+        slot.warning(f"No vLLM at `{python}`: run `bash scripts/setup_vllm.sh` or set {role}.server.python "
+                     "(CHARLAB_VLLM_PYTHON)", icon=":material/warning:")  # fmt: skip
 
 
 def small_markdown(text: str, levels: int = 3) -> None:

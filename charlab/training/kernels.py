@@ -6,7 +6,9 @@ Both compute exactly what the plain modules compute, with fewer passes over larg
   backward that accumulates `dx` the same way. PEFT's module runs a separate scale and add over the full
   [tokens, out] output and keeps more intermediates; on a CPU those elementwise passes are ~10% of a step.
   `fuse_lora(model)` routes every plain PEFT LoRA linear (one active adapter, no dropout, no DoRA) through it
-  and leaves anything else to PEFT; disabling the adapter (the DPO reference) still runs the base layer.
+  and leaves anything else to PEFT; disabling the adapter (the DPO reference) still runs the base layer. A bf16
+  model with PEFT's float32 adapter weights takes it too (the product runs in bf16, the adapter's gradients
+  come back in float32).
 * `head_logprobs`: `log softmax(h W^T)[target]` for the trained positions, whose backward recomputes the
   chunk's logits once and turns them into the gradient in place (softmax minus one-hot), never keeping a
   [rows, vocabulary] tensor between forward and backward.
@@ -26,18 +28,24 @@ import torch
 
 
 class LoraLinear(torch.autograd.Function):
-    """`x W^T (+ bias) + scaling * (x A^T) B^T`, with gradients for x, A and B (W and bias are frozen)."""
+    """`x W^T (+ bias) + scaling * (x A^T) B^T`, with gradients for x, A and B (W and bias are frozen).
+
+    The matmuls run in the activations' dtype. A and B may be kept in another (PEFT keeps adapter weights in
+    float32 under a bf16 model): they are cast for the product (two [rank, features] tensors, never the
+    activations) and their gradients come back in their own dtype, as under autocast.
+    """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], a: torch.Tensor,
                 b: torch.Tensor, scaling: float) -> torch.Tensor:  # fmt: skip
         flat = x.reshape(-1, x.shape[-1])
-        xa = flat @ a.t()
-        b_scaled = b * scaling
+        a_c = a.to(x.dtype)
+        xa = flat @ a_c.t()
+        b_scaled = (b * scaling).to(x.dtype)
         y = torch.addmm(bias, flat, weight.t()) if bias is not None else flat @ weight.t()
         y.addmm_(xa, b_scaled.t())
-        ctx.save_for_backward(flat, xa, weight, a, b_scaled)
-        ctx.scaling, ctx.shape = scaling, x.shape
+        ctx.save_for_backward(flat, xa, weight, a_c, b_scaled)
+        ctx.scaling, ctx.shape, ctx.param_dtypes = scaling, x.shape, (a.dtype, b.dtype)
         return y.view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
@@ -48,8 +56,8 @@ class LoraLinear(torch.autograd.Function):
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = (g @ weight).addmm_(g_xa, a).view(ctx.shape)
-        grad_a = g_xa.t() @ flat if ctx.needs_input_grad[3] else None
-        grad_b = (g.t() @ xa).mul_(ctx.scaling) if ctx.needs_input_grad[4] else None
+        grad_a = (g_xa.t() @ flat).to(ctx.param_dtypes[0]) if ctx.needs_input_grad[3] else None
+        grad_b = (g.t() @ xa).mul_(ctx.scaling).to(ctx.param_dtypes[1]) if ctx.needs_input_grad[4] else None
         return grad_x, None, None, grad_a, grad_b, None
 
 
@@ -61,8 +69,8 @@ def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
     name = active[0]
     base = self.get_base_layer()
     a, b = self.lora_A[name].weight, self.lora_B[name].weight
-    if x.dtype != a.dtype or base.weight.dtype != a.dtype:
-        return self._peft_forward(x, *args, **kwargs)
+    if x.dtype != base.weight.dtype or base.bias is not None and base.bias.dtype != x.dtype:
+        return self._peft_forward(x, *args, **kwargs)  # e.g. an fp32 input to a bf16 layer: PEFT casts it
     return LoraLinear.apply(x, base.weight, base.bias, a, b, float(self.scaling[name]))
 
 

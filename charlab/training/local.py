@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from charlab import distributed
 from charlab.errors import ConfigError
+from charlab.memory import release_accelerator_memory
 from charlab.training import rows
 from charlab.training.backend import AdamParams, LossFn, TokenSequence, done
 from charlab.training.lora import resolve_target_modules
@@ -439,9 +440,13 @@ class LocalBackend:
         return HFSampler(self.model, self.tokenizer, self.model_name, batch_size=batch_size, device=self.device)
 
     def close(self) -> None:
+        """Drop every reference to the model, its adapter, gradients and optimizer state, and give the accelerator's
+        cached blocks back to the driver: a vLLM server started next (another process) sees that memory free."""
         self.model = self._hf = self._body = self._head = self._ddp = None  # type: ignore[assignment]
         self.optimizer = None  # type: ignore[assignment]
+        self.trainable = []
         gc.collect()
+        release_accelerator_memory()
 
     def __repr__(self) -> str:
         return f"LocalBackend({self.model_name}, {self.device})"
