@@ -44,6 +44,7 @@ from charlab.stages._common import (
     to_plain,
 )
 from charlab.stages._training import TrainingStageConfig, loop_config, remote_forms
+from charlab.training.backend import closing
 from charlab.training.loop import validate_loop_config
 
 log = logging.getLogger("charlab")
@@ -239,7 +240,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     if conversations and init_adapter and not continued:  # otherwise the backend's reference weights are the base
         gaps["base"] = base_gap(cfg, chat, conversations, system_prompt)
     backend = create_backend(backend_cfg, model, lora, cache_dir(cfg), seed=int(stage.seed), init_adapter=init_adapter)
-    try:
+    with closing(backend):  # Tinker's session learns whether the stage succeeded
         if conversations:
             before = distillation_gap(backend_scorer(backend, True), chat, conversations, system_prompt)
             gaps["dpo" if init_adapter else "base"] = before
@@ -271,8 +272,6 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         if conversations:
             gaps["sft"] = distillation_gap(backend_scorer(backend), chat, conversations, system_prompt)
         remote = remote_forms(backend)
-    finally:
-        backend.close()
 
     trained_on = "base + DPO adapter merged" if init_adapter else "base"
     if continued:

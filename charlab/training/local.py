@@ -449,7 +449,8 @@ class LocalBackend:
         self.model.eval()
         return HFSampler(self.model, self.tokenizer, self.model_name, batch_size=batch_size, device=self.device)
 
-    def close(self) -> None:
+    def close(self, status: str = "success") -> None:
+        """Drop the model and optimizer (`status` is for remote backends)."""
         self.model = self._hf = self._body = self._head = self._ddp = None  # type: ignore[assignment]
         self.optimizer = None  # type: ignore[assignment]
         gc.collect()
