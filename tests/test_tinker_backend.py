@@ -306,13 +306,13 @@ def closes(server: FakeServer) -> list[str]:
 
 
 @pytest.mark.integration
-def test_the_tinker_session_is_closed_as_errored_when_the_stage_fails(run_stage, tiny_tokenizer, tmp_path, monkeypatch):
+def test_a_failed_stage_closes_the_tinker_session_as_errored(run_stage, tiny_tokenizer, tmp_path, monkeypatch):
     """Injected bug caught: `close("success")` sent whatever happened (the stage's fate never reaches Tinker)."""
     from charlab.training.backend import closing
     from tests.test_dpo_stage import write_pairs
 
     with serve_exports(tmp_path / "tinker", vocab=len(tiny_tokenizer)) as server:
-        monkeypatch.setattr(tinker, "ServiceClient", lambda base_url=None, api_key=None, **kw: FakeServiceClient(server))
+        monkeypatch.setattr(tinker, "ServiceClient", lambda *args, **kwargs: FakeServiceClient(server))
         monkeypatch.setenv("TINKER_API_KEY", "tml-fake-key")
         pairs = write_pairs(tmp_path / "pairs.jsonl", n=8)
         base = ["stage=dpo", "backend=tinker", "model=tiny", "model.tinker_name=fake/tiny", f"stage.pairs={pairs}",
