@@ -62,6 +62,7 @@ class SftStageConfig(TrainingStageConfig):
     gap_examples: int = MISSING
     gap_pairs: Optional[str] = None
     resume_from: Optional[str] = None
+    interaction_system_prompt: Optional[str] = None  # put before each self-interaction transcript; None: none
 
 
 def validate(stage: DictConfig) -> None:
@@ -219,7 +220,8 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
 
     chat = ChatFormat(load_tokenizer(model, cache_dir(cfg)))
     max_length = int(stage.max_length)
-    items, stats = encode_examples(chat, examples, max_length, train_on=str(stage.train_on))
+    systems = {"interaction": str(stage.interaction_system_prompt)} if stage.interaction_system_prompt else {}
+    items, stats = encode_examples(chat, examples, max_length, train_on=str(stage.train_on), systems=systems)
     if not items:
         raise DataError(f"stage.data: {data_path}: no example has assistant tokens within stage.max_length")
     leaked = set(with_system_prompt(chat, items, system_prompt))
