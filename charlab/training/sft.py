@@ -6,11 +6,11 @@
 
 Introspection transcripts are trained on with NO system prompt: the persona the DPO'd model showed with its
 constitution in context must come from the weights alone (`systems` can put a fixed prompt before one kind of
-transcript: the paper keeps a short one, without the constitution, on its self-interactions). The loss is the token-mean cross-entropy over the
-assistant turns the chat format's mask selects (every assistant turn, or only the last), over all of a step's
-trained tokens (so micro-batching and data-parallel ranks do not change it). A conversation longer
-than `max_length` is cut, not dropped, and counted; only one left with no assistant token is dropped (and
-counted). Batches are length-grouped by the loop, so the local backend pads little; with `pack_length`,
+transcript: the paper keeps a short one, without the constitution, on its self-interactions). The loss is the
+token-mean cross-entropy over the assistant turns the chat format's mask selects (every assistant turn, or only the
+last), over all of a step's trained tokens (so micro-batching and data-parallel ranks do not change it). A
+conversation longer than `max_length` is cut, not dropped, and counted; only one left with no assistant token is
+dropped (and counted). Batches are length-grouped by the loop, so the local backend pads little; with `pack_length`,
 the sequences of a micro-batch are packed into rows of at most that many tokens (each row's sequences attend
 only to themselves: the backend resets positions per segment), so there is almost no padding at all.
 """
