@@ -365,6 +365,13 @@ class LocalBackend:
         loss.backward()
         return done({k: float(v) for k, v in metrics.items()})
 
+    def no_sync(self) -> Any:
+        """A context in which `forward_backward` accumulates gradients without DDP's all-reduce (all but the last
+        micro-batch of a step; the last one's backward then reduces the sum). One process: a no-op."""
+        import contextlib
+
+        return self._ddp.no_sync() if self._ddp is not None else contextlib.nullcontext()
+
     def optim_step(self, params: AdamParams) -> Any:
         """Clip, step AdamW with this step's hyperparameters, clear gradients."""
         import torch
