@@ -87,11 +87,6 @@ def group(cfg: DictConfig) -> Group:
     return Group(nproc, nnodes, node_rank, str(addr or "127.0.0.1"), port, extra)
 
 
-def nproc(cfg: DictConfig) -> int:
-    """How many training processes the config asks for on this machine (1 unless a local backend sets more)."""
-    return group(cfg).nproc
-
-
 def check_world(cfg: DictConfig) -> None:
     """Under torchrun only the training stages run (every rank would repeat any other stage)."""
     if distributed.world().size > 1 and cfg.stage.name not in DATA_PARALLEL_STAGES:
