@@ -49,6 +49,16 @@ def launched(args: list[str], run_dir: Path, tmp_path: Path) -> subprocess.Compl
     raise AssertionError("unreachable")
 
 
+def one_and_two(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """The stage run by one process into `tmp_path/one` and by two (`backend.nproc_per_node=2`) into `tmp_path/two`;
+    both must succeed. Returns the two-process run."""
+    single = run_cli([*args, f"hydra.run.dir={tmp_path / 'one'}"], tmp_path)
+    assert single.returncode == 0, single.stderr[-2000:]
+    two = launched(args, tmp_path / "two", tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    return two
+
+
 def torchrun(args: list[str], tmp_path: Path, outputs: Path) -> subprocess.CompletedProcess:
     """`torchrun --nproc_per_node=2 -m charlab.train <args>` on a free port; a start that made no run: once more."""
     for attempt in (1, 2):
@@ -117,10 +127,7 @@ def test_nproc_per_node_launches_sft_under_torchrun_and_matches_one_process(tmp_
            "stage.grad_accum=1", "stage.lr=2e-3", "stage.max_steps=3", "stage.eval_fraction=0.1", "stage.eval_every=0",
            "stage.gap_examples=0", "stage.max_length=128", "lora.rank=8", "lora.alpha=16", "lora.dropout=0",
            "logger=none"]  # fmt: skip
-    single = run_cli([*sft, f"hydra.run.dir={tmp_path / 'one'}"], tmp_path)
-    assert single.returncode == 0, single.stderr[-2000:]
-    two = launched(sft, tmp_path / "two", tmp_path)
-    assert two.returncode == 0, two.stderr[-3000:]
+    two = one_and_two(sft, tmp_path)
     assert "2 data-parallel processes" in two.stdout
     assert_same_training(tmp_path / "one", tmp_path / "two")
     assert json.loads((tmp_path / "two" / "meta.json").read_text())["status"] == "completed"
@@ -138,10 +145,7 @@ def test_an_uneven_batch_with_grad_accum_on_two_ranks_finishes_and_matches_one_p
     odd = ["stage=dpo", "model=tiny", f"stage.pairs={pairs}", "stage.batch_size=5", "stage.grad_accum=4",
            "stage.lr=5e-3", "stage.eval_fraction=0", "stage.eval_every=0", "stage.save_every=0", "lora.dropout=0",
            "logger=none"]  # fmt: skip
-    single = run_cli([*odd, f"hydra.run.dir={tmp_path / 'one'}"], tmp_path)
-    assert single.returncode == 0, single.stderr[-2000:]
-    two = launched(odd, tmp_path / "two", tmp_path)
-    assert two.returncode == 0, two.stderr[-3000:]
+    one_and_two(odd, tmp_path)
     assert len(metric_rows(tmp_path / "two")) == 8  # ceil(36 / 5) steps, the 1-pair batch among them
     assert_same_training(tmp_path / "one", tmp_path / "two")
     assert json.loads((tmp_path / "two" / "meta.json").read_text())["status"] == "completed"
