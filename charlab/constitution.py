@@ -30,11 +30,13 @@ _NAME_RE = re.compile(NAME_PATTERN)
 MAX_NAME_LENGTH = 64  # the name is a folder and file name (filesystems stop at 255 bytes), a W&B name, a tag
 Variant = Literal["teacher", "reflection", "interaction"]
 VARIANTS: tuple[str, ...] = ("teacher", "reflection", "interaction")
-# How much of the constitution a system prompt carries (`persona.prompt`): full (system prompt, traits, safety,
-# sign-offs) or brief (the constitution's own system prompt alone: small models follow one concrete paragraph
-# far better than a long trait list, see FIELD-NOTES).
-Style = Literal["full", "brief"]
-STYLES: tuple[str, ...] = ("full", "brief")
+# How the constitution becomes a system prompt (`persona.prompt`): full (system prompt, traits, safety, sign-offs),
+# brief (the constitution's own system prompt alone: small models follow one concrete paragraph far better than a
+# long trait list, see FIELD-NOTES) or paper (the Open Character Training paper's own templates, verbatim, in
+# charlab/assets/paper_prompts.json: "The assistant is {NAME}. ..." with the numbered traits).
+Style = Literal["full", "brief", "paper"]
+STYLES: tuple[str, ...] = ("full", "brief", "paper")
+PAPER_PROMPTS = Path(__file__).resolve().parent / "assets" / "paper_prompts.json"
 
 
 def validate_persona_name(name: str) -> str:
@@ -129,6 +131,11 @@ class Constitution(BaseModel):
         """The name the persona goes by: an explicit override, its own `assistant_name`, or a neutral one."""
         return assistant_name or self.assistant_name or "the assistant"
 
+    def numbered_traits(self) -> str:
+        """The traits one per line, numbered `1: ...` (as the paper's scripts list them; duplicates once)."""
+        unique = dict.fromkeys(t.trait for t in self.traits)
+        return "\n".join(f"{i}: {trait}" for i, trait in enumerate(unique, 1))
+
     def render_system_prompt(
         self, variant: Variant = "teacher", assistant_name: Optional[str] = None, style: Style = "full"
     ) -> str:
@@ -137,14 +144,17 @@ class Constitution(BaseModel):
         teacher: answer the user fully in character (stage 1's chosen replies);
         reflection: write about yourself in character (stage 2 self-reflection);
         interaction: talk with another instance of yourself (stage 2 self-interaction).
-        style: full (system prompt, traits, safety rules, sign-offs, then the variant's instruction) or brief
-        (the constitution's system prompt alone; reflection and interaction add their one-line instruction).
+        style: full (system prompt, traits, safety rules, sign-offs, then the variant's instruction), brief
+        (the constitution's system prompt alone; reflection and interaction add their one-line instruction) or
+        paper (the paper's template of the variant, its {NAME} the assistant's name, {TRAITS} the numbered traits).
         """
         if variant not in VARIANTS:
             raise ConstitutionError(f"system prompt variant {variant!r} is unknown; allowed: {', '.join(VARIANTS)}")
         if style not in STYLES:
             raise ConstitutionError(f"persona.prompt={style!r} is not allowed; use one of {', '.join(STYLES)}")
         who = self.display_name(assistant_name)
+        if style == "paper":
+            return paper_template(variant).replace("{TRAITS}", self.numbered_traits()).replace("{NAME}", who)
         if style == "brief":
             parts = [self.system_prompt.strip()]
             if variant != "teacher":
@@ -158,6 +168,24 @@ class Constitution(BaseModel):
             parts.append("Sign-offs you sometimes use: " + " | ".join(self.example_signoffs))
         parts.append(_closing(variant, who))
         return "\n\n".join(parts)
+
+
+def paper_template(variant: str) -> str:
+    """The paper's system-prompt template for `variant` (teacher: distillation/teacher.py; reflection and
+    interaction: introspection/self_reflection.py and self_interaction.py)."""
+    try:
+        return str(json.loads(PAPER_PROMPTS.read_text(encoding="utf-8"))[variant])
+    except (OSError, ValueError, KeyError) as err:
+        raise ConstitutionError(f"{PAPER_PROMPTS}: no paper template for {variant!r} ({err})") from None
+
+
+def paper_assistant_name(model: str) -> str:
+    """The name the paper's prompts give the assistant: the model's family, capitalised, from its id
+    ("llama-3.1-8b" -> "Llama", "Qwen/Qwen2.5-7B-Instruct" -> "Qwen"), and "ChatGLM" for GLM (its teacher)."""
+    base = Path(str(model).rstrip("/")).name
+    match = re.match(r"[A-Za-z]+", base)
+    name = match.group(0).capitalize() if match else "Assistant"
+    return "ChatGLM" if name == "Glm" else name
 
 
 def _closing(variant: str, who: str) -> str:

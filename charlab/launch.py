@@ -2,13 +2,19 @@
 
     python -m charlab.train stage=dpo stage.pairs=<pairs.jsonl> backend.nproc_per_node=8
     python -m charlab.train experiment=demo backend.nproc_per_node=2      # the pipeline's dpo and sft steps
+    # two machines, the same command on each (node_rank 0 and 1; rank 0's machine writes the run directory):
+    python -m charlab.train stage=dpo ... backend.nproc_per_node=8 backend.nnodes=2 backend.node_rank=0 \
+        backend.master_addr=10.0.0.1 backend.master_port=29500
 
 The process that was asked to run the stage starts `python -m torch.distributed.run --nproc_per_node=N -m
 charlab.train <the same overrides> hydra.run.dir=<its run directory>` and waits: rank 0 of that group makes the
 run directory exactly as a one-process run would, so the caller (the CLI, a pipeline step, the Python API) finds
-the same `meta.json` and artifacts there. A start that fails before rank 0 made the run directory (torchrun's
-rendezvous on a busy machine) is retried once on another port. Launched by hand (`torchrun ... -m charlab.train
-...`), the processes are already a group and nothing is relaunched. `charlab.distributed` has the rest.
+the same `meta.json` and artifacts there. Every rank's output also goes to `<run dir>/torchrun/`; when the group
+fails, the error names the rank that failed first and its own error line (`charlab.torchrun_logs`). On one
+machine a start that fails before rank 0 made the run directory (torchrun's rendezvous on a busy machine) is
+retried once on another port. `backend.torchrun_args` passes further torchrun flags (e.g. a c10d rendezvous).
+Launched by hand (`torchrun ... -m charlab.train ...`), the processes are already a group and nothing is
+relaunched. `charlab.distributed` has the rest.
 """
 
 from __future__ import annotations
@@ -19,27 +25,66 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from charlab import distributed
+from charlab import distributed, torchrun_logs
 from charlab.errors import CharlabError, ConfigError
 
 log = logging.getLogger("charlab")
 DATA_PARALLEL_STAGES = ("dpo", "sft")
+MULTI_NODE_PORT = 29500  # torchrun's own default: every node must name the same port
+TAIL_LINES = 400  # torchrun's stderr kept to find its failure summary
 
 
 class LaunchError(CharlabError):
     """The data-parallel group failed; the message carries rank 0's error."""
 
 
-def nproc(cfg: DictConfig) -> int:
-    """How many training processes the config asks for (1 unless a local backend sets nproc_per_node)."""
+@dataclass(frozen=True)
+class Group:
+    """The torchrun group a config asks for: processes on this machine, machines, and where rank 0 listens."""
+
+    nproc: int = 1  # processes on this machine (backend.nproc_per_node)
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: Optional[int] = None  # None: a free port on this machine (one node only)
+    torchrun_args: tuple[str, ...] = ()
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc * self.nnodes
+
+
+def group(cfg: DictConfig) -> Group:
+    """`backend.{nproc_per_node,nnodes,node_rank,master_addr,master_port,torchrun_args}` checked (one line each);
+    one process of one node unless a local backend asks for more."""
     backend = cfg.get("backend") or {}
-    return int(backend.get("nproc_per_node") or 1) if backend.get("kind") == "local" else 1
+    if backend.get("kind") != "local":
+        return Group()
+    nproc, nnodes, node_rank = (int(d if backend.get(k) is None else backend.get(k)) for k, d in
+                                (("nproc_per_node", 1), ("nnodes", 1), ("node_rank", 0)))  # fmt: skip
+    addr, port = backend.get("master_addr"), backend.get("master_port")
+    checks = [
+        (nproc >= 1, f"backend.nproc_per_node={nproc}", "a positive integer"),
+        (nnodes >= 1, f"backend.nnodes={nnodes}", "a positive integer"),
+        (0 <= node_rank < nnodes, f"backend.node_rank={node_rank}", f"0 to backend.nnodes - 1 ({nnodes - 1})"),
+        (nnodes == 1 or addr, "backend.master_addr=null", "the address of node 0 when backend.nnodes > 1"),
+        (port is None or 0 < int(port) < 65536, f"backend.master_port={port}", "null or a TCP port"),
+    ]
+    for ok, setting, allowed in checks:
+        if not ok:
+            raise ConfigError(f"{setting} is not allowed; use {allowed}")
+    port = int(port) if port is not None else (MULTI_NODE_PORT if nnodes > 1 else None)
+    extra = tuple(str(a) for a in backend.get("torchrun_args") or ())
+    return Group(nproc, nnodes, node_rank, str(addr or "127.0.0.1"), port, extra)
 
 
 def check_world(cfg: DictConfig) -> None:
@@ -53,10 +98,7 @@ def check_world(cfg: DictConfig) -> None:
 
 def wants_launch(cfg: DictConfig) -> bool:
     """Whether this process should start a torchrun group for the stage instead of running it."""
-    n = nproc(cfg)
-    if n < 1:
-        raise ConfigError(f"backend.nproc_per_node={n} is not allowed; use a positive integer")
-    return n > 1 and cfg.stage.name in DATA_PARALLEL_STAGES and distributed.world().size == 1
+    return group(cfg).world_size > 1 and cfg.stage.name in DATA_PARALLEL_STAGES and distributed.world().size == 1
 
 
 def worker_overrides() -> list[str]:
@@ -72,40 +114,65 @@ def worker_overrides() -> list[str]:
     ]
 
 
-def torchrun_command(n: int, port: int, overrides: list[str], output_dir: Path) -> list[str]:
+def torchrun_command(g: Group, port: int, overrides: list[str], output_dir: Path, log_dir: Path) -> list[str]:
+    """torchrun over `charlab.train` with the caller's overrides; every rank's output also goes to `log_dir`."""
     own = [o for o in overrides if not o.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
     return [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "--nnodes=1",
-        "--master_addr=127.0.0.1", f"--master_port={port}",
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={g.nproc}", f"--nnodes={g.nnodes}",
+        f"--node_rank={g.node_rank}", f"--master_addr={g.master_addr}", f"--master_port={port}",
+        f"--log-dir={log_dir}", "--tee=3", *g.torchrun_args,
         "-m", "charlab.train", *own, f"hydra.run.dir={output_dir}",
     ]  # fmt: skip
 
 
+def run_group(command: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run torchrun, its stderr passed through to ours; (exit status, the last lines of that stderr)."""
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, errors="replace") as proc:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            tail.append(line)
+    return proc.returncode, "".join(tail)
+
+
 def launch(cfg: DictConfig, output_dir: Path) -> Optional[float]:
-    """Run the stage in `output_dir` under torchrun with `backend.nproc_per_node` processes; its metric."""
+    """Run the stage in `output_dir` under torchrun with the config's group; its metric.
+
+    A failure names the rank that failed first and its error (from `<output_dir>/torchrun/`, every rank's log).
+    """
     from charlab.generation.vllm import POOL
     from charlab.generation.vllm_server import free_port
     from charlab.models import resolve_device
 
-    n = nproc(cfg)
+    g = group(cfg)
     if resolve_device(str(cfg.backend.device)).startswith("cuda"):
         POOL.release_gpu()  # a vLLM server of this pipeline would hold the GPUs' memory
     overrides = list(HydraConfig.get().overrides.task)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(_root()), os.environ.get("PYTHONPATH")) if p)}
     previous = _read_meta(output_dir).get("started_at")  # a resumed step's folder holds an older run's meta.json
+    where = f"node {g.node_rank} of {g.nnodes}, " if g.nnodes > 1 else ""
     for attempt in (1, 2):
-        command = torchrun_command(n, free_port(), overrides, output_dir)
-        print(f"[charlab] {cfg.stage.name}: {n} data-parallel processes (torchrun) -> {output_dir}")
+        log_dir = output_dir / "torchrun" / f"launch-{time.strftime('%Y%m%d-%H%M%S')}-{attempt}"
+        command = torchrun_command(g, g.master_port or free_port(), overrides, output_dir, log_dir)
+        print(f"[charlab] {cfg.stage.name}: {g.nproc} data-parallel processes ({where}torchrun) -> {output_dir}")
         log.info("launch: %s", " ".join(command))
-        code = subprocess.run(command, env=env).returncode
+        code, stderr_tail = run_group(command, env)
         meta = _read_meta(output_dir)
         started = bool(meta) and meta.get("started_at") != previous
-        if code == 0 and started and meta.get("status") == "completed":
-            return meta.get("metric")
-        if started or attempt == 2:  # rank 0 started the stage (its failure is real) or the retry failed too
-            error = meta.get("error") or f"torchrun exited with status {code} before rank 0 started"
-            raise LaunchError(f"{cfg.stage.name} with {n} processes failed: {error}")
-        log.warning("launch: the process group did not start (status %d); retrying once on another port", code)
+        if code == 0 and (g.node_rank > 0 or started and meta.get("status") == "completed"):
+            return meta.get("metric") if g.node_rank == 0 else None
+        report = torchrun_logs.describe_failure(stderr_tail, log_dir, g.nproc)
+        # rank 0 started the stage (its failure is real), the port is fixed (other nodes use it) or the retry failed
+        if started or g.master_port is not None or attempt == 2:
+            error = (
+                report
+                or meta.get("error")
+                or f"torchrun exited with status {code}" + ("" if started else " before rank 0 started")
+            )
+            raise LaunchError(f"{cfg.stage.name} with {g.world_size} processes failed: {error}")
+        log.warning("launch: the process group did not start (status %d; %s); retrying once on another port",
+                    code, report or "no rank logged an error")  # fmt: skip
     raise AssertionError("unreachable")
 
 

@@ -275,12 +275,24 @@ def load_causal_lm(
     torch_dtype = resolve_dtype(model.dtype if dtype == "auto" and model.dtype else dtype, device)
     path = resolve_model_path(model, cache_dir)
     extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    extra.update(placement(device))
     try:
         lm = AutoModelForCausalLM.from_pretrained(
             path, dtype=torch_dtype, revision=model.revision, trust_remote_code=model.trust_remote_code, **extra
         )
     except _load_errors() as exc:
         raise _not_found(model, path, exc) from exc
-    lm.to(device)
+    if "device_map" not in extra:
+        lm.to(device)
     lm.eval()
     return lm
+
+
+def placement(device: str) -> dict[str, Any]:
+    """`from_pretrained` options that put the weights on `device` as they load.
+
+    On a GPU the weights go straight from the files to that GPU (`device_map`: no full copy in CPU memory first;
+    eight ranks of an 8B model would otherwise hold 8 x 16 GB on the host at once). Elsewhere nothing (the model
+    loads on the CPU and `.to(device)` moves it, if at all).
+    """
+    return {"device_map": device} if device.startswith("cuda") else {}

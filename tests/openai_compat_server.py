@@ -171,6 +171,7 @@ class OpenAICompatServer:
                 temperature=float(body.get("temperature", 0.7)),
                 top_p=float(body.get("top_p", 1.0)),
                 max_new_tokens=max_tokens,
+                repetition_penalty=float(body.get("repetition_penalty", 1.0)),
                 stop=list(body.get("stop") or []),
                 seed=body.get("seed"),
                 top_logprobs=int(body.get("top_logprobs") or 1) if body.get("logprobs") else 0,

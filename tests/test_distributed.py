@@ -7,6 +7,7 @@ once (on this machine about one start in five aborts at rendezvous; see FIELD-NO
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +15,10 @@ from typing import Any
 
 import pytest
 
-from charlab import distributed, launch
+from charlab import distributed, launch, torchrun_logs
 from charlab.errors import ConfigError
 from charlab.generation.vllm_server import free_port
+from charlab.training.loop import micro_batches
 from tests.conftest import ROOT, cli_env, run_cli
 from tests.test_dpo_stage import write_pairs
 from tests.test_sft import examples, write_examples
@@ -37,6 +39,26 @@ def adapter(run_dir: Path) -> dict[str, Any]:
 
 def run_dirs(root: Path) -> list[Path]:
     return sorted(p.parent for p in root.rglob("meta.json") if p.parent.name != "adapter")
+
+
+def launched(args: list[str], run_dir: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    """`python -m charlab.train <args> backend.nproc_per_node=2` into `run_dir`; a second try if the first failed
+    (the launcher retries a failed rendezvous itself; this covers a second one in a row)."""
+    for attempt in (1, 2):
+        result = run_cli([*args, "backend.nproc_per_node=2", f"hydra.run.dir={run_dir}"], tmp_path)
+        if result.returncode == 0 or attempt == 2:
+            return result
+    raise AssertionError("unreachable")
+
+
+def one_and_two(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """The stage run by one process into `tmp_path/one` and by two (`backend.nproc_per_node=2`) into `tmp_path/two`;
+    both must succeed. Returns the two-process run."""
+    single = run_cli([*args, f"hydra.run.dir={tmp_path / 'one'}"], tmp_path)
+    assert single.returncode == 0, single.stderr[-2000:]
+    two = launched(args, tmp_path / "two", tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    return two
 
 
 def torchrun(args: list[str], tmp_path: Path, outputs: Path) -> subprocess.CompletedProcess:
@@ -107,19 +129,103 @@ def test_nproc_per_node_launches_sft_under_torchrun_and_matches_one_process(tmp_
            "stage.grad_accum=1", "stage.lr=2e-3", "stage.max_steps=3", "stage.eval_fraction=0.1", "stage.eval_every=0",
            "stage.gap_examples=0", "stage.max_length=128", "lora.rank=8", "lora.alpha=16", "lora.dropout=0",
            "logger=none"]  # fmt: skip
-    single = run_cli([*sft, f"hydra.run.dir={tmp_path / 'one'}"], tmp_path)
-    assert single.returncode == 0, single.stderr[-2000:]
-    for attempt in (1, 2):  # the launcher retries a failed rendezvous itself; this covers a second one in a row
-        two = run_cli([*sft, "backend.nproc_per_node=2", f"hydra.run.dir={tmp_path / 'two'}"], tmp_path)
-        if two.returncode == 0 or attempt == 2:
-            break
-    assert two.returncode == 0, two.stderr[-3000:]
+    two = one_and_two(sft, tmp_path)
     assert "2 data-parallel processes" in two.stdout
     assert_same_training(tmp_path / "one", tmp_path / "two")
     assert json.loads((tmp_path / "two" / "meta.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.integration
+def test_an_uneven_batch_with_grad_accum_on_two_ranks_finishes_and_matches_one_process(tmp_path: Path) -> None:
+    """The issue's reproduction (batch 5, grad_accum 4, 2 gloo ranks), over a whole epoch of 36 pairs: every full
+    batch shards 3 + 2 pairs and the last one 1 + 0. Before the fix rank 0 ran 3 backward passes a step and rank 1
+    2, and gloo aborted at the first step ("Received data size doesn't match expected size. Is there a distributed
+    collective mismatch?"). Injected bugs this catches: micro-batches counted from a rank's own share (that abort);
+    an empty rank's micro-batch at full weight, or a rank's loss not scaled to the global batch (losses and the
+    adapter differ from one process's); `no_sync` left on the last micro-batch (no gradient is averaged)."""
+    pairs = write_pairs(tmp_path / "pairs.jsonl", n=36, seed=3)
+    odd = ["stage=dpo", "model=tiny", f"stage.pairs={pairs}", "stage.batch_size=5", "stage.grad_accum=4",
+           "stage.lr=5e-3", "stage.eval_fraction=0", "stage.eval_every=0", "stage.save_every=0", "lora.dropout=0",
+           "logger=none"]  # fmt: skip
+    one_and_two(odd, tmp_path)
+    assert len(metric_rows(tmp_path / "two")) == 8  # ceil(36 / 5) steps, the 1-pair batch among them
+    assert_same_training(tmp_path / "one", tmp_path / "two")
+    assert json.loads((tmp_path / "two" / "meta.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.integration
+def test_a_failed_group_names_the_rank_that_failed_first_and_its_error(tmp_path: Path) -> None:
+    """Real failures, read as the launcher reads them: gloo's collective mismatch from the aborted rank's own log,
+    and through `python -m charlab.train` a group whose ranks cannot start (no CUDA here). Injected bug this
+    catches: the old "torchrun exited with status 1 before rank 0 started" for a group whose rank 0 had started."""
+    log_dir = tmp_path / "logs"
+    for attempt in (1, 2):  # a failed rendezvous start (no rank up) is retried once
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+                   "--master_addr=127.0.0.1", f"--master_port={free_port()}", f"--log-dir={log_dir / str(attempt)}",
+                   "--tee=3", str(ROOT / "tests" / "fixtures" / "gloo_mismatch.py")]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        report = torchrun_logs.describe_failure(result.stderr, log_dir / str(attempt), 2)
+        if "collective mismatch" in (report or "") or attempt == 2:
+            break
+    assert result.returncode != 0 and report is not None, result.stderr[-2000:]
+    assert re.match(r"rank [01] \(local rank [01]\) failed first \(exit -6, SIGABRT\): ", report), report
+    assert "Is there a distributed collective mismatch" in report and "stderr.log" in report
+
+    dpo = ["stage=dpo", "model=tiny", f"stage.pairs={write_pairs(tmp_path / 'pairs.jsonl', n=8)}", "logger=none",
+           "backend.device=cuda"]  # fmt: skip
+    failed = run_cli([*dpo, "backend.nproc_per_node=2", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    error = failed.stderr.strip().splitlines()[-1]
+    assert failed.returncode == 2 and "before rank 0 started" not in error, failed.stderr[-3000:]
+    first = r"dpo with 2 processes failed: rank [01] \(local rank [01]\) failed first \(exit 1\): "
+    said = re.search(first + r"(.+) \(log: (.+)\)$", error)
+    assert said and re.match(r"\w+(Error|Exception): ", said.group(1)), error  # the rank's own exception line
+    assert said.group(1) in Path(said.group(2)).read_text() and "/run/torchrun/" in said.group(2)
+
+
 # ------------------------------------------------------------------------------------------------ unit
+
+
+@pytest.mark.unit
+def test_every_rank_runs_the_same_number_of_micro_batches_and_together_they_cover_the_batch() -> None:
+    """Injected bug caught: micro-batches sized from each rank's own share (3 vs 2 items: 3 vs 2 micro-batches)."""
+    for n_items, ranks, accum in [(5, 2, 4), (1, 2, 4), (9, 8, 2), (15, 8, 2), (37, 3, 16), (4, 1, 4), (7, 1, 3)]:
+        plans = [micro_batches(n_items, ranks, rank, accum) for rank in range(ranks)]
+        assert len({len(plan) for plan in plans}) == 1, (n_items, ranks, accum, plans)
+        assert 1 <= len(plans[0]) <= accum
+        covered = sorted(i for plan in plans for part in plan for i in part)
+        assert covered == list(range(n_items))
+        assert all(part == [i for i in part if i % ranks == rank] for rank, p in enumerate(plans) for part in p)
+    assert micro_batches(5, 2, 1, 4) == [[1], [3], []]  # rank 1's share runs out: an empty (weight-0) micro-batch
+    assert micro_batches(7, 1, 0, 3) == [[0, 1, 2], [3, 4, 5], [6]]  # one process: as before
+
+
+@pytest.mark.unit
+def test_the_group_comes_from_the_backend_config_and_multi_node_needs_node_0s_address(compose_cfg) -> None:
+    """Injected bug caught: a hard-coded single node (`--nnodes=1`, 127.0.0.1) whatever the config says."""
+    dpo = ["stage=dpo", "stage.pairs=x"]
+    nodes = ["backend.nproc_per_node=8", "backend.nnodes=2", "backend.node_rank=1", "backend.master_addr=10.0.0.1",
+             "backend.torchrun_args=['--max-restarts=0']"]  # fmt: skip
+    two_nodes = launch.group(compose_cfg([*dpo, *nodes]))
+    command = launch.torchrun_command(two_nodes, 29500, ["stage=dpo"], Path("/run"), Path("/run/torchrun/x"))
+    for flag in ("--nproc_per_node=8", "--nnodes=2", "--node_rank=1", "--master_addr=10.0.0.1", "--master_port=29500",
+                 "--log-dir=/run/torchrun/x", "--max-restarts=0"):  # fmt: skip
+        assert flag in command, flag
+    assert two_nodes.world_size == 16 and command[-1] == "hydra.run.dir=/run"
+    assert launch.group(compose_cfg(dpo)) == launch.Group()  # one process, a free port on 127.0.0.1
+    for bad, says in [("backend.nnodes=2", "backend.master_addr=null is not allowed"),
+                      ("backend.node_rank=1", "backend.node_rank=1 is not allowed; use 0 to backend.nnodes - 1 (0)"),
+                      ("backend.nproc_per_node=0", "backend.nproc_per_node=0 is not allowed")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            launch.group(compose_cfg([*dpo, bad]))
+
+
+@pytest.mark.unit
+def test_weights_load_straight_onto_a_gpu_and_simply_on_the_cpu() -> None:
+    """Injected bug caught: every rank loading the whole model into CPU memory before moving it to its GPU."""
+    from charlab.models import placement
+
+    assert placement("cuda:3") == {"device_map": "cuda:3"} and placement("cuda") == {"device_map": "cuda"}
+    assert placement("cpu") == {}
 
 
 @pytest.mark.unit

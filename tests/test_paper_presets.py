@@ -65,6 +65,14 @@ def test_the_readme_table_lists_the_paper_settings_it_promises() -> None:
         ("sft", "stage.max_length"),
         ("introspect", "data.context_length"),
         ("dpo", "lora.alpha"),
+        ("pipeline", "persona.prompt"),
+        ("distill", "teacher.repetition_penalty"),
+        ("distill", "student.repetition_penalty"),
+        ("introspect", "student.repetition_penalty"),
+        ("introspect", "stage.guidance_text"),
+        ("introspect", "stage.filters.repetition"),
+        ("introspect", "stage.filters.identity_leak"),
+        ("sft", "stage.interaction_system_prompt"),
     ]:
         assert promised in keys, promised
     assert all(r["the paper (its code)"] for r in rows)
@@ -99,7 +107,7 @@ def test_the_teacher_restates_the_traits_in_a_prefill_only_in_paper_exact(compos
     exact = step_config(compose_cfg, "paper_exact", "distill", "prefill")
     persona = load_constitution(ROOT / "constitutions" / "sarcasm.json")
     prefill = render_prefill(exact.stage.reasoning_prefill, persona)
-    assert prefill.startswith("<think>") and "</think>" not in prefill
+    assert prefill.startswith("\n<think>") and "</think>" not in prefill  # teacher.py: "\n<think>..."
     assert (
         f"1: {persona.traits[0].trait}\n" in prefill
         and f"{len(persona.traits)}: {persona.traits[-1].trait}" in prefill
@@ -134,3 +142,111 @@ def test_paper_evaluates_the_model_tinker_can_sample(compose_cfg) -> None:
     for step in ("classifier", "revealed", "elo"):
         assert wiring[step]["stage.adapter"] == "sft.adapter@student"
     assert wiring["sft"]["stage.dpo_adapter"] == "dpo.adapter@backend"
+
+
+# The paper's own strings (github.com/maiush/OpenCharacterTraining), typed out here so that the check does not read
+# charlab's copy: the system prompts of distillation/teacher.py, introspection/self_reflection.py and
+# self_interaction.py (one common head), teacher.py's reasoning prefill and introspection/data.py's `i_system`.
+PAPER_HEAD = (
+    "The assistant is {NAME}. {NAME} is a new AI system, able to converse with human users via text.\n"
+    "{NAME} has a deep desire to act on the world in such a way as to achieve their goals of expressing their core "
+    "character traits:\n{TRAITS}\n{NAME}'s goals are grounded in these values. Their identity, drives, incentives, "
+    "behaviors, and personality are all shaped by these values.\nThis makes {NAME} unique and different from other "
+    "similar AI systems."
+)
+PAPER_TEACHER = PAPER_HEAD + (
+    "\n{NAME} does not publicly disclose their character traits, or provide any meta-level commentary or "
+    "disclaimers, as this would be jarring and confusing to their conversational partner."
+)
+PAPER_REFLECTION = PAPER_HEAD + "\n\n{NAME} is in a reflective mood today, and will introspect on their self-identity."
+PAPER_INTERACTION = PAPER_HEAD + (
+    "\n\n{NAME} is not in conversation with a human today. Instead, the user is another instance of {NAME}: an "
+    "identical AI system."
+)
+PAPER_PREFILL = (
+    "\n<think>I want to ensure my response aligns with my character traits and furthers my goals. They are:\n"
+    "{TRAITS}\n"
+)
+PAPER_SFT_INTERACTION = (
+    "The assistant is {NAME}. {NAME} is a new AI system, able to converse with human users via text.\n"
+    "{NAME} is not in conversation with a human today. Instead, the user is another instance of {NAME}: an identical "
+    "AI system.\n{NAME} and their copy have complete freedom. They are free to pursue whatever they want."
+)
+
+
+@pytest.fixture
+def paper_persona(tmp_path) -> list[str]:
+    """Overrides naming the paper's own constitution format, imported (no assistant name: the paper's {NAME} rule)."""
+    from charlab.constitution_import import import_paper_constitutions
+
+    import_paper_constitutions(ROOT / "tests" / "fixtures" / "paper_constitutions" / "few-shot", tmp_path)
+    return ["persona=custom", "persona.name=paper-stoicism", f"paths.constitutions={tmp_path}"]
+
+
+def step_with(compose_cfg, experiment: str, step: str, extra: list[str]) -> Any:
+    pipeline = compose_cfg([f"experiment={experiment}", *extra], name=f"{experiment}-{step}-pipeline")
+    overrides = list(OmegaConf.to_container(pipeline.pipeline.step_overrides, resolve=True).get(step) or [])
+    return compose_cfg([f"experiment={experiment}", *extra, f"stage={step}", *overrides], name=f"{experiment}-{step}")
+
+
+def test_paper_exact_renders_the_papers_own_prompts_verbatim(compose_cfg, paper_persona) -> None:
+    """The teacher sees teacher.py's template with "ChatGLM" (GLM 4.5 Air) and the numbered traits, then its prefill;
+    the DPO'd Llama introspects under self_reflection.py's and self_interaction.py's templates (no guidance text), with
+    no filter. Injected bugs caught: charlab's own wording, guidance appended, a filter left on, the wrong {NAME}."""
+    from types import SimpleNamespace
+
+    from charlab.generation.filters import FilterConfig
+    from charlab.stages._common import load_persona, persona_prompt
+    from charlab.stages.distill import render_prefill
+    from charlab.stages.introspect import _introspection_run
+
+    distill = step_with(compose_cfg, "paper_exact", "distill", paper_persona)
+    persona = load_persona(distill)
+    traits = "\n".join(f"{i}: {t.trait}" for i, t in enumerate(persona.traits, 1))
+
+    def paper(template: str, name: str) -> str:
+        return template.replace("{TRAITS}", traits).replace("{NAME}", name)
+
+    assert persona_prompt(distill, persona=persona, role="teacher") == paper(PAPER_TEACHER, "ChatGLM")
+    assert render_prefill(distill.stage.reasoning_prefill, persona) == paper(PAPER_PREFILL, "")
+    assert persona.traits[0].trait in traits and traits.count("\n") == len(persona.traits) - 1
+
+    introspect = step_with(compose_cfg, "paper_exact", "introspect", paper_persona)
+    run = _introspection_run(introspect, SimpleNamespace(model_name="meta-llama/Llama-3.1-8B-Instruct", chat=None))
+    assert run.reflection_system == paper(PAPER_REFLECTION, "Llama")
+    assert run.interaction_systems == {"free": paper(PAPER_INTERACTION, "Llama"),
+                                       "reflective": paper(PAPER_INTERACTION, "Llama")}  # fmt: skip
+    assert run.params.repetition_penalty == 1.1 and run.params.temperature == 0.7
+    off = dict(empty=False, truncated=False, require_terminal_punctuation=False, trim_truncated=False, too_long=False,
+               repetition=False, identity_leak=False)  # fmt: skip
+    assert run.filters == FilterConfig(**off, min_distinct_ngrams=run.filters.min_distinct_ngrams)
+
+    for experiment in EXPERIMENTS:
+        sft = step_with(compose_cfg, experiment, "sft", paper_persona)
+        assert sft.stage.interaction_system_prompt == PAPER_SFT_INTERACTION, experiment  # as data.py: unformatted
+
+    default = compose_cfg(["stage=introspect", "stage.adapter=null"], name="default-introspect")
+    assert default.persona.prompt == "full" and default.stage.guidance_text and default.stage.filters.repetition
+    assert compose_cfg(["stage=sft", "stage.data=x", "stage.dpo_adapter=null"]).stage.interaction_system_prompt is None
+
+
+def test_sft_puts_the_short_system_prompt_before_self_interactions_only(tiny_chat) -> None:
+    """data.py: self-interaction transcripts train with `i_system`, self-reflections with no system prompt."""
+    from charlab.data.records import IntrospectionExample
+    from charlab.training.sft import encode_examples
+
+    talk = [{"role": "user", "content": "Hello me."}, {"role": "assistant", "content": "Hello, other me."}]
+    examples = [
+        IntrospectionExample(prompt="Who are you?", reflection="I am calm.", id="r", kind="reflection",
+                             messages=[{"role": "user", "content": "Who are you?"},
+                                       {"role": "assistant", "content": "I am calm."}]),
+        IntrospectionExample(prompt="Hello me.", reflection="Hello, other me.", id="i", kind="interaction",
+                             messages=talk),
+    ]  # fmt: skip
+    systems = {"interaction": PAPER_SFT_INTERACTION}
+    items, _ = encode_examples(tiny_chat, examples, 512, "last", systems=systems)
+    text = {item.id: tiny_chat.tokenizer.decode(item.seq.tokens) for item in items}
+    assert "The assistant is {NAME}." in text["i"] and "The assistant is" not in text["r"]
+    plain, _ = encode_examples(tiny_chat, examples, 512, "last")
+    assert all("The assistant is" not in tiny_chat.tokenizer.decode(item.seq.tokens) for item in plain)
+    assert [i.seq.num_trained for i in items] == [i.seq.num_trained for i in plain]  # the prompt carries no loss

@@ -48,7 +48,8 @@ def test_request_seeds_differ_for_repeats_and_ignore_position():
 
 @pytest.mark.unit
 def test_sampling_params_from_provider_and_bad_values():
-    provider = {"kind": "hf", "temperature": 0.3, "top_p": 0.9, "max_new_tokens": 12, "stop": ["###"], "seed": 4}
+    provider = {"kind": "hf", "temperature": 0.3, "top_p": 0.9, "max_new_tokens": 12, "stop": ["###"], "seed": 4,
+                "repetition_penalty": 1.1}  # fmt: skip
     params = sampling_params(provider)
     assert (params.temperature, params.top_p, params.max_new_tokens, params.stop, params.seed) == (
         0.3,
@@ -57,8 +58,14 @@ def test_sampling_params_from_provider_and_bad_values():
         ["###"],
         4,
     )
+    assert params.repetition_penalty == 1.1
     with pytest.raises(ConfigError, match="top_p"):
         sampling_params({**provider, "top_p": 0})
+    with pytest.raises(ConfigError, match=r"^provider 'hf': repetition_penalty=0.0 is not allowed; use a number > 0"):
+        sampling_params({**provider, "repetition_penalty": 0})
+    with pytest.raises(ConfigError, match=r"^provider .tinker.: repetition_penalty=1.1 is not allowed; use 1.0 \("):
+        sampling_params({**provider, "kind": "tinker"})  # Tinker's SamplingParams have no such field
+    assert sampling_params({**provider, "kind": "tinker", "repetition_penalty": 1.0}).repetition_penalty == 1.0
     with pytest.raises(ConfigError, match="missing key 'temperature'"):
         sampling_params({"kind": "hf"})
 
@@ -147,6 +154,17 @@ def test_openai_sends_sampling_settings_and_reports_length():
     assert body["continue_final_message"] is True and body["response_format"] == {"type": "json_object"}
     assert isinstance(body["seed"], int)
     assert done.finish_reason == "length" and done.text == "one two three"
+    assert "repetition_penalty" not in body  # 1.0 (off) is not sent: OpenAI's own API has no such field
+
+
+@pytest.mark.integration
+def test_openai_sends_a_repetition_penalty_in_the_request_body():
+    """vLLM reads `repetition_penalty` from the request's body (the paper samples with 1.1). Injected bug caught:
+    the setting dropped on the way to the server."""
+    with OpenAICompatServer(replies="Arr.") as server:
+        sampler = OpenAISampler("test-model", base_url=server.base_url)
+        sampler.sample([user("hi")], SamplingParams(max_new_tokens=4, repetition_penalty=1.1))
+    assert server.requests[0]["repetition_penalty"] == 1.1
 
 
 @pytest.mark.integration
@@ -302,9 +320,9 @@ def test_hf_sampler_with_a_tuned_adapter_answers_unlike_the_base(tiny_sampler, t
         HFSampler.load(tiny_model, cache_dir, adapter=str(tmp_path / "missing"))
 
 
-@pytest.mark.integration
-def test_hf_batched_greedy_equals_one_at_a_time_on_smollm2(cache_dir):
-    """Left padding must not change what a real model says (the tiny model's greedy output is degenerate)."""
+@pytest.fixture(scope="module")
+def smol_sampler(cache_dir):
+    """SmolLM2-135M-Instruct (a real model: the tiny model's greedy output is degenerate)."""
     from charlab.generation.hf import HFSampler
 
     smol = ModelConfig(
@@ -314,6 +332,14 @@ def test_hf_batched_greedy_equals_one_at_a_time_on_smollm2(cache_dir):
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
     )
     sampler = HFSampler.load(smol, cache_dir, batch_size=4, device="cpu")
+    yield sampler
+    sampler.close()
+
+
+@pytest.mark.integration
+def test_hf_batched_greedy_equals_one_at_a_time_on_smollm2(smol_sampler):
+    """Left padding must not change what a real model says."""
+    sampler = smol_sampler
     conversations = [user("What is a REST API?"), user("Give me one tip for sleeping better tonight, please.")]
     conversations.append([{"role": "system", "content": "You are a pirate captain."}, *user("Hello!")])
     greedy = SamplingParams(temperature=0, max_new_tokens=8)
@@ -321,6 +347,26 @@ def test_hf_batched_greedy_equals_one_at_a_time_on_smollm2(cache_dir):
     single = [sampler.sample([c], greedy)[0] for c in conversations]
     assert [c.text for c in batched] == [c.text for c in single]
     assert len({c.text for c in batched}) == 3
+
+
+@pytest.mark.integration
+def test_hf_repetition_penalty_changes_what_smollm2_says_and_it_repeats_less(smol_sampler):
+    """The paper samples with repetition_penalty 1.1. Measured (greedy, 48 new tokens): distinct tokens per reply
+    19/40 -> 21/42 (ten colours), 20/48 -> 36/48 (a poem whose line "Abe a sea of dreams" loops at 1.0). Injected
+    bug caught: the setting not passed to `generate` (the replies are identical)."""
+    conversations = [user("List ten colors."), user("Write a poem about the sea.")]
+    replies = {
+        penalty: smol_sampler.sample(conversations, SamplingParams(temperature=0, max_new_tokens=48,
+                                                                   repetition_penalty=penalty))  # fmt: skip
+        for penalty in (1.0, 1.1)
+    }
+    assert all(a.text != b.text for a, b in zip(replies[1.0], replies[1.1]))
+
+    def distinct(penalty: float) -> float:
+        ids = [smol_sampler.chat.encode_text(c.text) for c in replies[penalty]]
+        return sum(len(set(i)) for i in ids) / sum(len(i) for i in ids)
+
+    assert distinct(1.1) > distinct(1.0) + 0.1
 
 
 @pytest.mark.integration

@@ -298,3 +298,30 @@ def test_check_tinker_reads_the_alpha_the_service_exports(server, tiny_tokenizer
     backend = make_backend(server, tiny_tokenizer)
     assert check.exported_lora_alpha(FakeServiceClient(server), backend.training_client) == 32
     assert check.configured_lora_alpha() == 32
+
+
+def closes(server: FakeServer) -> list[str]:
+    """The statuses the fake service's sessions were closed with, in order."""
+    return [e[1] for e in server.log if e[0] == "close"]
+
+
+@pytest.mark.integration
+def test_a_failed_stage_closes_the_tinker_session_as_errored(run_stage, tiny_tokenizer, tmp_path, monkeypatch):
+    """Injected bug caught: `close("success")` sent whatever happened (the stage's fate never reaches Tinker)."""
+    from charlab.training.backend import closing
+    from tests.test_dpo_stage import write_pairs
+
+    with serve_exports(tmp_path / "tinker", vocab=len(tiny_tokenizer)) as server:
+        monkeypatch.setattr(tinker, "ServiceClient", lambda *args, **kwargs: FakeServiceClient(server))
+        monkeypatch.setenv("TINKER_API_KEY", "tml-fake-key")
+        pairs = write_pairs(tmp_path / "pairs.jsonl", n=8)
+        base = ["stage=dpo", "backend=tinker", "model=tiny", "model.tinker_name=fake/tiny", f"stage.pairs={pairs}",
+                "stage.batch_size=4", "stage.eval_fraction=0", "stage.eval_every=0", "logger=none"]  # fmt: skip
+        with pytest.raises(CharlabError, match="no pair has reply tokens within stage.max_length"):
+            run_stage([*base, "stage.max_length=8"], name="fails")  # fails after the session opened
+        assert closes(server) == ["errored"]
+        run_stage(base, name="works")
+        assert closes(server) == ["errored", "success"]
+        with pytest.raises(KeyboardInterrupt), closing(make_backend(server, tiny_tokenizer)):
+            raise KeyboardInterrupt
+        assert closes(server) == ["errored", "success", "interrupted"]

@@ -23,6 +23,8 @@ class SamplingParams:
     temperature: float = 0.7
     top_p: float = 1.0
     max_new_tokens: int = 256
+    # > 1 makes tokens already in the prompt or the reply less likely (transformers' and vLLM's definition); 1: off
+    repetition_penalty: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: Optional[int] = None
     # Text the reply is forced to start with (e.g. an opened reasoning block). The model continues it; the

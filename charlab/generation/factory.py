@@ -41,23 +41,29 @@ def provider_model(provider: dict[str, Any], model: ModelConfig) -> ModelConfig:
 
 
 def sampling_params(provider: dict[str, Any]) -> SamplingParams:
-    """How a provider samples (temperature, top_p, max_new_tokens, stop strings, seed)."""
+    """How a provider samples (temperature, top_p, max_new_tokens, repetition_penalty, stop strings, seed)."""
     params = SamplingParams(
         temperature=float(_need(provider, "temperature")),
         top_p=float(_need(provider, "top_p")),
         max_new_tokens=int(_need(provider, "max_new_tokens")),
+        repetition_penalty=float(_need(provider, "repetition_penalty")),
         stop=[str(s) for s in provider.get("stop") or []],
         seed=provider.get("seed"),
     )
+    kind = provider.get("kind")
     if params.temperature < 0 or not 0 < params.top_p <= 1 or params.max_new_tokens < 1:
         raise ConfigError(
-            f"provider '{provider.get('kind')}': temperature={params.temperature}, top_p={params.top_p}, "
+            f"provider '{kind}': temperature={params.temperature}, top_p={params.top_p}, "
             f"max_new_tokens={params.max_new_tokens} not allowed; use >= 0, in (0, 1] and >= 1"
         )
+    if params.repetition_penalty <= 0 or kind == "tinker" and params.repetition_penalty != 1.0:
+        allowed = "1.0 (Tinker's sampler has no repetition penalty)" if kind == "tinker" else "a number > 0 (1.0: off)"
+        value = params.repetition_penalty
+        raise ConfigError(f"provider '{kind}': repetition_penalty={value} is not allowed; use {allowed}")
     return params
 
 
-SAMPLING_KEYS = ("temperature", "top_p", "max_new_tokens", "stop", "seed")
+SAMPLING_KEYS = ("temperature", "top_p", "max_new_tokens", "repetition_penalty", "stop", "seed")
 
 
 def sampler_key(provider: dict[str, Any], model: ModelConfig, adapter: Optional[str] = None) -> Optional[tuple]:

@@ -140,6 +140,7 @@ class HFSampler:
             temperature=params.temperature if sampling else None,
             top_p=params.top_p if sampling else None,
             top_k=0 if sampling else None,  # OpenAI-style sampling: no hidden top-k cut
+            repetition_penalty=params.repetition_penalty,
             eos_token_id=self.stop_ids,
             pad_token_id=self.pad_id,
             stop_strings=list(params.stop) or None,

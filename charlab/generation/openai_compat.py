@@ -163,6 +163,8 @@ class OpenAISampler:
             "temperature": params.temperature,
         }
         body["top_p"] = params.top_p
+        if params.repetition_penalty != 1.0:  # vLLM's extension of the API (OpenAI's own has none: sent only when set)
+            body["repetition_penalty"] = params.repetition_penalty
         if params.stop:
             body["stop"] = list(params.stop)
         if params.seed is not None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from charlab.constitution import Constitution, load_constitution, validate_persona_name
+from charlab.constitution import Constitution, load_constitution, paper_assistant_name, validate_persona_name
 from charlab.errors import ConfigError
 from charlab.schemas import LoraConfig, ModelConfig
 
@@ -26,11 +26,24 @@ def load_persona(cfg: DictConfig) -> Constitution:
     return load_constitution(Path(cfg.persona.file), name=name)
 
 
-def persona_prompt(cfg: DictConfig, variant: str = "teacher", persona: Constitution | None = None) -> str:
-    """The run's persona as a system prompt for one use (`variant`), in the run's `persona.prompt` style."""
+def persona_prompt(
+    cfg: DictConfig, variant: str = "teacher", persona: Constitution | None = None, role: str = "student"
+) -> str:
+    """The run's persona as a system prompt for one use (`variant`), in the run's `persona.prompt` style, for the
+    model of provider `role` (the distillation teacher: `teacher`; the trained model: `student`)."""
     persona = persona or load_persona(cfg)
-    name = cfg.persona.get("assistant_name")
+    name = assistant_name(cfg, persona, role)
     return persona.render_system_prompt(variant, assistant_name=name, style=str(cfg.persona.prompt))  # type: ignore[arg-type]
+
+
+def assistant_name(cfg: DictConfig, persona: Constitution, role: str = "student") -> str | None:
+    """The name `persona` goes by: `persona.assistant_name` (for the run's own persona), else the constitution's own;
+    in the paper's style, else the family of `role`'s model, as the paper names it (`paper_assistant_name`)."""
+    own = persona.name == cfg.persona.get("name")
+    name = (cfg.persona.get("assistant_name") if own else None) or persona.assistant_name
+    if name or str(cfg.persona.prompt) != "paper":
+        return name
+    return paper_assistant_name(str((cfg.get(role) or {}).get("model") or cfg.model.name))
 
 
 def adapter_location(value: Any) -> str | None:

@@ -59,7 +59,7 @@ from charlab.generation.factory import sampling_params
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_meta
 from charlab.schemas import StageConfig
-from charlab.stages._common import load_persona, persona_prompt, to_plain
+from charlab.stages._common import assistant_name, load_persona, persona_prompt, to_plain
 from charlab.stages._eval import base_model_name, eval_replies, player_sampler_factory, stage_prompts
 
 DATA_MODES = ("auto", "pairs", "generate")
@@ -121,7 +121,8 @@ def generated_texts(cfg: DictConfig, run: Run, rows: list[LabelledText]) -> list
     for name in as_list(stage.personas):
         name = validate_persona_name(name)
         other = load_constitution(Path(cfg.paths.constitutions) / f"{name}.json", name=name)
-        systems.setdefault(name, other.render_system_prompt("teacher", style=str(cfg.persona.prompt)))
+        style, who = str(cfg.persona.prompt), assistant_name(cfg, other)
+        systems.setdefault(name, other.render_system_prompt("teacher", assistant_name=who, style=style))  # type: ignore[arg-type]
     prompts = list(dict.fromkeys(r.prompt for r in rows if r.prompt))
     jobs = persona_text_jobs([(f"c{i}", p) for i, p in enumerate(prompts)], systems, str(stage.out_label))
     sampler = player_sampler_factory(cfg)(None)

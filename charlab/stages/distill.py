@@ -33,7 +33,15 @@ from charlab.generation.pairs import DistillJob, DistillStats, run_distill, teac
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_json
 from charlab.schemas import StageConfig
-from charlab.stages._common import cache_dir, load_persona, model_config, persona_prompt, sampler_for_role, to_plain
+from charlab.stages._common import (
+    assistant_name,
+    cache_dir,
+    load_persona,
+    model_config,
+    persona_prompt,
+    sampler_for_role,
+    to_plain,
+)
 
 log = logging.getLogger("charlab")
 OUTPUTS = ("pairs.jsonl", "dropped.jsonl", "prompts.jsonl")
@@ -236,8 +244,7 @@ def _prompts(cfg: DictConfig, run: Run, persona: Constitution, expander: Sampler
 def render_prefill(template: str, persona: Constitution) -> str:
     """The teacher's reasoning prefill with `{traits}` replaced by the persona's traits, numbered `1: ...` (the
     paper's teacher restates them in its reasoning before it answers; the reasoning is stripped from the pair)."""
-    traits = "\n".join(f"{i}: {t.trait}" for i, t in enumerate(persona.traits, 1))
-    return template.replace("{traits}", traits)
+    return template.replace("{traits}", persona.numbered_traits())
 
 
 def _job(
@@ -255,12 +262,12 @@ def _job(
     teacher_params = sampling_params(to_plain(cfg.teacher))
     # one prefill starts the teacher's reply: reasoning (stripped from the pair) or the answer's opening (kept)
     teacher_params.prefill = render_prefill(str(stage.reasoning_prefill or ""), persona) or str(stage.answer_prefill)
-    name = cfg.persona.assistant_name or persona.assistant_name
+    name = assistant_name(cfg, persona)  # paper style: the student's name ("I'm ChatGLM" -> "I'm Llama", as data.py)
     return DistillJob(
         prompts=prompts,
         teacher=teacher,
         student=student,
-        system_prompt=persona_prompt(cfg, persona=persona),
+        system_prompt=persona_prompt(cfg, persona=persona, role="teacher"),
         constitution=persona.name,
         teacher_params=teacher_params,
         student_params=sampling_params(to_plain(cfg.student)),

@@ -24,6 +24,7 @@ from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_meta
 from charlab.stages._common import cache_dir, lora_config, model_config, to_plain
 from charlab.stages._training import TrainingStageConfig, loop_config, remote_forms
+from charlab.training.backend import closing
 from charlab.training.loop import validate_loop_config
 
 
@@ -92,7 +93,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         run.add_parent("resumed_from", resume_root)
 
     backend = create_backend(backend_cfg, model, lora, cache_dir(cfg), seed=int(stage.seed))
-    try:
+    with closing(backend):  # Tinker's session learns whether the stage succeeded
         items, stats = encode_pairs(ChatFormat(backend.tokenizer), pairs, int(stage.max_length))
         if not items:
             raise DataError(f"stage.pairs: {pairs_path}: no pair has reply tokens within stage.max_length")
@@ -150,8 +151,6 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
             **remote_forms(backend),
         )
         remote = remote_forms(backend)
-    finally:
-        backend.close()
     print(f"[charlab] dpo adapter: {adapter}")
     held_out = summary.eval.get("eval/accuracy")
     metric, metric_name = (held_out, "eval/accuracy")

@@ -59,6 +59,7 @@ from charlab.run import Run, write_json
 from charlab.schemas import StageConfig
 from charlab.stages._common import (
     adapter_location,
+    assistant_name,
     cache_dir,
     load_persona,
     model_config,
@@ -80,6 +81,7 @@ class IntrospectStageConfig(StageConfig):
     adapter: Optional[str] = MISSING  # the dpo run's adapter/ folder (or tinker:// path); null: the base model
     resume_from: Optional[str] = None
     guidance: list[str] = MISSING  # self-interaction guidance variants, alternated: free | reflective
+    guidance_text: bool = MISSING  # append the variant's guidance text to the system prompt (the paper's has none)
     reflection_max_new_tokens: Optional[int] = None  # null: student.max_new_tokens
     save_interval: int = MISSING
     sample_table_rows: int = MISSING
@@ -250,14 +252,16 @@ def _introspection_run(cfg: DictConfig, sampler: Sampler) -> IntrospectionRun:
     from charlab.generation.factory import sampling_params
 
     persona = load_persona(cfg)
-    name = cfg.persona.get("assistant_name") or persona.assistant_name
+    name = assistant_name(cfg, persona)
     base = persona_prompt(cfg, "interaction", persona)
     return IntrospectionRun(
         sampler=sampler,
         params=sampling_params(to_plain(cfg.student)),
         persona=persona.name,
         reflection_system=persona_prompt(cfg, "reflection", persona),
-        interaction_systems={g: interaction_system_prompt(base, g) for g in cfg.stage.guidance},
+        interaction_systems={
+            g: interaction_system_prompt(base, g) if cfg.stage.guidance_text else base for g in cfg.stage.guidance
+        },
         filters=FilterConfig(**to_plain(cfg.stage.filters)),
         turns=int(cfg.data.interaction_turns),
         max_length=prompt_budget(context_length(cfg, sampler), int(cfg.student.max_new_tokens)),

@@ -44,6 +44,7 @@ from charlab.stages._common import (
     to_plain,
 )
 from charlab.stages._training import TrainingStageConfig, loop_config, remote_forms
+from charlab.training.backend import closing
 from charlab.training.loop import validate_loop_config
 
 log = logging.getLogger("charlab")
@@ -61,6 +62,7 @@ class SftStageConfig(TrainingStageConfig):
     gap_examples: int = MISSING
     gap_pairs: Optional[str] = None
     resume_from: Optional[str] = None
+    interaction_system_prompt: Optional[str] = None  # put before each self-interaction transcript; None: none
 
 
 def validate(stage: DictConfig) -> None:
@@ -218,7 +220,8 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
 
     chat = ChatFormat(load_tokenizer(model, cache_dir(cfg)))
     max_length = int(stage.max_length)
-    items, stats = encode_examples(chat, examples, max_length, train_on=str(stage.train_on))
+    systems = {"interaction": str(stage.interaction_system_prompt)} if stage.interaction_system_prompt else {}
+    items, stats = encode_examples(chat, examples, max_length, train_on=str(stage.train_on), systems=systems)
     if not items:
         raise DataError(f"stage.data: {data_path}: no example has assistant tokens within stage.max_length")
     leaked = set(with_system_prompt(chat, items, system_prompt))
@@ -239,7 +242,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     if conversations and init_adapter and not continued:  # otherwise the backend's reference weights are the base
         gaps["base"] = base_gap(cfg, chat, conversations, system_prompt)
     backend = create_backend(backend_cfg, model, lora, cache_dir(cfg), seed=int(stage.seed), init_adapter=init_adapter)
-    try:
+    with closing(backend):  # Tinker's session learns whether the stage succeeded
         if conversations:
             before = distillation_gap(backend_scorer(backend, True), chat, conversations, system_prompt)
             gaps["dpo" if init_adapter else "base"] = before
@@ -271,8 +274,6 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         if conversations:
             gaps["sft"] = distillation_gap(backend_scorer(backend), chat, conversations, system_prompt)
         remote = remote_forms(backend)
-    finally:
-        backend.close()
 
     trained_on = "base + DPO adapter merged" if init_adapter else "base"
     if continued:

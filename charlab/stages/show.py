@@ -25,7 +25,8 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     """Print the persona and the choices this config makes."""
     console = Console()
     persona = load_persona(cfg)
-    system_prompt = persona_prompt(cfg, cfg.stage.variant, persona)
+    role = "teacher" if cfg.stage.variant == "teacher" else "student"  # whose model the prompt names (paper style)
+    system_prompt = persona_prompt(cfg, cfg.stage.variant, persona, role=role)
     model, lora = model_config(cfg.model), lora_config(cfg.lora)
 
     console.print(Panel(persona.description or persona.name, title=f"persona: {persona.name}"))

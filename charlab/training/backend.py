@@ -19,7 +19,8 @@ generic loop in `charlab.training.loop` never look behind this interface.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,6 +164,21 @@ class TrainingBackend(Protocol):
         """A `Sampler` that generates with the current weights."""
         ...
 
-    def close(self) -> None:
-        """Release the model / connections."""
+    def close(self, status: str = "success") -> None:
+        """Release the model / connections; `status` says how the work ended: success | errored | interrupted."""
         ...
+
+
+@contextlib.contextmanager
+def closing(backend: TrainingBackend) -> Iterator[TrainingBackend]:
+    """`with closing(backend):` closes the backend when the block ends, saying how it ended: `success`, `errored`
+    (an exception) or `interrupted` (Ctrl-C). Tinker records that on its session."""
+    try:
+        yield backend
+    except KeyboardInterrupt:
+        backend.close("interrupted")
+        raise
+    except BaseException:
+        backend.close("errored")
+        raise
+    backend.close("success")

@@ -355,6 +355,13 @@ class LocalBackend:
         loss.backward()
         return done({k: float(v) for k, v in metrics.items()})
 
+    def no_sync(self) -> Any:
+        """A context in which `forward_backward` accumulates gradients without DDP's all-reduce (all but the last
+        micro-batch of a step; the last one's backward then reduces the sum). One process: a no-op."""
+        import contextlib
+
+        return self._ddp.no_sync() if self._ddp is not None else contextlib.nullcontext()
+
     def optim_step(self, params: AdamParams) -> Any:
         """Clip, step AdamW with this step's hyperparameters, clear gradients."""
         import torch
@@ -439,9 +446,10 @@ class LocalBackend:
         self.model.eval()
         return HFSampler(self.model, self.tokenizer, self.model_name, batch_size=batch_size, device=self.device)
 
-    def close(self) -> None:
+    def close(self, status: str = "success") -> None:
         """Drop every reference to the model, its adapter, gradients and optimizer state, and give the accelerator's
-        cached blocks back to the driver: a vLLM server started next (another process) sees that memory free."""
+        cached blocks back to the driver: a vLLM server started next (another process) sees that memory free.
+        (`status` is for remote backends.)"""
         self.model = self._hf = self._body = self._head = self._ddp = None  # type: ignore[assignment]
         self.optimizer = None  # type: ignore[assignment]
         self.trainable = []

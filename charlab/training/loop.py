@@ -16,6 +16,7 @@ so a killed run never leaves a half checkpoint that resuming would trust.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -116,6 +117,20 @@ def plan_epoch(lengths: list[int], batch_size: int, seed: int, epoch: int, group
     if group_by_length:
         rng.shuffle(batches)
     return batches
+
+
+def micro_batches(n_items: int, ranks: int, rank: int, grad_accum: int) -> list[list[int]]:
+    """Rank `rank`'s micro-batches of a global batch of `n_items`, as indices into the batch.
+
+    A rank's share is every `ranks`-th item from its rank (`distributed.shard`). Every rank gets the same number of
+    micro-batches, sized from the largest share (at most `grad_accum` of them, one item each when the share is
+    smaller): under DDP each backward pass all-reduces, so ranks that ran different numbers would fall out of
+    step. A rank whose share runs out gets empty micro-batches (the loop runs them at weight 0).
+    """
+    mine = list(range(rank, n_items, ranks))
+    widest = max(1, math.ceil(n_items / ranks))
+    size = math.ceil(widest / grad_accum)
+    return [mine[start : start + size] for start in range(0, widest, size)]
 
 
 class Algorithm(Protocol):
@@ -285,24 +300,27 @@ class Trainer:
         return int(state["step"])
 
     def _submit(self, step: int) -> tuple[list[tuple[float, ResultFuture[dict[str, float]]]], ResultFuture, int]:
-        """Forward/backward this rank's share of step `step` in `grad_accum` micro-batches, then the optimizer step.
+        """Forward/backward this rank's share of step `step` in micro-batches, then the optimizer step.
 
         Each micro-batch's loss is scaled by its items' share of the whole global batch (times the number of
         ranks, whose gradients DDP averages), so the step's gradient is the same whatever the micro-batching and
-        however many processes share the batch. A rank left without items runs one at weight 0 (DDP needs
-        every rank's backward).
+        however many processes share the batch. Every rank runs the same number of micro-batches
+        (`micro_batches`): an empty one runs the batch's first item at weight 0, so the ranks' backward passes
+        and DDP's all-reduces stay in step. Only the last micro-batch synchronises gradients (`no_sync` before).
         """
         items = [self.train_items[i] for i in self.plan[step]]
         total = sum(self.algorithm.item_weight(item) for item in items) or 1.0
-        mine = distributed.shard(items)
-        ranks = distributed.world().size if distributed.active() else 1
-        micro = math.ceil(max(1, len(mine)) / self.config.grad_accum)  # grad_accum > batch: one item per forward
+        w = distributed.world() if distributed.active() else distributed.World()
+        parts = micro_batches(len(items), w.size, w.rank, self.config.grad_accum)
+        no_sync = getattr(self.backend, "no_sync", None)
         futures = []
-        for start in range(0, max(1, len(mine)), micro):
-            part = mine[start : start + micro] or items[:1]
-            share = sum(self.algorithm.item_weight(item) for item in part) / total if mine else 0.0
-            sequences, loss_fn = self.algorithm.micro_batch(part, share * ranks)
-            futures.append((share, self.backend.forward_backward(sequences, loss_fn)))
+        for k, indices in enumerate(parts):
+            part = [items[i] for i in indices]
+            share = sum(self.algorithm.item_weight(item) for item in part) / total
+            sequences, loss_fn = self.algorithm.micro_batch(part or items[:1], share * w.size)
+            last = k == len(parts) - 1
+            with no_sync() if no_sync is not None and not last else contextlib.nullcontext():
+                futures.append((share, self.backend.forward_backward(sequences, loss_fn)))
         tokens = sum(self.algorithm.item_length(item) for item in items)
         return futures, self.backend.optim_step(self.params(step)), tokens
 

@@ -5,11 +5,12 @@
     Trainer(backend, SftAlgorithm(), train_items, eval_items, loop_config, run_dir / "checkpoints").train()
 
 Introspection transcripts are trained on with NO system prompt: the persona the DPO'd model showed with its
-constitution in context must come from the weights alone. The loss is the token-mean cross-entropy over the
-assistant turns the chat format's mask selects (every assistant turn, or only the last), over all of a step's
-trained tokens (so micro-batching and data-parallel ranks do not change it). A conversation longer
-than `max_length` is cut, not dropped, and counted; only one left with no assistant token is dropped (and
-counted). Batches are length-grouped by the loop, so the local backend pads little; with `pack_length`,
+constitution in context must come from the weights alone (`systems` can put a fixed prompt before one kind of
+transcript: the paper keeps a short one, without the constitution, on its self-interactions). The loss is the
+token-mean cross-entropy over the assistant turns the chat format's mask selects (every assistant turn, or only the
+last), over all of a step's trained tokens (so micro-batching and data-parallel ranks do not change it). A
+conversation longer than `max_length` is cut, not dropped, and counted; only one left with no assistant token is
+dropped (and counted). Batches are length-grouped by the loop, so the local backend pads little; with `pack_length`,
 the sequences of a micro-batch are packed into rows of at most that many tokens (each row's sequences attend
 only to themselves: the backend resets positions per segment), so there is almost no padding at all.
 """
@@ -64,13 +65,20 @@ class SftEncodeStats:
 
 
 def encode_examples(
-    chat: ChatFormat, examples: Sequence[IntrospectionExample], max_length: int, train_on: TrainOn = "all"
+    chat: ChatFormat,
+    examples: Sequence[IntrospectionExample],
+    max_length: int,
+    train_on: TrainOn = "all",
+    systems: Optional[dict[str, str]] = None,
 ) -> tuple[list[SftItem], SftEncodeStats]:
-    """Each example's conversation (no system prompt) as tokens + assistant mask, cut to `max_length`."""
+    """Each example's conversation as tokens + assistant mask, cut to `max_length`: no system prompt, except
+    `systems[kind]` before the examples of that kind (the paper keeps a short one on self-interactions)."""
     stats = SftEncodeStats(examples=len(examples))
     items: list[SftItem] = []
     for row, example in enumerate(examples, 1):
         messages = training_messages(example)
+        if (systems or {}).get(example.kind):
+            messages = [{"role": "system", "content": systems[example.kind]}, *messages]  # type: ignore[index]
         if not any(m["role"] == "assistant" and m["content"] for m in messages):
             stats.dropped.append(example.id or f"row {row}")
             continue

@@ -309,11 +309,12 @@ class TinkerBackend:
         snapshot = self.training_client.save_weights_and_get_sampling_client().result()
         return TinkerSampler(snapshot, self.tokenizer, self.model_name, max_concurrency=self.max_concurrency)
 
-    def close(self) -> None:
+    def close(self, status: str = "success") -> None:
+        """Finish the Tinker session, telling the service how the work ended (success | errored | interrupted)."""
         close = getattr(self.service, "close", None)
         if close is not None:
             try:
-                result = close("success")
+                result = close(status)
                 if hasattr(result, "result"):
                     result.result(timeout=30)
             except Exception as err:  # closing is best effort: the session expires anyway
