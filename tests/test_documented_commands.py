@@ -38,7 +38,7 @@ def _logical_lines(text: str) -> list[str]:
 def readme_snippets(text: str) -> list[str]:
     """Lines of fenced code blocks, and inline code spans, that run the entry point."""
     found, fenced = [], False
-    for line in text.splitlines():
+    for line in _logical_lines(text):  # a command continued with a backslash is one line
         if line.lstrip().startswith("```"):
             fenced = not fenced
             continue
