@@ -164,10 +164,11 @@ def server_spec(server: dict[str, Any], model_path: str, served_name: str) -> Se
     )
 
 
-def vllm_sampler(
+def vllm_endpoint(
     provider: dict[str, Any], model: ModelConfig, cache_dir: Path, adapter: Optional[str]
-) -> OpenAISampler:
-    """An `OpenAISampler` on the pool's server for `model`, addressing `adapter` (a PEFT folder) when given."""
+) -> tuple[str, str]:
+    """`(base_url, model name)` of the pool's server for `model`, the name addressing `adapter` (a PEFT folder,
+    served as a LoRA module) when given: what any OpenAI-compatible client (charlab's, lm-eval's) sends."""
     from charlab.models import resolve_model_path
 
     if adapter and "://" in str(adapter):
@@ -178,10 +179,17 @@ def vllm_sampler(
     spec = server_spec(dict(provider.get("server") or {}), model_path, model.name)
     folder = Path(str(adapter)).expanduser() if adapter else None
     server = POOL.acquire(spec, lora_rank=adapter_rank(folder) if folder else 0)
-    name = server.load_adapter(folder) if folder else spec.served_name
+    return server.base_url, server.load_adapter(folder) if folder else spec.served_name
+
+
+def vllm_sampler(
+    provider: dict[str, Any], model: ModelConfig, cache_dir: Path, adapter: Optional[str]
+) -> OpenAISampler:
+    """An `OpenAISampler` on the pool's server for `model`, addressing `adapter` (a PEFT folder) when given."""
+    base_url, name = vllm_endpoint(provider, model, cache_dir, adapter)
     return OpenAISampler(
         name,
-        base_url=server.base_url,
+        base_url=base_url,
         api_key_env="",
         max_concurrency=int(provider["max_concurrency"]),
         timeout_s=float(provider["timeout_s"]),
