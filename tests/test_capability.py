@@ -151,6 +151,35 @@ def test_the_pipeline_hands_a_real_dpo_adapter_to_the_step_and_its_scores_differ
     assert "## Capability (lm-eval)" in report and "| charlab_easy_facts | acc | 0 | 40 |" in report
 
 
+def write_group(folder: Path) -> Path:
+    """A group of two tasks over the fixture file (two prompt formats), pooled item by item like MMLU's subjects."""
+    import yaml
+
+    config = yaml.safe_load(TASK.read_text())
+    config["dataset_kwargs"]["data_files"]["test"] = str(TASK.parent / "easy_facts.jsonl")
+    for name, text in (("a", "{{question}}"), ("b", "Q: {{question}}\nA:")):
+        member = config | {"task": f"facts_{name}", "doc_to_text": text}
+        (folder / f"facts_{name}.yaml").write_text(yaml.safe_dump(member))
+    group = {"group": "facts", "task": ["facts_a", "facts_b"],
+             "aggregate_metric_list": [{"metric": "acc", "aggregation": "mean", "weight_by_size": True}]}  # fmt: skip
+    (folder / "facts.yaml").write_text(yaml.safe_dump(group))
+    return folder
+
+
+def test_a_group_is_pooled_item_by_item_with_its_shots_and_limit_on_every_member(run_stage, tmp_path: Path) -> None:
+    """Injected bugs caught: shots set on the group but not its members; items of one member only; a per-member
+    limit applied once to the whole group."""
+    folder = write_group(tmp_path)
+    _, out = run_stage(["stage=capability", "model=tiny", f"stage.task_paths=[{folder}]", "eval.capability_limit=10",
+                        "stage.tasks=[{task: facts, shots: 2}]"])  # fmt: skip
+    row = summary_of(out)["tasks"]["facts"]
+    assert (row["n"], row["shots"], row["tuned"]) == (20, 2, None)
+    assert row["base"] == pytest.approx(row["lm_eval"]["base"])  # lm-eval's own size-weighted group mean
+    scores = json.loads((out / "scores_base.json").read_text())
+    assert (scores["lm_eval"]["n-shot"]["facts_a"], scores["lm_eval"]["n-shot"]["facts_b"]) == (2, 2)
+    assert sorted({k.split(":")[0] for k in scores["tasks"]["facts"]["values"]}) == ["facts_a", "facts_b"]
+
+
 def test_offline_a_hub_benchmark_stops_in_one_line_naming_its_dataset(cli, tmp_path: Path) -> None:
     empty = tmp_path / "hf-home"  # no cached datasets, whatever this machine has cached
     result = cli(["stage=capability", "model=tiny", "logger=none", "stage.tasks=[arc_challenge]"], timeout=300,

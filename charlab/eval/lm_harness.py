@@ -116,13 +116,26 @@ def _absolute(files: Any, folder: Path) -> Any:
     return str(local if local.is_absolute() or "://" in str(files) else (folder / local).resolve())
 
 
-def load_tasks(specs: list[TaskSpec]) -> list[LoadedTask]:
-    """Load every task with its data (offline: a one-line error naming the missing dataset) and its few-shot count."""
-    require_lm_eval()
+def task_manager(specs: list[TaskSpec], task_paths: Optional[list[str]] = None) -> Any:
+    """lm-eval's task index over `task_paths` (folders of task YAMLs, its --include_path), with its own bundled
+    tasks only when a named task is not found there (indexing its ~10k files takes seconds)."""
     from lm_eval.tasks import TaskManager
 
-    # indexing lm-eval's ~10k bundled task files takes seconds: only when a task is named, not given as a file
-    manager = TaskManager(include_defaults=not all(s.is_file for s in specs))
+    folders = [str(Path(p).expanduser()) for p in task_paths or []]
+    for folder in folders:
+        if not Path(folder).is_dir():
+            raise DataError(f"stage.task_paths: {folder}: not a folder (of lm-eval task YAMLs)")
+    names = [s.task for s in specs if not s.is_file]
+    manager = TaskManager(include_path=folders or None, include_defaults=False) if folders or not names else None
+    if manager is None or any(name not in manager.all_tasks for name in names):
+        manager = TaskManager(include_path=folders or None, include_defaults=True)
+    return manager
+
+
+def load_tasks(specs: list[TaskSpec], task_paths: Optional[list[str]] = None) -> list[LoadedTask]:
+    """Load every task with its data (offline: a one-line error naming the missing dataset) and its few-shot count."""
+    require_lm_eval()
+    manager = task_manager(specs, task_paths)
     loaded = []
     for spec in specs:
         source = task_source(spec)

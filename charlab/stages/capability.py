@@ -53,6 +53,7 @@ class CapabilityStageConfig(StageConfig):
     name: str = "capability"
     adapter: Optional[str] = None  # PEFT folder (hf, vllm) or served LoRA name (openai); None: base only
     tasks: Any = MISSING  # list of lm-eval task names / YAML files, or {task, shots, metric}
+    task_paths: Any = MISSING  # folders of lm-eval task YAMLs whose tasks `tasks` may name (lm-eval's --include_path)
     batch_size: int = MISSING  # lm-eval's batch size (hf) / prompts per request (vllm, openai)
     threshold_se: float = MISSING  # a task is "worse" when tuned - base < -threshold_se x paired SE
 
@@ -181,7 +182,8 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     limit = cfg.eval.get("capability_limit")
     if limit is not None and int(limit) < 1:
         raise ConfigError(f"eval.capability_limit={limit} is not allowed; use an integer >= 1 or null (every item)")
-    tasks = load_tasks(specs)  # before any model loads: offline, a missing dataset stops here in one line
+    # before any model loads: offline, a missing dataset stops here in one line
+    tasks = load_tasks(specs, [str(p) for p in stage.task_paths or []])
     cached: list[tuple[Harness, Callable]] = []
 
     def harness() -> tuple[Harness, Callable]:
