@@ -166,6 +166,13 @@ def _revealed_section(revealed: dict[str, Any], folder: str) -> str:
     return body + f"\n\nHeadline condition: {condition}; `random` is the control. See `{folder}/report.md`."
 
 
+def _capability_section(capability: dict[str, Any], folder: str) -> str:
+    from charlab.eval.capability import capability_reading, how_to_read, scores_table
+
+    reading = capability_reading(capability).line
+    return f"**{reading}**\n\n{scores_table(capability)}\n\n{how_to_read(capability)}\n\nSee `{folder}/report.md`."
+
+
 def write_pipeline_report(
     root: Path, steps: list[str], persona: str, samples: int = 3, min_usable: int = 10
 ) -> PipelineReport:
@@ -182,6 +189,9 @@ def write_pipeline_report(
     sections.append(("Head-to-head judge", _elo_section(elo)))
     if revealed:
         sections.append(("Revealed preferences", _revealed_section(revealed, dirs["revealed"].name)))
+    if summaries.get("capability"):
+        capability = _capability_section(summaries["capability"], dirs["capability"].name)
+        sections.append(("Capability (lm-eval)", capability))
     sections.append(("Prompt-distillation gap", _gap_section(summaries.get("sft", {}), summaries.get("export", {}))))
     dpo = summaries.get("dpo", {})
     sections.append(
@@ -223,5 +233,6 @@ def write_pipeline_report(
         "distillation_gap_base": summaries.get("sft", {}).get("gap/base"),
         "distillation_gap_sft": summaries.get("sft", {}).get("gap/sft"),
         "distillation_gap_exported": summaries.get("export", {}).get("gap/exported"),
+        "capability_mean_difference": summaries.get("capability", {}).get("mean_difference"),
     }
     return PipelineReport(path=path, headline={k: v for k, v in headline.items() if v is not None})

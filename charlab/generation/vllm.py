@@ -208,6 +208,29 @@ class VllmSampler:
         """Nothing to free: the pool owns the server."""
 
 
+def _served_spec(provider: dict[str, Any], model: ModelConfig, cache_dir: Path, adapters: Sequence[Any]) -> ServerSpec:
+    """The server spec of `model` (converted/built here, in charlab's env); every adapter must be a local folder."""
+    from charlab.models import resolve_model_path
+
+    for folder in adapters:
+        if folder and "://" in str(folder):
+            raise ConfigError(
+                f"provider 'vllm': adapter '{folder}' is not a local PEFT folder; vLLM serves adapters from disk"
+            )
+    return server_spec(dict(provider.get("server") or {}), resolve_model_path(model, cache_dir), model.name)
+
+
+def vllm_endpoint(
+    provider: dict[str, Any], model: ModelConfig, cache_dir: Path, adapter: Optional[str]
+) -> tuple[str, str]:
+    """`(base_url, model name)` of the pool's server for `model`, the name addressing `adapter` (a PEFT folder,
+    served as a LoRA module) when given: what any OpenAI-compatible client (charlab's, lm-eval's) sends."""
+    spec = _served_spec(provider, model, cache_dir, [adapter])
+    folder = Path(str(adapter)).expanduser() if adapter else None
+    server = POOL.acquire(spec, lora_rank=adapter_rank(folder) if folder else 0)
+    return server.base_url, server.load_adapter(folder) if folder else spec.served_name
+
+
 def vllm_sampler(
     provider: dict[str, Any],
     model: ModelConfig,
@@ -217,15 +240,7 @@ def vllm_sampler(
 ) -> VllmSampler:
     """A sampler on the pool's server for `model`, addressing `adapter` (a PEFT folder) when given; the server's
     LoRA capacity also holds the adapters in `serve_also` (others the stage will sample on the same server)."""
-    from charlab.models import resolve_model_path
-
-    for folder in [adapter, *serve_also]:
-        if folder and "://" in str(folder):
-            raise ConfigError(
-                f"provider 'vllm': adapter '{folder}' is not a local PEFT folder; vLLM serves adapters from disk"
-            )
-    model_path = resolve_model_path(model, cache_dir)  # offline models are converted/built here, in charlab's env
-    spec = server_spec(dict(provider.get("server") or {}), model_path, model.name)
+    spec = _served_spec(provider, model, cache_dir, [adapter, *serve_also])
     folder = Path(str(adapter)).expanduser() if adapter else None
     ranks = [adapter_rank(Path(str(f)).expanduser()) for f in [adapter, *serve_also] if f]
     client = {

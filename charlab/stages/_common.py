@@ -81,6 +81,13 @@ def sampler_for_role(
     """
     from charlab.generation.factory import make_sampler
 
+    provider, model = role_provider(cfg, role)
+    return make_sampler(provider, model, cache_dir(cfg), adapter, serve_also or ())
+
+
+def role_provider(cfg: DictConfig, role: str) -> tuple[dict[str, Any], ModelConfig]:
+    """A provider role's config (plain) and the model it runs: `<role>.model` naming a model config
+    (`teacher.model=smollm2-135m`) becomes that `ModelConfig` (for hf, tinker, vllm), else the run's model."""
     if role not in cfg:
         raise ConfigError(f"no provider config '{role}'; use teacher, student or judge")
     provider = to_plain(cfg[role])
@@ -88,7 +95,7 @@ def sampler_for_role(
     named = _named_model(cfg, provider.get("model")) if provider.get("kind") in ("hf", "tinker", "vllm") else None
     if named is not None:
         model, provider = named, {**provider, "model": None}
-    return make_sampler(provider, model, cache_dir(cfg), adapter, serve_also or ())
+    return provider, model
 
 
 def _named_model(cfg: DictConfig, name: Any) -> ModelConfig | None:

@@ -46,12 +46,18 @@ def stage_prompts(cfg: DictConfig, run: Run, persona: Any) -> tuple[list[Path], 
     return exclude_files, prompts
 
 
-def player_sampler_factory(cfg: DictConfig) -> MakeSampler:
-    """`make(adapter_or_None, serve_also)`: the models under test are the student provider on `eval.base_model`
-    (default: the student's own model); the tuned model is that same base with the adapter."""
+def player_config(cfg: DictConfig) -> DictConfig:
+    """The run's config with the models under test as its student: `eval.base_model` (default: the student's own)."""
     if cfg.eval.base_model:
         cfg = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
         cfg.student.model = cfg.eval.base_model
+    return cfg
+
+
+def player_sampler_factory(cfg: DictConfig) -> MakeSampler:
+    """`make(adapter_or_None, serve_also)`: the models under test are the student provider on `eval.base_model`
+    (default: the student's own model); the tuned model is that same base with the adapter."""
+    cfg = player_config(cfg)
     return lambda adapter, serve_also=(): sampler_for_role(cfg, "student", adapter, serve_also=list(serve_also))
 
 
