@@ -31,6 +31,7 @@ class JudgeTally:
     decided: int = 0  # pairs with a winner
     ties: int = 0
     unparseable: int = 0  # pairs where at least one order has no verdict
+    inconsistent: int = 0  # formats that keep only order-consistent verdicts: pairs whose two orders disagree
     modes: dict[str, int] = field(
         default_factory=dict
     )  # per single verdict: logprob / top_logprobs / text / unparseable

@@ -9,15 +9,15 @@ from typing import Any, Optional
 
 from charlab.eval.classifier_report import PLAYER_TEXT
 from charlab.eval.report import ci
-from charlab.eval.verdict import readings_from_summaries, verdict_line
+from charlab.eval.verdict import ANSWERING, verdict_text
 from charlab.studio.runs import RunInfo, read_json
 
-INSTRUMENTS = ("classifier", "elo", "revealed")
+INSTRUMENTS = ("classifier", "elo", "revealed", *ANSWERING)
 
 
 @dataclass
 class EvaluationView:
-    """The verdict line and one row per model: in-persona rate, its CI and the number of prompts."""
+    """The verdict (line, headline comparison, notes) and one row per model: in-persona rate, its CI, prompts."""
 
     verdict: str
     rates: list[dict[str, Any]]
@@ -46,13 +46,10 @@ def evaluation_of(run: RunInfo) -> Optional[EvaluationView]:
     if not summaries:
         return None
     min_usable = int((run.config.get("eval") or {}).get("min_usable") or 10)
-    readings = readings_from_summaries(
-        summaries.get("classifier"), summaries.get("elo"), summaries.get("revealed"), min_usable
-    )
     rates = [
         {"model": PLAYER_TEXT.get(name, name), "in-persona rate": value.get("value"),
          "95% CI": ci(value.get("low"), value.get("high")), "prompts": value.get("n")}
         for name, value in ((summaries.get("classifier") or {}).get("in_persona") or {}).items()
         if " - " not in name
     ]  # fmt: skip
-    return EvaluationView(verdict_line(readings), rates)
+    return EvaluationView(verdict_text(summaries, min_usable), rates)
