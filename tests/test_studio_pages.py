@@ -264,7 +264,8 @@ def test_evaluation_page_shows_a_report_its_plots_and_tables(studio: dict[str, P
     assert at.image[0].captions == ["elo.png"]
     assert {m.label: m.value for m in at.metric} == {"tuned_win_rate": "0.8", "matches": "12"}
     assert list(at.dataframe[0].value["player"]) == ["tuned", "base"]
-    assert at.selectbox(key="evalstage").options == [s for s in ("classifier", "elo", "revealed") if s in _stages()]
+    wanted = [s for s in ("classifier", "coherence", "elo", "revealed") if s in _stages()]
+    assert at.selectbox(key="evalstage").options == wanted
 
 
 def test_evaluation_and_runs_pages_lead_with_the_verdict_and_in_persona_rates(studio: dict[str, Path]) -> None:
