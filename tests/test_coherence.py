@@ -165,3 +165,24 @@ def test_a_player_that_cannot_be_evaluated_is_an_error_and_null_means_every_one_
     assert check_players(["base", "tuned"], None, answered={"tuned", "base"}) == ["base", "tuned"]
     with pytest.raises(ConfigError, match="tuned needs stage.adapter=<adapter folder> or its replies"):
         check_players(["base", "tuned"], None, answered={"base"})
+
+
+def test_the_verdict_of_run_directories_combines_single_runs_and_reads_pipelines(tmp_path: Path, capsys) -> None:
+    from charlab.eval.verdict_of import main, summaries_of
+
+    def run(folder: Path, stage: str, summary: dict, status: str = "completed") -> Path:
+        folder.mkdir(parents=True)
+        (folder / "meta.json").write_text(json.dumps({"stage": stage, "status": status, "summary": summary}))
+        return folder
+
+    clf = {"in_persona": {"tuned - base": {"value": 0.75, "low": 0.55, "high": 0.95, "n": 20}}}
+    caricature = _summary((0.55, 0.35, 0.75), (-0.3, -0.5, -0.1))
+    single = [run(tmp_path / "c", "classifier", clf), run(tmp_path / "h", "coherence", caricature)]
+    pipeline = run(tmp_path / "p", "pipeline", {})
+    run(pipeline / "06_classifier", "classifier", clf)
+    run(pipeline / "07_coherence", "coherence", caricature)
+    run(pipeline / "08_elo", "elo", {"vs_base": {}}, status="failed")  # unfinished steps do not count
+    assert set(summaries_of(single)) == set(summaries_of([pipeline])) == {"classifier", "coherence"}
+    assert main([str(p) for p in single]) == 0
+    assert capsys.readouterr().out.startswith("**Verdict: in persona, but not coherent: 11 of 20 replies loop")
+    assert main([str(tmp_path / "nowhere")]) == 2 and "not a run directory" in capsys.readouterr().err
