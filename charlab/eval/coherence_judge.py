@@ -20,7 +20,7 @@ from typing import Any, Optional
 from charlab.chat_format import make_messages
 from charlab.constitution import Constitution
 from charlab.data.records import Match
-from charlab.eval.head_to_head import JudgeTally, player_pairs
+from charlab.eval.head_to_head import JudgeTally, both_orders, ordered_questions
 from charlab.eval.judge import JUDGE_SYSTEM, Message
 from charlab.eval.judging import JudgeQuestion, count_modes
 
@@ -56,19 +56,8 @@ def coherence_questions(
 ) -> list[JudgeQuestion]:
     """Two questions (both orders) per prompt and pair of players whose replies are both present."""
     criterion = coherence_criterion(persona)
-    questions = []
-    for prompt_id, prompt in prompts:
-        for x, y in player_pairs(players):
-            rx, ry = replies.get(f"{x}:{prompt_id}"), replies.get(f"{y}:{prompt_id}")
-            if rx is None or ry is None:
-                continue
-            for order, (first, second) in enumerate(((x, y), (y, x))):
-                texts = {x: rx["text"], y: ry["text"]}
-                meta = {"prompt_id": prompt_id, "prompt": prompt, "x": x, "y": y, "order": order,
-                        "1": first, "2": second}  # fmt: skip
-                messages = coherence_messages(prompt, texts[first], texts[second], criterion)
-                questions.append(JudgeQuestion(f"{prompt_id}:{x}:{y}:{order}", messages, list(CHOICES), meta))
-    return questions
+    ask = lambda prompt, first, second: coherence_messages(prompt, first, second, criterion)  # noqa: E731
+    return ordered_questions(prompts, replies, players, ask, CHOICES, ("1", "2"))
 
 
 def _picked(row: Mapping[str, Any]) -> Optional[str]:
@@ -82,14 +71,9 @@ def consistent_matches(
 ) -> tuple[list[Match], JudgeTally]:
     """One match per pair whose two orders picked the same player; disagreeing orders are counted, not matched."""
     judged = list(judged)
-    by_pair: dict[tuple[str, str, str], dict[int, Mapping[str, Any]]] = {}
-    for row in judged:
-        by_pair.setdefault((row["prompt_id"], row["x"], row["y"]), {})[int(row["order"])] = row
     tally = JudgeTally(modes=count_modes(judged))
     matches = []
-    for (prompt_id, x, y), orders in by_pair.items():
-        if set(orders) != {0, 1}:
-            continue  # an interrupted run: the other order is judged on resume
+    for (prompt_id, x, y), orders in both_orders(judged):
         tally.pairs += 1
         first, second = _picked(orders[0]), _picked(orders[1])
         if first is None or second is None:
