@@ -29,7 +29,7 @@ EMPTY = "empty"
 
 @functools.lru_cache(maxsize=1)
 def stop_words() -> frozenset[str]:
-    """English function words (`charlab/assets/stop_words.txt`)."""
+    """English function words and interjections ("ah", "aye", "hey": `charlab/assets/stop_words.txt`)."""
     lines = (assets_dir() / "stop_words.txt").read_text(encoding="utf-8").splitlines()
     return frozenset(w.strip() for w in lines if w.strip() and not w.startswith("#"))
 
