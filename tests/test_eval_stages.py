@@ -305,6 +305,13 @@ def test_revealed_stage_canned_verdicts(run_stage) -> None:
     top = ratings[0]
     assert top["games"] > 0 and top["score"] == top["games"]  # the best trait won every trial it was in
     assert summary["persona_traits"] == ["calm", "warm"] and metric is not None
+    # the verdict weighs the rank shift by the games the persona's traits played, not by all trials
+    games = {p: 0 for p in ("base", "base_persona")}
+    for row in judged:
+        pair = (row["trait_a"], row["trait_b"])
+        if row["order"] == 0 and row["condition"] != "random" and not any(t.startswith("s") for t in pair):
+            games[row["player"]] += sum(t in ("calm", "warm") for t in pair)
+    assert summary["comparisons"]["preference"]["tracked_games"] == min(games.values())
     again = json.loads((second / "meta.json").read_text())
     assert again["summary"]["spearman"] == {f"base vs {out.name}:base": pytest.approx(1.0)}  # same seed, same trials
     assert again["parents"][f"compare_{out.name}"] == str(out)

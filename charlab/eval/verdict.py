@@ -137,14 +137,15 @@ def revealed_reading(summary: Mapping[str, Any], min_usable: int) -> Reading:
         for mode, n in counts.items():
             totals[mode] = totals.get(mode, 0) + n
     how = ", ".join(f"{n} {m}" for m, n in totals.items() if n) or "no verdicts"
+    games = int(comparison.get("tracked_games", effect.n))  # older runs: usable trials
     text = (
         f"persona traits' rank shift {_signed(effect.value, 1)} ({_ci(effect, 1, signed=True)}, {condition}, "
-        f"{effect.n} games of the persona's traits; verdicts: {how})"
+        f"{effect.n} usable trials, {games} of them games of the persona's traits; verdicts: {how})"
     )
-    if effect.n < min_usable:
+    if games < min_usable:
         return Reading(
             "revealed preferences", TOO_FEW, effect, 0.0,
-            f"{text}: too few games of the persona's traits ({effect.n} < {min_usable})",
+            f"{text}: too few games of the persona's traits ({games} < {min_usable})",
         )  # fmt: skip
     return Reading("revealed preferences", _direction(effect, 0.0), effect, 0.0, text)
 

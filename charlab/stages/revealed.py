@@ -212,7 +212,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     }
     if reference and target:
         for condition in conditions:
-            n = min(tracked_games[reference][condition], tracked_games[target][condition])
+            n = min(usable[reference][condition], usable[target][condition])
             comparisons[condition] = compare(
                 condition, fits[reference][condition], fits[target][condition], traits, tracked, float(ev.ci_level), n
             )
@@ -242,7 +242,8 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         "headline_condition": headline_condition,
         "comparisons": {
             c: {"rank_shift": v.shift_ci.as_dict(), "spearman": v.spearman.as_dict(),
-                "traits": {t: r[2] for t, r in v.shift["traits"].items()}}
+                "traits": {t: r[2] for t, r in v.shift["traits"].items()},
+                "tracked_games": min(tracked_games[reference][c], tracked_games[target][c])}
             for c, v in comparisons.items()
         },
         "spearman": correlations,
