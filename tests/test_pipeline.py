@@ -60,7 +60,7 @@ def test_the_tiny_demo_runs_every_step_and_writes_a_full_report(run_stage, tmp_p
     assert (root / "training_curves.png").stat().st_size > 1000
     assert "| tuned" in report or "tuned |" in report  # the samples table has the tuned player's replies
     out = capsys.readouterr().out
-    assert "final adapter:" in out and "report:" in out
+    assert "final adapter:" in out and "report:" in out and "[charlab] **Verdict: cannot tell**" in out
     pipeline_meta = meta(root)
     assert pipeline_meta["metric_name"].startswith("elo/")
     assert set(pipeline_meta["parents"]) == {f"{i + 1:02d}_{s}" for i, s in enumerate(STEPS)}
