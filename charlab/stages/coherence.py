@@ -78,13 +78,17 @@ class CoherenceStageConfig(StageConfig):
 
 def _scorer(cfg: DictConfig) -> tuple[Optional[Any], str]:
     """The language model that reads each reply after each prompt: the judge if local, else the base model under
-    test if local, else none (a reason)."""
+    test if local, else none (with the reason)."""
     if cfg.judge.kind == "hf":
-        sampler = sampler_for_role(cfg, "judge")
-        return sampler, f"the judge ({cfg.judge.model or cfg.model.name})"
-    if cfg.student.kind == "hf":
-        return player_sampler_factory(cfg)(None), f"the base model ({cfg.student.model or cfg.model.name})"
-    return None, "no local model to score text (judge and student are not hf): prompt identification by MiniLM only"
+        sampler, who = sampler_for_role(cfg, "judge"), f"the judge ({cfg.judge.model or cfg.model.name})"
+    elif cfg.student.kind == "hf":
+        sampler, who = player_sampler_factory(cfg)(None), f"the base model ({cfg.student.model or cfg.model.name})"
+    else:
+        return None, "not measured: no local model scores text (judge and student are not hf); MiniLM only"
+    if not isinstance(sampler, ChoiceScorer):
+        sampler.close()
+        return None, f"not measured: {who} cannot score text; MiniLM only"
+    return sampler, who
 
 
 def _in_persona(cfg: DictConfig, replies: dict, ids: list[str]) -> tuple[dict[str, bool], str]:
@@ -110,16 +114,17 @@ def measure(cfg: DictConfig, replies: dict, names: list[str], prompts: list) -> 
     stage, persona = cfg.stage, load_persona(cfg)
     if int(stage.distractors) < 1:
         raise ConfigError(f"stage.distractors={stage.distractors} is not allowed; use 1 or more")
+    if len(prompts) < 2:
+        raise ConfigError(f"stage=coherence needs 2 or more held-out prompts to tell relevance, got {len(prompts)}")
     ids = [(reply_id(n, pid), pid) for n in names for pid, _ in prompts]
     items = [ReplyItem(rid, pid, str(replies[rid].get("text", ""))) for rid, pid in ids if rid in replies]
     texts, others = dict(prompts), distractors([pid for pid, _ in prompts], int(stage.distractors), int(cfg.seed))
     scorer, scored_by = _scorer(cfg)
     lm = None
-    try:
-        if isinstance(scorer, ChoiceScorer):
+    if scorer is not None:
+        try:
             lm = lm_identification(scorer, items, texts, others, int(cfg.eval.batch_size))
-    finally:
-        if scorer is not None:
+        finally:
             scorer.close()
     from charlab.eval.persona_classifier import load_encoder
 
