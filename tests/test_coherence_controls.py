@@ -11,12 +11,14 @@ chosen replies were written with the answer prefill "Arr, matey! ", which it str
 
 Injected bugs, each seen to fail its control (the line broken, then restored):
 - loops: the repeated n-gram check in `filters.degeneracy` never firing (`< min_distinct_ngrams` -> `< 0`): the
-  looping player reads 0 of 16.
+  looping player reads 1 of 16 (CI +0.00 – +0.19), not worse.
 - relevance (LM): `relevance.lm_identification` scoring the own prompt in every row (`[item.prompt_id, *others]` ->
-  `[item.prompt_id] * (1 + len(...))`): no reply beats itself, every rate 0, off-topic no worse than base.
-- relevance (MiniLM): `embedding_relevance` taking the first distractor as the own prompt: off-topic not flagged.
-- classifier: `stage.strip_prefill` off (`from_pairs(..., strip_prefill=False)`): the prefix-only player is put in
-  character as often as the coherent pirate.
+  `[item.prompt_id] * (1 + len(...))`): no reply beats itself, 0.00 vs 0.00, off-topic no worse than base.
+- relevance (MiniLM): `embedding_relevance` taking the first distractor as the own prompt: 0.00 vs 0.00, not flagged.
+Not caught here: the prefill left in the classifier's training texts (`prefill = ""` in `from_pairs`). The MiniLM
+embedding classifier does not learn the prefix alone (prefix-only stays below the coherent pirate with or without the
+stripping; on the demo's own pairs 0.10 without, 0.15 with, vs the caricature 0.75 / 0.90); what the prefix inflated
+was its held-out accuracy (0.94 with it, 0.75 without). `tests/test_coherence.py` guards the stripping itself.
 """
 
 from __future__ import annotations
