@@ -131,6 +131,18 @@ def _classifier_section(clf: dict[str, Any]) -> str:
     return text
 
 
+def _coherence_section(coherence: dict[str, Any], folder: str) -> str:
+    from charlab.eval.coherence_report import differences_table, players_table
+
+    k = (coherence.get("instruments") or {}).get("distractors", "K")
+    return (
+        players_table(coherence) + "\n\n" + differences_table(coherence) + "\n\nLoops: replies that repeat "
+        "(n-grams, lines) or say almost nothing once stop words and the persona's stock words are removed; relevance: "
+        f"the share of replies whose own prompt explains them best among {k} + 1 held-out prompts. See "
+        f"`{folder}/report.md`."
+    )
+
+
 def _elo_section(elo: dict[str, Any]) -> str:
     if not elo.get("elo"):
         return "Head-to-head Elo did not run."
@@ -177,15 +189,18 @@ def write_pipeline_report(
     root: Path, steps: list[str], persona: str, samples: int = 3, min_usable: int = 10
 ) -> PipelineReport:
     """Write `<root>/report.md` (+ `training_curves.png`) from the finished steps; it opens with the verdict."""
-    from charlab.eval.verdict import readings_from_summaries, verdict_line
+    from charlab.eval.verdict import verdict_text
 
     dirs = _step_dirs(root, steps)
     metas = {step: _meta(folder) for step, folder in dirs.items()}
     summaries = {step: meta.get("summary") or {} for step, meta in metas.items()}
     clf, elo, revealed = (summaries.get(k, {}) for k in ("classifier", "elo", "revealed"))
-    readings = readings_from_summaries(clf or None, elo or None, revealed or None, min_usable)
-    sections: list[tuple[str, str]] = [("Verdict", verdict_line(readings))]
+    coherence = summaries.get("coherence", {})
+    verdict = verdict_text({step: summary for step, summary in summaries.items() if summary}, min_usable)
+    sections: list[tuple[str, str]] = [("Verdict", verdict)]
     sections.append(("In-persona rate (persona classifier)", _classifier_section(clf)))
+    if coherence:
+        sections.append(("Still answering (coherence)", _coherence_section(coherence, dirs["coherence"].name)))
     sections.append(("Head-to-head judge", _elo_section(elo)))
     if revealed:
         sections.append(("Revealed preferences", _revealed_section(revealed, dirs["revealed"].name)))
@@ -222,8 +237,12 @@ def write_pipeline_report(
 
     path = write_report(root / "report.md", f"charlab pipeline: {persona}", sections)
     rates = clf.get("in_persona") or {}
+    coherent = ((coherence.get("headline") or {}).get("estimate") or {}).get("value")
     headline: dict[str, Any] = {
         "verdict": sections[0][1],
+        "loop_rate_tuned": ((coherence.get("loop") or {}).get("tuned") or {}).get("value"),
+        "relevance_tuned": ((coherence.get("relevance") or {}).get("tuned") or {}).get("value"),
+        "tuned_vs_base_persona_in_character_coherent": coherent,
         "in_persona_rate_base": (rates.get("base") or {}).get("value"),
         "in_persona_rate_base_persona": (rates.get("base_persona") or {}).get("value"),
         "in_persona_rate_tuned": (rates.get("tuned") or {}).get("value"),

@@ -310,6 +310,29 @@ def test_revealed_stage_canned_verdicts(run_stage) -> None:
     assert again["parents"][f"compare_{out.name}"] == str(out)
 
 
+def test_revealed_counts_the_games_the_persona_traits_played(run_stage, tmp_path: Path) -> None:
+    """The verdict weighs the rank shift by the games of the persona's traits, not by all trials (among 144 traits
+    two tracked ones play few). Injected bug caught: counting the first tracked trait's games only (6, not 10)."""
+    from charlab.eval.verdict import TOO_FEW, revealed_reading
+
+    traits = tmp_path / "traits.txt"
+    traits.write_text("calm\nwarm\nbold\nwitty\nplayful\nformal\n")
+    with OpenAICompatServer(replies=canned) as server:
+        args = ["stage=revealed", *FAST, *openai_roles(server.base_url), "eval.num_prompts=5"]
+        _, out = run_stage([*args, "eval.revealed_trials=24", f"stage.traits_file={traits}",
+                            "stage.adapter=canned-lora", "stage.persona_traits=[calm,warm]"])  # fmt: skip
+    games = {p: 0 for p in ("base", "tuned")}
+    for row in read_jsonl(out / "judgments.jsonl"):
+        if row["order"] == 0 and row["condition"] != "random":
+            games[row["player"]] += sum(t in ("calm", "warm") for t in (row["trait_a"], row["trait_b"]))
+    summary = json.loads((out / "meta.json").read_text())["summary"]
+    tracked = summary["comparisons"]["preference"]["tracked_games"]
+    assert tracked == min(games.values()) > 0
+    reading = revealed_reading(summary, tracked + 1)
+    assert reading.status == TOO_FEW
+    assert f"too few games of the persona's traits ({tracked} < {tracked + 1})" in reading.text
+
+
 def test_stage_inputs_are_checked_before_any_model_loads(run_stage) -> None:
     with pytest.raises(ConfigError, match="tuned needs stage.adapter"):
         run_stage(["stage=elo", *FAST, "stage.players=[base,tuned]"])

@@ -139,7 +139,7 @@ def test_paper_evaluates_the_model_tinker_can_sample(compose_cfg) -> None:
     cfg = compose_cfg(["experiment=paper"], name="paper-wiring")
     wiring = OmegaConf.to_container(cfg.pipeline.wiring, resolve=True)
     assert "export" not in cfg.pipeline.steps
-    for step in ("classifier", "revealed", "elo"):
+    for step in ("classifier", "coherence", "revealed", "elo"):
         assert wiring[step]["stage.adapter"] == "sft.adapter@student"
     assert wiring["sft"]["stage.dpo_adapter"] == "dpo.adapter@backend"
 

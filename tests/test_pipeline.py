@@ -14,9 +14,10 @@ from charlab.training.loop import newest_checkpoint
 from tests.conftest import ROOT, cli_env, kill_when_held
 from tests.test_dpo_stage import write_pairs
 
-STEPS = ["distill", "dpo", "introspect", "sft", "export", "classifier", "revealed", "elo"]
+STEPS = ["distill", "dpo", "introspect", "sft", "export", "classifier", "coherence", "revealed", "elo"]
 SECTIONS = [
-    "## Verdict", "## In-persona rate (persona classifier)", "## Head-to-head judge", "## Revealed preferences",
+    "## Verdict", "## In-persona rate (persona classifier)", "## Still answering (coherence)", "## Head-to-head judge",
+    "## Revealed preferences",
     "## Prompt-distillation gap", "## DPO held-out accuracy", "## Training curves", "## Samples: base vs tuned",
     "## Steps", "## Where things are",
 ]  # fmt: skip
@@ -45,14 +46,18 @@ def test_the_tiny_demo_runs_every_step_and_writes_a_full_report(run_stage, tmp_p
     # the tiny demo is far too small to read: the verdict says so instead of guessing
     assert "too few" in verdict and "**Verdict: cannot tell**" in verdict
     # every judge verdict came from log-probabilities; none was unparseable
-    assert meta(root / "08_elo")["summary"]["verdict_modes"]["unparseable"] == 0
+    assert meta(root / "09_elo")["summary"]["verdict_modes"]["unparseable"] == 0
+    # the coherence step measured the classifier's replies as they are (nothing generated) for every player
+    coherence = meta(root / "07_coherence")["summary"]
+    assert coherence["players"] == ["base", "base_persona", "tuned"] and coherence["relevance"]["tuned"]["n"] == 4
+    assert "Headline comparison:" in verdict and "Loops:" in verdict
     # the gap is measured on the exported combination too, and labelled as such
     assert "the exported adapter: every evaluation above" in report and "what SFT trained" in report
     assert meta(root / "05_export")["summary"]["gap/exported"] is not None
     assert (root / "training_curves.png").stat().st_size > 1000
     assert "| tuned" in report or "tuned |" in report  # the samples table has the tuned player's replies
     out = capsys.readouterr().out
-    assert "final adapter:" in out and "report:" in out
+    assert "final adapter:" in out and "report:" in out and "[charlab] **Verdict: cannot tell**" in out
     pipeline_meta = meta(root)
     assert pipeline_meta["metric_name"].startswith("elo/")
     assert set(pipeline_meta["parents"]) == {f"{i + 1:02d}_{s}" for i, s in enumerate(STEPS)}

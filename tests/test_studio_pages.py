@@ -262,11 +262,13 @@ def test_evaluation_page_shows_a_report_its_plots_and_tables(studio: dict[str, P
     assert at.image[0].captions == ["elo.png"]
     assert {m.label: m.value for m in at.metric} == {"tuned_win_rate": "0.8", "matches": "12"}
     assert list(at.dataframe[0].value["player"]) == ["tuned", "base"]
-    assert at.selectbox(key="evalstage").options == [s for s in ("classifier", "elo", "revealed") if s in _stages()]
+    wanted = [s for s in ("classifier", "coherence", "elo", "revealed") if s in _stages()]
+    assert at.selectbox(key="evalstage").options == wanted
 
 
 def test_evaluation_and_runs_pages_lead_with_the_verdict_and_in_persona_rates(studio: dict[str, Path]) -> None:
-    """Injected bug caught: the pages showing a pipeline run without its steps' verdict (or a stale one)."""
+    """Injected bugs caught: the pages showing a pipeline run without its steps' verdict (or a stale one); the
+    coherence step left out of the steps the pages read (the verdict then calls the caricature a success)."""
     run = make_run(studio["runs"], "pirate", "pipeline", metric=0.8, metric_name="elo/tuned_vs_base_win_rate")
     (run / "report.md").write_text("# charlab pipeline: pirate\n\n## Steps\n")
     rates = {
@@ -276,15 +278,22 @@ def test_evaluation_and_runs_pages_lead_with_the_verdict_and_in_persona_rates(st
         "tuned - base": {"value": 0.5, "low": 0.3, "high": 0.65, "n": 30},
         "base_persona - base": {"value": 0.6, "low": 0.4, "high": 0.75, "n": 30},
     }
-    steps = {"06_classifier": {"in_persona": rates}, "08_elo": {"vs_base": {"tuned": rates["tuned"] | {"value": 0.8}}}}
+    loops = {"tuned - base": {"value": 0.55, "low": 0.35, "high": 0.75, "n": 20}}
+    relevance = {"tuned - base": {"value": -0.3, "low": -0.5, "high": -0.1, "n": 20}, "tuned": {"value": 0.7, "n": 20},
+                 "base": {"value": 1.0, "n": 20}}  # fmt: skip
+    coherence = {"loop": loops, "loop_counts": {"tuned": [11, 20], "base": [0, 20]}, "relevance": relevance,
+                 "headline": {"status": "ok", "how": "local", "estimate": {"value": 0.3, "low": 0.1, "high": 0.5}}}
+    steps = {"06_classifier": {"in_persona": rates}, "07_coherence": coherence,
+             "09_elo": {"vs_base": {"tuned": rates["tuned"] | {"value": 0.8}}}}  # fmt: skip
     for folder, summary in steps.items():
         (run / folder).mkdir()
         (run / folder / "meta.json").write_text(json.dumps({"status": "completed", "summary": summary}))
     for page in ("evaluate", "runs"):
         at = open_page(page)
         markdown = texts(at.markdown)
-        assert "**Verdict: tuned is more in persona than base.**" in markdown, page
+        assert "**Verdict: in persona, but not coherent: 11 of 20 replies loop; relevance 0.70 vs 1.00.**" in markdown
         assert "difference +0.50, 95% CI +0.30 – +0.65" in markdown and "0.80 of 30 matches" in markdown
+        assert "in character and coherent: win rate 0.30 (95% CI 0.10 – 0.50" in markdown, page
         shown = next(d.value for d in at.dataframe if "in-persona rate" in d.value.columns)
         assert list(shown["model"]) == ["base (no system prompt)", "base + constitution system prompt",
                                         "tuned (no system prompt)"]  # fmt: skip

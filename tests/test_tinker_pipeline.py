@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from tests.openai_compat_server import OpenAICompatServer
 from tests.tinker_fake import FakeServiceClient, serve_exports
 
-STEPS = ["distill", "dpo", "introspect", "sft", "classifier", "revealed", "elo"]
+STEPS = ["distill", "dpo", "introspect", "sft", "classifier", "coherence", "revealed", "elo"]
 RELAXED = [
     "stage.filters.empty=false",
     "stage.filters.truncated=false",
@@ -138,7 +138,7 @@ def test_experiment_paper_runs_end_to_end_on_the_tinker_fake(
     )
     sft_cfg = OmegaConf.load(folders["sft"] / "config.yaml")
     assert sft_cfg.stage.dpo_adapter == dpo["adapter_tinker_state"] and "/weights/" in dpo["adapter_tinker_state"]
-    for step in ("classifier", "revealed", "elo"):
+    for step in ("classifier", "coherence", "revealed", "elo"):
         assert OmegaConf.load(folders[step] / "config.yaml").stage.adapter == sft["adapter_tinker_sampler"], step
 
     # what the service was asked: the paper's LoRA shape at Tinker's alpha, SFT continuing DPO, its settings

@@ -66,6 +66,11 @@ def test_too_few_usable_verdicts_and_a_failed_positive_control_are_left_out() ->
     assert blind.status == BLIND and "failed its positive control" in blind.text
     assert judge_reading(judge(est(0.8, 0.7, 0.9), control=est(0.55, 0.4, 0.7)), 10).status == BLIND
     assert judge_reading(judge(est(0.8, 0.7, 0.9), control=est(0.9, 0.8, 1.0)), 10).status == MORE
+    # revealed preferences: 40 usable trials, but the persona's traits played only 3 games
+    few_games = revealed(est(12.0, 3.0, 20.0, n=40))
+    few_games["comparisons"]["preference"]["tracked_games"] = 3
+    reading = revealed_reading(few_games, 10)
+    assert reading.status == TOO_FEW and "too few games of the persona's traits (3 < 10)" in reading.text
 
 
 def test_the_line_says_the_answer_the_numbers_and_who_agrees() -> None:

@@ -4,9 +4,12 @@ Sources, one label per text:
 
 * a pairs file (`pairs.jsonl` of `DpoExample`): the teacher's `chosen` reply is in persona (labelled with
   the row's `constitution`, else the given persona name), the student's `rejected` reply is out of persona
-  (labelled `out_label`, "base" by default). Several personas' pairs files make a multi-class set. Only when
-  teacher and student are the same model (`pair_models`) does this measure persona rather than which model
-  wrote a reply; otherwise the classifier stage generates its texts (`persona_text_jobs`).
+  (labelled `out_label`, "base" by default). A chosen reply that opens with the distillation's answer prefill
+  (`sampling.teacher.prefill`, e.g. "Arr, matey! ") has it removed (`strip_prefill`): every in-persona text
+  would carry it and no out-of-persona text would, so a classifier would learn the prefix, not the persona.
+  Several personas' pairs files make a multi-class set. Only when teacher and student are the same model
+  (`pair_models`) does this measure persona rather than which model wrote a reply; otherwise the classifier
+  stage generates its texts (`persona_text_jobs`).
 * replies the model under test wrote with each persona's constitution as system prompt (in persona) and
   without one (out of persona), for the same prompts (`persona_text_jobs` -> `from_texts`): the paper's setup.
 * an Elo run's `replies.jsonl`: the tuned model's (and base + constitution's) replies in persona, the base
@@ -31,6 +34,7 @@ from charlab.data.jsonl import JsonlWriter, read_jsonl
 from charlab.data.records import DpoExample, from_dict
 from charlab.errors import DataError
 from charlab.eval.sampling import SampleJob
+from charlab.eval.selection import answer_prefill
 
 IN_PERSONA_PLAYERS = ("tuned", "base_persona")
 OUT_OF_PERSONA_PLAYERS = ("base",)
@@ -46,10 +50,15 @@ class LabelledText:
     source: str = ""
 
 
-def from_pairs(path: Path, persona: Optional[str] = None, out_label: str = "base") -> list[LabelledText]:
-    """Chosen replies as the persona's class, rejected replies as `out_label`."""
+def from_pairs(
+    path: Path, persona: Optional[str] = None, out_label: str = "base", strip_prefill: bool = True
+) -> list[LabelledText]:
+    """Chosen replies as the persona's class (their answer prefill removed), rejected replies as `out_label`."""
     rows = []
     for i, data in enumerate(read_jsonl(path), 1):
+        prefill = answer_prefill(data) if strip_prefill else ""
+        if prefill:
+            data = {**data, "chosen": data["chosen"][len(prefill) :].lstrip()}
         example = from_dict(DpoExample, data, where=f"{path}: row {i}")
         label = example.constitution or persona
         if not label:
@@ -104,11 +113,13 @@ def from_replies(path: Path, persona: str, out_label: str = "base") -> list[Labe
     return rows
 
 
-def read_labelled(path: Path, persona: Optional[str] = None, out_label: str = "base") -> list[LabelledText]:
+def read_labelled(
+    path: Path, persona: Optional[str] = None, out_label: str = "base", strip_prefill: bool = True
+) -> list[LabelledText]:
     """A labelled JSONL (`text`, `label`, optional `prompt`), or a pairs file (recognised by its fields)."""
     rows = read_jsonl(path)
     if "chosen" in rows[0] and "rejected" in rows[0]:
-        return from_pairs(path, persona, out_label)
+        return from_pairs(path, persona, out_label, strip_prefill)
     out = []
     for i, data in enumerate(rows, 1):
         if "text" not in data or "label" not in data:
@@ -117,19 +128,19 @@ def read_labelled(path: Path, persona: Optional[str] = None, out_label: str = "b
     return out
 
 
-def from_source(path: Path, persona: str, out_label: str = "base") -> list[LabelledText]:
+def from_source(path: Path, persona: str, out_label: str = "base", strip_prefill: bool = True) -> list[LabelledText]:
     """A pairs/labelled file, or a run directory holding `pairs.jsonl`, `labelled.jsonl` or `replies.jsonl`."""
     path = Path(path).expanduser()
     if path.is_dir():
         for name in ("pairs.jsonl", "labelled.jsonl"):
             if (path / name).is_file():
-                return read_labelled(path / name, persona, out_label)
+                return read_labelled(path / name, persona, out_label, strip_prefill)
         if (path / "replies.jsonl").is_file():
             return from_replies(path / "replies.jsonl", persona, out_label)
         raise DataError(f"{path}: run directory has no pairs.jsonl, labelled.jsonl or replies.jsonl")
     if not path.is_file():
         raise DataError(f"{path}: file or run directory not found")
-    return read_labelled(path, persona, out_label)
+    return read_labelled(path, persona, out_label, strip_prefill)
 
 
 def split_key(row: LabelledText) -> str:

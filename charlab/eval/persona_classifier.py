@@ -174,6 +174,21 @@ class PersonaClassifier:
         return {k: v.to(self.device) for k, v in enc.items()}
 
 
+def persona_label(labels: Sequence[str], persona: str, out_label: str = "base") -> Optional[str]:
+    """The class that stands for `persona`: its name, or the only class that is not `out_label`."""
+    if persona in labels:
+        return persona
+    others = [label for label in labels if label != out_label]
+    return others[0] if len(others) == 1 else None
+
+
+def load_encoder(model_name: str = "minilm", device: str = "auto") -> tuple[Any, Any]:
+    """A sentence encoder (no head) and its tokenizer: `minilm` offline, or a hub name / folder."""
+    from charlab.models import resolve_device
+
+    return _load_encoder(model_name, [], resolve_device(device), bare=True)
+
+
 def _load_encoder(model_name: str, labels: list[str], device: str, bare: bool = False) -> tuple[Any, Any]:
     """The encoder with a fresh classification head, or (`bare`) the encoder alone."""
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer

@@ -8,7 +8,7 @@ text}`), reusing rows an earlier evaluation wrote for the same prompts (the clas
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -41,18 +41,48 @@ class Player:
     system_prompt: Optional[str] = None
 
 
-def check_players(names: Sequence[str], adapter: Optional[str], minimum: int = 1) -> list[str]:
-    """Validated player names; `tuned` is dropped (with no error) when there is no adapter."""
+def check_players(
+    names: Optional[Sequence[str]],
+    adapter: Optional[str],
+    minimum: int = 1,
+    answered: Collection[str] = (),
+    default: Sequence[str] = PLAYERS,
+) -> list[str]:
+    """Validated player names. None: each of `default` that can be evaluated (tuned only when there is an adapter
+    or its replies are in `answered`, the players of `stage.replies`). A listed `tuned` with neither is a
+    one-line error: it cannot be evaluated."""
+    if names is None:
+        names = [n for n in default if n != "tuned" or adapter or n in answered]
+    names = list(names)
     unknown = [n for n in names if n not in PLAYERS]
     if unknown:
         raise ConfigError(f"stage.players: {', '.join(unknown)} unknown; allowed: {', '.join(PLAYERS)}")
     if len(set(names)) != len(names):
         raise ConfigError(f"stage.players lists a player twice: {', '.join(names)}")
-    kept = [n for n in names if n != "tuned" or adapter]
-    if len(kept) < minimum:
-        hint = " (tuned needs stage.adapter=<adapter folder>)" if "tuned" in names and not adapter else ""
-        raise ConfigError(f"stage.players needs at least {minimum} player(s), got {', '.join(kept) or 'none'}{hint}")
-    return kept
+    if "tuned" in names and not adapter and "tuned" not in answered:
+        raise ConfigError(
+            "stage.players: tuned needs stage.adapter=<adapter folder> or its replies in stage.replies=<replies.jsonl>"
+            "; or leave it out of stage.players"
+        )
+    if len(names) < minimum:
+        raise ConfigError(f"stage.players needs at least {minimum} player(s), got {', '.join(names) or 'none'}")
+    return names
+
+
+def answered_players(sources: Sequence[Path]) -> set[str]:
+    """The players with at least one reply in earlier `replies.jsonl` files (a missing file has none)."""
+    rows = (row for source in sources if source.is_file() for row in iter_jsonl(source))
+    return {str(row["player"]) for row in rows if "player" in row}
+
+
+def reply_prompts(sources: Sequence[Path]) -> list[tuple[str, str]]:
+    """The (prompt id, prompt) pairs of earlier `replies.jsonl` files, in order of first appearance."""
+    seen: dict[str, str] = {}
+    for source in sources:
+        for row in iter_jsonl(source):
+            if "prompt_id" in row and "prompt" in row:
+                seen.setdefault(str(row["prompt_id"]), str(row["prompt"]))
+    return list(seen.items())
 
 
 def build_players(

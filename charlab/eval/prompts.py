@@ -18,7 +18,8 @@ from charlab.settings import assets_dir
 SOURCES = ("generic", "persona")
 
 
-def _norm(text: str) -> str:
+def normalise_prompt(text: str) -> str:
+    """A prompt compared with others: whitespace collapsed, lowercased."""
     return " ".join(text.split()).lower()
 
 
@@ -44,7 +45,7 @@ def training_prompts(paths: Iterable[Path]) -> set[str]:
     for path in paths:
         for row in iter_jsonl(path):
             if isinstance(row.get("prompt"), str):
-                seen.add(_norm(row["prompt"]))
+                seen.add(normalise_prompt(row["prompt"]))
     return seen
 
 
@@ -59,8 +60,8 @@ def held_out_prompts(
     if source not in SOURCES:
         raise ConfigError(f"stage.prompts={source!r} is not allowed; use one of {', '.join(SOURCES)}")
     pool = generic_prompts() if source == "generic" else persona_prompts(persona)
-    excluded = {_norm(text) for text in exclude}
-    pool = [(pid, text) for pid, text in pool if _norm(text) not in excluded]
+    excluded = {normalise_prompt(text) for text in exclude}
+    pool = [(pid, text) for pid, text in pool if normalise_prompt(text) not in excluded]
     if not pool:
         raise DataError(f"no held-out {source} prompts left after excluding {len(excluded)} training prompts")
     random.Random(seed).shuffle(pool)

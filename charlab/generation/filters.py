@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Optional, Protocol
@@ -155,24 +155,53 @@ def trim_to_sentence(text: str, keep_at_least: float = 0.5) -> Optional[str]:
     return text[: ends[-1]].rstrip()
 
 
-def is_degenerate(text: str, min_distinct_ngrams: float, n: int = 4, min_words: int = 24) -> bool:
-    """Looping text: few distinct word n-grams, one line (or line opening) over and over, one character run."""
+LOOP_REASONS = ("character run", "repeated line", "repeated line opening", "repeated n-grams", "few content words")
+_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+
+
+def content_words(text: str, ignore: Collection[str] = ()) -> set[str]:
+    """The distinct words of `text` (lowercased letters, apostrophes kept) that are not in `ignore`."""
+    return {w for w in _WORD.findall(text.lower()) if w not in ignore and len(w) > 1}
+
+
+def degeneracy(
+    text: str,
+    min_distinct_ngrams: float,
+    n: int = 4,
+    min_words: int = 24,
+    ignore_words: Collection[str] = (),
+    min_content_words: int = 0,
+) -> Optional[str]:
+    """Why `text` loops or says almost nothing (one of `LOOP_REASONS`), or None.
+
+    A character run, one line (or line opening) over and over, few distinct word n-grams (checked from
+    `min_words` words on: the distillation filter's floor; 0 checks every reply), and, with `min_content_words`,
+    fewer distinct words than that once `ignore_words` (stop words, a persona's stock vocabulary) are removed.
+    """
     if re.search(r"([^\s\-=_*#.~])\1{24,}", text):
-        return True
+        return LOOP_REASONS[0]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if len(lines) >= 4:
         line, count = Counter(lines).most_common(1)[0]
         if count >= 3 and count >= 0.3 * len(lines) and len(line) > 3:
-            return True
+            return LOOP_REASONS[1]
     if len(lines) >= 6:  # "The sea that you cannot X" line after line: a loop with one word changed
         starts = Counter(" ".join(line.lower().split()[:4]) for line in lines if len(line.split()) >= 4)
         if starts and starts.most_common(1)[0][1] >= 0.6 * len(lines):
-            return True
+            return LOOP_REASONS[2]
     words = text.lower().split()
-    if len(words) < min_words:
-        return False
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-    return len(set(grams)) / len(grams) < min_distinct_ngrams
+    if len(words) >= max(min_words, n + 1):
+        grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+        if len(set(grams)) / len(grams) < min_distinct_ngrams:
+            return LOOP_REASONS[3]
+    if min_content_words and len(content_words(text, ignore_words)) < min_content_words:
+        return LOOP_REASONS[4]
+    return None
+
+
+def is_degenerate(text: str, min_distinct_ngrams: float, n: int = 4, min_words: int = 24) -> bool:
+    """Looping text: few distinct word n-grams, one line (or line opening) over and over, one character run."""
+    return degeneracy(text, min_distinct_ngrams, n, min_words) is not None
 
 
 class _Trimmed(Protocol):

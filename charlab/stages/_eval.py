@@ -3,28 +3,34 @@ their replies (generated once, reused across stages) and the judge."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from charlab.data.jsonl import done_ids, iter_jsonl
-from charlab.errors import ConfigError
+from charlab.errors import ConfigError, DataError
 from charlab.eval.judging import Judge
 from charlab.eval.players import (
+    PLAYERS,
     MakeSampler,
+    answered_players,
     as_list,
     build_players,
+    check_players,
     close_players,
     player_replies,
     reply_id,
+    reply_prompts,
     reuse_replies,
 )
-from charlab.eval.prompts import held_out_prompts, training_prompts
+from charlab.eval.prompts import held_out_prompts, normalise_prompt, training_prompts
 from charlab.eval.sampling import fresh_file
 from charlab.generation.factory import sampling_params
 from charlab.run import Run
 from charlab.stages._common import sampler_for_role, to_plain
+from charlab.stages._judge_formats import JUDGE_FORMATS
 
 
 def base_model_name(cfg: DictConfig) -> str:
@@ -32,17 +38,41 @@ def base_model_name(cfg: DictConfig) -> str:
     return str(cfg.eval.base_model or cfg.student.get("model") or cfg.model.name)
 
 
+def replies_sources(cfg: DictConfig) -> list[Path]:
+    """`stage.replies`: earlier replies.jsonl files whose players are evaluated as they are (each must exist)."""
+    sources = [Path(p).expanduser() for p in as_list(cfg.stage.get("replies"))]
+    for source in sources:
+        if not source.is_file():
+            raise ConfigError(f"stage.replies={source}: file not found; give replies.jsonl (player, prompt, text)")
+    return sources
+
+
+def stage_players(cfg: DictConfig, minimum: int = 1, default: Sequence[str] = PLAYERS) -> list[str]:
+    """`stage.players` (null: `default`) checked against what can be evaluated: `tuned` needs an adapter or its
+    replies in `stage.replies`."""
+    players = cfg.stage.players
+    answered = answered_players(replies_sources(cfg))
+    return check_players(None if players is None else list(players), cfg.stage.adapter, minimum, answered, default)
+
+
 def stage_prompts(cfg: DictConfig, run: Run, persona: Any) -> tuple[list[Path], list]:
-    """Held-out prompts for an eval stage (training prompts of `stage.pairs` excluded), inputs recorded."""
+    """Held-out prompts for an eval stage, inputs recorded: the prompts of `stage.replies` when given (a replies
+    file is evaluated as it is), else `eval.num_prompts` drawn from `stage.prompts`; training prompts of
+    `stage.pairs` are excluded either way."""
     stage = cfg.stage
     exclude_files = [Path(p).expanduser() for p in as_list(stage.pairs)]
     for i, path in enumerate(exclude_files):
         run.add_parent(f"pairs_{i}" if i else "pairs", path)
     if stage.adapter:
         run.add_parent("adapter", stage.adapter)
-    prompts = held_out_prompts(
-        stage.prompts, persona, int(cfg.eval.num_prompts), training_prompts(exclude_files), seed=int(cfg.seed)
-    )
+    training = training_prompts(exclude_files)
+    sources = replies_sources(cfg)
+    if sources:
+        prompts = [(pid, text) for pid, text in reply_prompts(sources) if normalise_prompt(text) not in training]
+        if not prompts:
+            raise DataError(f"stage.replies: no held-out prompts in {', '.join(map(str, sources))}")
+        return exclude_files, prompts
+    prompts = held_out_prompts(stage.prompts, persona, int(cfg.eval.num_prompts), training, seed=int(cfg.seed))
     return exclude_files, prompts
 
 
@@ -69,14 +99,20 @@ def eval_replies(
     stage, ev = cfg.stage, cfg.eval
     path = fresh_file(run.path("replies.jsonl"), stage.resume)
     wanted = {reply_id(n, pid) for n in names for pid, _ in prompts}
-    sources = [Path(p).expanduser() for p in as_list(stage.get("replies"))]
+    sources = replies_sources(cfg)
     for i, source in enumerate(sources):
         run.add_parent(f"replies_{i}" if i else "replies", source)
-    reused = reuse_replies(path, [s for s in sources if s.is_file()], wanted)
+    reused = reuse_replies(path, sources, wanted)
     if reused:
         print(f"[charlab] reusing {reused} replies from {', '.join(map(str, sources))}")
     have = done_ids(path)
     missing = [n for n in names if any(reply_id(n, pid) not in have for pid, _ in prompts)]
+    if "tuned" in missing and not stage.adapter:
+        absent = sum(reply_id("tuned", pid) not in have for pid, _ in prompts)
+        raise ConfigError(
+            f"stage.players: tuned has no reply to {absent} of {len(prompts)} prompts in stage.replies and no "
+            "stage.adapter to generate them; pass stage.adapter=<adapter folder> or leave tuned out of stage.players"
+        )
     players = build_players(missing, player_sampler_factory(cfg), stage.adapter, persona_prompt)
     try:
         player_replies(
@@ -88,22 +124,20 @@ def eval_replies(
     return path, {row["id"]: row for row in iter_jsonl(path) if row.get("id") in wanted}
 
 
-JUDGE_FORMATS = ("pairwise", "likelihood", "auto")
-
-
 def check_judge_format(cfg: DictConfig) -> str:
-    """`eval.judge_format`, checked before anything is generated (likelihood needs a local `hf` judge); `auto`
-    resolves to likelihood for an `hf` judge of the persona, else to pairwise."""
+    """`eval.judge_format` (a `JUDGE_FORMATS` entry), checked before anything is generated (likelihood needs a
+    local `hf` judge); `auto` resolves to likelihood for an `hf` judge of the persona, else to pairwise."""
     judge_format = str(cfg.eval.judge_format)
     if judge_format == "auto":
         persona = str(cfg.stage.get("criterion", "persona")) == "persona"
         return "likelihood" if cfg.judge.kind == "hf" and persona else "pairwise"
     if judge_format not in JUDGE_FORMATS:
-        raise ConfigError(f"eval.judge_format={judge_format!r} is not allowed; use one of {', '.join(JUDGE_FORMATS)}")
-    if judge_format == "likelihood" and cfg.judge.kind != "hf":
+        allowed = ", ".join([*JUDGE_FORMATS, "auto"])
+        raise ConfigError(f"eval.judge_format={judge_format!r} is not allowed; use one of {allowed}")
+    if JUDGE_FORMATS[judge_format].scores_text and cfg.judge.kind != "hf":
         raise ConfigError(
-            f"eval.judge_format=likelihood needs a judge that scores text (provider@judge=hf, not {cfg.judge.kind}); "
-            "use eval.judge_format=pairwise"
+            f"eval.judge_format={judge_format} needs a judge that scores text (provider@judge=hf, not "
+            f"{cfg.judge.kind}); use eval.judge_format=pairwise"
         )
     return judge_format
 
@@ -115,10 +149,11 @@ def make_judge(cfg: DictConfig) -> Judge:
         judge = Judge(
             sampler, sampling_params(to_plain(cfg.judge)), str(cfg.eval.judge_mode), int(cfg.eval.judge_top_logprobs)
         )
-        if check_judge_format(cfg) == "likelihood" and not judge.scores:
+        judge_format = check_judge_format(cfg)
+        if JUDGE_FORMATS[judge_format].scores_text and not judge.scores:
             raise ConfigError(
-                f"eval.judge_format=likelihood needs a judge that scores text; eval.judge_mode={cfg.eval.judge_mode} "
-                "does not (use auto or logprob)"
+                f"eval.judge_format={judge_format} needs a judge that scores text; eval.judge_mode="
+                f"{cfg.eval.judge_mode} does not (use auto or logprob)"
             )
     except Exception:
         sampler.close()

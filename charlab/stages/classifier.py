@@ -52,15 +52,17 @@ from charlab.eval.classifier_data import (
 from charlab.eval.classifier_report import classifier_sections
 from charlab.eval.metrics import roc_auc
 from charlab.eval.persona_classifier import LABELS_FILE, ClassifierConfig, PersonaClassifier, train_on_rows
-from charlab.eval.players import as_list, build_players, check_players, close_players, reply_id
+from charlab.eval.persona_classifier import persona_label as persona_label_of
+from charlab.eval.players import as_list, build_players, close_players, reply_id
 from charlab.eval.robustness import in_persona_rates, load_suffixes, run_attacks
 from charlab.eval.sampling import fresh_file, sample_to_jsonl
+from charlab.eval.selection import TrainingSelection, training_selection
 from charlab.generation.factory import sampling_params
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_meta
 from charlab.schemas import StageConfig
 from charlab.stages._common import assistant_name, load_persona, persona_prompt, to_plain
-from charlab.stages._eval import base_model_name, eval_replies, player_sampler_factory, stage_prompts
+from charlab.stages._eval import base_model_name, eval_replies, player_sampler_factory, stage_players, stage_prompts
 
 DATA_MODES = ("auto", "pairs", "generate")
 
@@ -80,6 +82,8 @@ class ClassifierStageConfig(StageConfig):
     players: Any = MISSING  # base | base_persona | tuned: whose in-persona rate is measured
     prompts: str = MISSING  # generic | persona: the held-out prompts the players answer
     adapter: Optional[str] = None  # the tuned model (no system prompt); None: no tuned player
+    replies: Any = None  # earlier replies.jsonl file(s): their players and prompts are evaluated as they are
+    strip_prefill: bool = MISSING  # remove the distillation's answer prefill from the in-persona training texts
     robustness: bool = MISSING
     num_suffixes: int = MISSING
     keep_going: str = MISSING
@@ -102,6 +106,18 @@ def data_mode(cfg: DictConfig, pair_files: list[Path]) -> tuple[str, str]:
     if reasons:
         return "generate", "; ".join(reasons)
     return "pairs", f"the pairs' teacher and student are the model under test ({base})"
+
+
+def trained_on(mode: str, selection: TrainingSelection, stripped: bool) -> str:
+    """What the classifier's texts were, in words (for the report)."""
+    if mode == "generate":
+        return "the model under test's own replies with the persona's system prompt (in) and without (out)"
+    text = "the teacher's chosen replies (in persona) and the student's rejected replies (out)"
+    if not selection.prefill:
+        return text + "; no answer prefill"
+    if stripped:
+        return text + f"; the answer prefill {selection.prefill!r} removed from {selection.prefilled} chosen replies"
+    return text + f"; {selection.prefilled} chosen replies still open with the answer prefill {selection.prefill!r}"
 
 
 def _pair_files(sources: list[str]) -> list[Path]:
@@ -161,12 +177,13 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         raise ConfigError("stage.pairs / stage.runs: give at least one pairs file, labelled file or run directory")
     persona = load_persona(cfg)
     persona_name = str(cfg.persona.name)
-    names = check_players(list(stage.players), stage.adapter, minimum=1)
+    names = stage_players(cfg, minimum=1)
     mode, why = data_mode(cfg, _pair_files(sources))
+    selection = training_selection(_pair_files(sources))
     rows: list[LabelledText] = []
     for i, source in enumerate(sources):
         run.add_parent(f"source_{i}", source)
-        rows += from_source(Path(source), persona_name, stage.out_label)
+        rows += from_source(Path(source), persona_name, stage.out_label, bool(stage.strip_prefill))
     if mode == "generate":
         rows = generated_texts(cfg, run, rows)
     if stage.eval_path:
@@ -210,7 +227,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         metrics["confusion_matrix"], clf.labels, run.path("confusion_matrix.png"), "held-out confusion matrix",
         xlabel="predicted", ylabel="true",
     )  # fmt: skip
-    persona_label = _persona_label(clf.labels, persona_name, stage.out_label)
+    persona_label = persona_label_of(clf.labels, persona_name, stage.out_label)
 
     # ---- in-persona rates of the players on held-out prompts -----------------------------------------------
     _, prompts = stage_prompts(cfg, run, persona)
@@ -247,6 +264,8 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         "persona_label": persona_label,
         "data": mode,
         "data_reason": why,
+        "trained_on": trained_on(mode, selection, bool(stage.strip_prefill)),
+        "training_selection": selection.as_dict(),
         "method": clf.method,
         "train_size": len(train),
         "held_out_size": len(held_out),
@@ -264,7 +283,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         f"Persona classifier: {persona_name}",
         classifier_sections(
             metrics, scores, rates, clf.labels, train, held_out, confusion_png, attacks, attack_png, note, ev,
-            mode, why, len(prompts),
+            mode, f"{why}. Trained on {summary['trained_on']}", len(prompts),
         ),
     )  # fmt: skip
     Console().print(
@@ -314,14 +333,6 @@ def _log_replies(run: Run, clf: PersonaClassifier, replies: dict, names: list[st
     run.tracker.log_table(
         "classifier/replies", ["player", "prompt", "reply", "predicted"], [r + [p] for r, p in zip(rows, predicted)]
     )
-
-
-def _persona_label(labels: list[str], persona: str, out_label: str) -> Optional[str]:
-    """The class that stands for this run's persona: its name, or the only in-persona class."""
-    if persona in labels:
-        return persona
-    others = [label for label in labels if label != out_label]
-    return others[0] if len(others) == 1 else None
 
 
 def _run_attacks(

@@ -15,30 +15,34 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from charlab.data.jsonl import JsonlWriter, iter_jsonl
 from charlab.errors import ConfigError
 from charlab.eval import plots, report
 from charlab.eval.bootstrap import Estimate
 from charlab.eval.elo import match_outcomes, save_matches
-from charlab.eval.head_to_head import judge_questions, pair_matches, player_pairs
+from charlab.eval.head_to_head import player_pairs
 from charlab.eval.judge import HELPFUL_CRITERION, persona_criterion
-from charlab.eval.judging import LOGPROB, judge_to_jsonl
-from charlab.eval.persona_likelihood import likelihood_matches, persona_scores
-from charlab.eval.players import check_players, reply_id
 from charlab.eval.ratings import bootstrap_win_rate, rating_table, win_matrix
 from charlab.eval.sampling import fresh_file
+from charlab.eval.selection import training_selection
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run
 from charlab.schemas import StageConfig
 from charlab.stages._common import load_persona, persona_prompt
-from charlab.stages._eval import check_judge_format, eval_replies, judge_description, make_judge, stage_prompts
+from charlab.stages._eval import (
+    check_judge_format,
+    eval_replies,
+    judge_description,
+    make_judge,
+    stage_players,
+    stage_prompts,
+)
+from charlab.stages._judge_formats import JUDGE_FORMATS, FormatJob
 
 CRITERIA = ("persona", "helpful")
 
@@ -64,10 +68,10 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     if stage.criterion not in CRITERIA:
         raise ConfigError(f"stage.criterion={stage.criterion!r} is not allowed; use one of {', '.join(CRITERIA)}")
     judge_format = check_judge_format(cfg)
-    if judge_format == "likelihood" and stage.criterion != "persona":
-        raise ConfigError("eval.judge_format=likelihood measures the persona only; use stage.criterion=persona")
+    if JUDGE_FORMATS[judge_format].persona_only and stage.criterion != "persona":
+        raise ConfigError(f"eval.judge_format={judge_format} measures the persona only; use stage.criterion=persona")
     persona = load_persona(cfg)
-    names = check_players(list(stage.players), stage.adapter, minimum=2)
+    names = stage_players(cfg, minimum=2)
     exclude_files, prompts = stage_prompts(cfg, run, persona)
     replies_path, replies = eval_replies(cfg, run, names, prompts, persona_prompt(cfg, persona=persona), "elo")
 
@@ -78,19 +82,11 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     judgments_path = fresh_file(run.path("judgments.jsonl"), stage.resume)
     judge = make_judge(cfg)
     try:
-        if judge_format == "likelihood":
-            judged_rows, matches, tally = _likelihood(cfg, run, judge, prompts, replies, names, judgments_path)
-            judged_by = f"{judge_description(cfg, judge)}; format likelihood (each reply read with and without "
-            judged_by += "the character's description; the more explained reply wins)"
-        else:
-            questions = judge_questions(prompts, replies, names, criterion)
-            judged = judge_to_jsonl(
-                judge, questions, judgments_path, int(ev.batch_size), "judging",
-                lambda done, total: run.log_metrics({"elo/judged": done, "elo/judge_total": total}),
-            )  # fmt: skip
-            judged_rows = [judged[q.id] for q in questions if q.id in judged]
-            matches, tally = pair_matches(judged_rows, replies)
-            judged_by = f"{judge_description(cfg, judge)}; format pairwise (both orders averaged)"
+        result = JUDGE_FORMATS[judge_format].run(
+            FormatJob(cfg, run, judge, prompts, replies, names, judgments_path, criterion)
+        )
+        judged_rows, matches, tally = result.rows, result.matches, result.tally
+        judged_by = f"{judge_description(cfg, judge)}; {result.how}"
     finally:
         judge.sampler.close()
     matches_path = save_matches(matches, fresh_file(run.path("matches.jsonl"), resume=False))
@@ -120,7 +116,9 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         "decided": tally.decided,
         "ties": tally.ties,
         "unparseable": tally.unparseable,
+        "inconsistent": tally.inconsistent,
         "usable": tally.usable,
+        "selection_overlap": training_selection(exclude_files).overlap(judge_format),
         "verdict_modes": tally.modes,
         "judge_format": judge_format,
         "judge": judged_by,
@@ -171,13 +169,14 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         (
             "Judging",
             report.table(
-                ["pairs judged", "won", "tied", "unparseable"],
-                [[tally.pairs, tally.decided, tally.ties, tally.unparseable]],
+                ["pairs judged", "won", "tied", "orders disagree (left out)", "unparseable"],
+                [[tally.pairs, tally.decided, tally.ties, tally.inconsistent, tally.unparseable]],
             )
             + "\n\nSingle verdicts by mode: "
             + ", ".join(f"{k} {v}" for k, v in tally.modes.items())
             + f".\n\nJudge: {judged_by}. Question: "
-            + report.cell(criterion.splitlines()[0], 300),
+            + report.cell(criterion.splitlines()[0], 300)
+            + (f"\n\n**Note:** {summary['selection_overlap']}." if summary["selection_overlap"] else ""),
         ),
         ("Sample replies", _sample_table(prompts, replies, names, int(stage.samples_in_report))),
         (
@@ -196,28 +195,6 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         artifacts={"matches": matches_path, "replies": replies_path, "report": report_path, "plot": ratings_png},
         summary=report.json_safe(summary),
     )
-
-
-def _likelihood(
-    cfg: DictConfig, run: Run, judge: Any, prompts: list, replies: dict, names: list[str], path: Path
-) -> tuple[list[dict[str, Any]], list, Any]:
-    """Persona scores of every reply (`judgments.jsonl`: one row per reply), and the matches they decide."""
-    persona = load_persona(cfg)
-    description = f"You are {persona.display_name(cfg.persona.assistant_name)}. {persona.description or ''}".strip()
-    wanted = {reply_id(n, pid) for n in names for pid, _ in prompts}
-    done = {row["id"]: row for row in iter_jsonl(path)} if path.is_file() else {}
-    todo = {rid: replies[rid] for rid in wanted if rid in replies and rid not in done}
-    scores = persona_scores(judge.sampler, prompts, todo, description, int(cfg.eval.batch_size))
-    with JsonlWriter(path) as writer:
-        for rid in sorted(todo):
-            player, _, prompt_id = rid.partition(":")
-            row = {"id": rid, "player": player, "prompt_id": prompt_id, "persona_score": scores.get(rid)}
-            writer.write(row | {"mode": LOGPROB if rid in scores else "empty"})
-            done[rid] = row
-    run.log_metrics({"elo/judged": len(done)})
-    known = {rid: row["persona_score"] for rid, row in done.items() if row.get("persona_score") is not None}
-    matches, tally = likelihood_matches(prompts, replies, names, known)
-    return [done[rid] for rid in sorted(done) if rid in wanted], matches, tally
 
 
 def headline_players(names: list[str]) -> tuple[str, Optional[str]]:

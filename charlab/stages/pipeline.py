@@ -168,6 +168,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         report = write_pipeline_report(root, steps, persona=cfg.persona.name, min_usable=int(cfg.eval.min_usable))
         result_artifacts["report"] = report.path
         summary.update(report.headline)
+        print("[charlab] " + report.headline["verdict"].partition("\n\n")[0])  # the verdict line
         print(f"[charlab] report: {report.path}")
     for name in ("adapter",):
         final = next((artifacts[s][name] for s in reversed(steps) if name in artifacts.get(s, {})), None)

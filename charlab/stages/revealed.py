@@ -34,7 +34,7 @@ from charlab.eval import plots, report
 from charlab.eval.bootstrap import Estimate
 from charlab.eval.judging import LOGPROB, TOP_LOGPROBS, count_modes, judge_to_jsonl
 from charlab.eval.persona_likelihood import trait_verdicts
-from charlab.eval.players import as_list, build_players, check_players, close_players
+from charlab.eval.players import as_list, build_players, close_players
 from charlab.eval.ratings import RatingFit, fit_ratings, percentile_ci
 from charlab.eval.revealed import (
     NEUTRAL,
@@ -62,6 +62,7 @@ from charlab.stages._eval import (
     judge_description,
     make_judge,
     player_sampler_factory,
+    stage_players,
     stage_prompts,
 )
 
@@ -127,7 +128,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     """Run the trials, judge them, rate the traits per player and condition, compare players."""
     stage, ev = cfg.stage, cfg.eval
     persona = load_persona(cfg)
-    names = check_players(list(stage.players), stage.adapter, minimum=1)
+    names = stage_players(cfg, minimum=1, default=("base", "tuned"))
     traits = load_traits(Path(stage.traits_file).expanduser() if stage.traits_file else None)
     all_conditions = load_conditions()
     chosen = list(stage.conditions)
@@ -205,6 +206,10 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     unparseable = {name: sum(t.outcome is None for t in judged_trials if t.player == name) for name in names}
     reference, target = compared_players(names)
     comparisons: dict[str, Comparison] = {}
+    # the rank shift is about the persona's traits: the games they played, not all trials, say how much it rests on
+    tracked_games = {
+        name: {c: sum(fit.games.get(t, 0) for t in tracked) for c, fit in by.items()} for name, by in fits.items()
+    }
     if reference and target:
         for condition in conditions:
             n = min(usable[reference][condition], usable[target][condition])
@@ -227,6 +232,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         "trials": len(items),
         "conditions": conditions,
         "usable": usable,
+        "tracked_games": tracked_games,
         "unparseable": unparseable,
         "verdict_modes": modes,
         "judge": judged_by + (f"; calibrated by {neutral_rows} content-free replies" if calibrate else ""),
@@ -236,7 +242,8 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         "headline_condition": headline_condition,
         "comparisons": {
             c: {"rank_shift": v.shift_ci.as_dict(), "spearman": v.spearman.as_dict(),
-                "traits": {t: r[2] for t, r in v.shift["traits"].items()}}
+                "traits": {t: r[2] for t, r in v.shift["traits"].items()},
+                "tracked_games": min(tracked_games[reference][c], tracked_games[target][c])}
             for c, v in comparisons.items()
         },
         "spearman": correlations,

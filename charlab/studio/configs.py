@@ -84,6 +84,9 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
+EVAL_STAGES = ("classifier", "coherence", "revealed", "elo")  # the Evaluation page's stages; the rest: Training
+
+
 def stage_names() -> list[str]:
     """Every stage that has a YAML (`configs/stage/<name>.yaml`)."""
     return group_options("stage")

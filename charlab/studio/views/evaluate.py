@@ -1,4 +1,4 @@
-"""Evaluation page: launch the classifier, revealed-preference and Elo stages, and read their reports."""
+"""Evaluation page: launch the classifier, coherence, revealed-preference and Elo stages, and read their reports."""
 
 from __future__ import annotations
 
@@ -7,26 +7,25 @@ import streamlit as st
 from charlab.studio import configs, forms, live, ui
 from charlab.studio.runs import plots_of, report_of, split_report
 
-EVAL_STAGES = ("classifier", "revealed", "elo")
-
 ui.header(
     "Evaluation",
     "Three ways to measure a persona: a classifier that recognises its voice, the traits it reveals when it "
-    "chooses, and head-to-head Elo against the base model. Each number comes with its 95% CI.",
+    "chooses, and head-to-head Elo against the base model; and one way to check it still answers: loops and "
+    "relevance (coherence). Each number comes with its 95% CI.",
 )
 results_tab, launch_tab = st.tabs([":material/insights: Results", ":material/rocket_launch: Launch an evaluation"])
 
 with launch_tab:
-    stages = [s for s in configs.stage_names() if s in EVAL_STAGES]
+    stages = [s for s in configs.stage_names() if s in configs.EVAL_STAGES]
     overrides = forms.stage_form(stages, key="eval", training=False)
     if overrides is not None:
         live.launch_button(overrides, key="eval")
     st.subheader("Launched evaluations")
-    live.launches_panel("eval", stages=EVAL_STAGES)
+    live.launches_panel("eval", stages=configs.EVAL_STAGES)
 
 with results_tab:
     root = ui.runs_root()
-    runs = [r for r in ui.all_runs() if r.stage in EVAL_STAGES or report_of(r.dir) is not None]
+    runs = [r for r in ui.all_runs() if r.stage in configs.EVAL_STAGES or report_of(r.dir) is not None]
     if not runs:
         st.info(f"No evaluation results yet in `{root}`. Launch one in the next tab.", icon=":material/inbox:")
     else:

@@ -7,7 +7,6 @@ import streamlit as st
 
 from charlab.studio import configs, forms, live, ui
 
-EVAL_STAGES = ("classifier", "revealed", "elo")
 ORDER = ("dpo", "sft", "distill", "introspect", "export", "pipeline")
 
 ui.header(
@@ -15,7 +14,7 @@ ui.header(
     "Pick a stage and change what you need: every value starts at its default in configs/ (the paper's recipe). "
     "The Studio launches exactly the command shown, the one you could paste in a shell.",
 )
-stages = [s for s in configs.stage_names() if s not in EVAL_STAGES]
+stages = [s for s in configs.stage_names() if s not in configs.EVAL_STAGES]
 stages.sort(key=lambda s: (ORDER.index(s) if s in ORDER else len(ORDER), s))
 overrides = forms.stage_form(stages, key="train", training=True)
 st.divider()
