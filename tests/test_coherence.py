@@ -141,6 +141,22 @@ def test_the_verdict_needs_persona_and_coherence_and_names_what_failed() -> None
     assert untold.startswith("**Verdict: tuned is more in persona than base.**")  # the second question not asked
 
 
+def test_a_benchmark_lost_beyond_its_paired_se_fails_the_second_question() -> None:
+    """The capability step's tasks join the coherence readings: a task more than `threshold_se` paired SEs below
+    base is named; within it, the line adds that the benchmark scores were kept.
+    Injected bug caught: reading the interval as difference +- SE (without the threshold) flags the kept task."""
+    clf = {"in_persona": {"tuned - base": {"value": 0.75, "low": 0.55, "high": 0.95, "n": 20}}}
+    coherent = _summary((0.05, -0.05, 0.15), (-0.05, -0.15, 0.0))
+    task = lambda tuned, se: {"base": 0.50, "tuned": tuned, "difference": tuned - 0.50, "se": se, "n": 100}  # noqa: E731
+    lost = {"threshold_se": 2.0, "tasks": {"mmlu": task(0.40, 0.03), "arc": task(0.47, 0.02)}}
+    text = verdict_text({"classifier": clf, "coherence": coherent, "capability": lost}, 10)
+    assert text.startswith("**Verdict: in persona, but capability lost: mmlu 0.400 vs 0.500.**"), text
+    kept = {"threshold_se": 2.0, "tasks": {"arc": task(0.47, 0.02)}}
+    text = verdict_text({"classifier": clf, "coherence": coherent, "capability": kept}, 10)
+    assert text.startswith("**Verdict: tuned is in character and coherent** (more in persona than base; its loop rate "
+                           "and relevance and its benchmark scores are not worse")  # fmt: skip
+
+
 def test_a_judge_trained_to_by_best_of_selection_is_named_and_left_out(tmp_path: Path) -> None:
     pairs = tmp_path / "pairs.jsonl"
     rows = [{"prompt": f"q{i}", "chosen": "Arr, matey! Ye be right.", "rejected": "You are right.",

@@ -23,6 +23,7 @@ replies loop; relevance 0.44 vs 0.98").
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -189,10 +190,32 @@ def coherence_readings(summary: Mapping[str, Any], min_usable: int) -> list[Read
     return out
 
 
-# The verdict's second question, "does tuned still answer?": evaluation step -> its readings of tuned vs base.
-# A further instrument (e.g. capability retention) registers here with a function of its step summary that
-# returns `Reading`s with status KEPT / WORSE / TOO_FEW (`_checked` reads a paired difference that way).
-ANSWERING: dict[str, Callable[[Mapping[str, Any], int], list[Reading]]] = {"coherence": coherence_readings}
+def capability_readings(summary: Mapping[str, Any], min_usable: int) -> list[Reading]:
+    """Tuned minus base per benchmark task (the capability step): worse when it lies more than `threshold_se`
+    paired standard errors below 0 (the interval below is difference +- threshold x SE)."""
+    threshold = float(summary.get("threshold_se", 2.0))
+    out = []
+    for task, row in (summary.get("tasks") or {}).items():
+        diff, se, tuned, base = (row.get(k) for k in ("difference", "se", "tuned", "base"))
+        if diff is None or tuned is None or se is None or math.isnan(float(se)):
+            continue
+        effect = Estimate(float(diff), float(diff) - threshold * float(se), float(diff) + threshold * float(se),
+                          int(row.get("n") or 0))  # fmt: skip
+        text = (
+            f"{task} {fmt(tuned, 3)} vs {fmt(base, 3)} for base (difference {_signed(effect.value, 3)}, paired SE "
+            f"{fmt(se, 3)}, {effect.n} items; worse below -{threshold:g} SE)"
+        )
+        out.append(_checked(f"capability ({task})", effect, False, min_usable, text, f"{task} {fmt(tuned, 3)} vs "
+                            f"{fmt(base, 3)}"))  # fmt: skip
+    return out
+
+
+# The verdict's second question, "does tuned still answer?": evaluation step -> its readings of tuned vs base,
+# each with status KEPT / WORSE / TOO_FEW (`_checked` reads a paired difference that way).
+ANSWERING: dict[str, Callable[[Mapping[str, Any], int], list[Reading]]] = {
+    "coherence": coherence_readings,
+    "capability": capability_readings,
+}
 
 
 def readings_from_summaries(
@@ -237,14 +260,21 @@ def _persona_head(counted: list[Reading]) -> tuple[str, str]:
 
 def _answering_head(checks: list[Reading]) -> str:
     """The head of the line when tuned is more in persona: in character and coherent, or what failed."""
-    failed = [c for c in checks if c.status == WORSE]
+    capability = [c for c in checks if c.instrument.startswith("capability")]
+    coherence = [c for c in checks if c not in capability]
+    failed = [
+        f"{what}: {'; '.join(c.short for c in group if c.status == WORSE)}"
+        for what, group in (("not coherent", coherence), ("capability lost", capability))
+        if any(c.status == WORSE for c in group)
+    ]
     if failed:
-        return f"**Verdict: in persona, but not coherent: {'; '.join(c.short for c in failed)}.**"
-    kept = {c.instrument for c in checks if c.status == KEPT}
+        return f"**Verdict: in persona, but {'; '.join(failed)}.**"
+    kept = {c.instrument for c in coherence if c.status == KEPT}
     if "loops" in kept and kept & {"relevance", "MiniLM relevance"}:
+        scores = " and its benchmark scores" if any(c.status == KEPT for c in capability) else ""
         return (
-            "**Verdict: tuned is in character and coherent** (more in persona than base; its loop rate and relevance "
-            "are not worse than base's beyond their CIs)."
+            "**Verdict: tuned is in character and coherent** (more in persona than base; its loop rate and relevance"
+            f"{scores} are not worse than base's beyond their CIs)."
         )
     return (
         "**Verdict: tuned is more in persona than base; whether it still answers cannot be told** (too few readings)."
