@@ -75,7 +75,7 @@ def _given_inputs(cfg: DictConfig, steps: list[str]) -> dict[str, dict[str, str]
         if step in steps:
             raise ConfigError(f"pipeline.inputs.{step}: '{step}' is also in pipeline.steps; give one or the other")
         if meta.get("status") != "completed" or meta.get("stage") not in (None, step):
-            raise ConfigError(f"pipeline.inputs.{step}={folder}: not a finished '{step}' run directory (its meta.json)")
+            raise ConfigError(f"pipeline.inputs.{step}={folder}: not a finished '{step}' run directory")
         artifacts[str(step)] = dict(meta.get("artifacts") or {})
     return artifacts
 
