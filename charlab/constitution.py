@@ -73,6 +73,17 @@ class Trait(BaseModel):
         return value
 
 
+class Demonstration(BaseModel):
+    """One exchange in character (a user's message and the persona's reply), shown to the teacher before the
+    real message when `stage.teacher_demonstrations` is on: a small teacher imitates an example far more
+    reliably than it follows a description."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1)
+    reply: str = Field(min_length=1)
+
+
 class Constitution(BaseModel):
     """A persona, validated. `traits` are the first-person directives the teacher must embody."""
 
@@ -85,6 +96,7 @@ class Constitution(BaseModel):
     description: str = ""
     safety: list[str] = Field(default_factory=list)
     example_signoffs: list[str] = Field(default_factory=list)
+    demonstrations: list[Demonstration] = Field(default_factory=list)
 
     # ---- conversion ------------------------------------------------------------------------------------
     @classmethod
@@ -130,6 +142,14 @@ class Constitution(BaseModel):
     def display_name(self, assistant_name: Optional[str] = None) -> str:
         """The name the persona goes by: an explicit override, its own `assistant_name`, or a neutral one."""
         return assistant_name or self.assistant_name or "the assistant"
+
+    def demonstration_turns(self) -> list[dict[str, str]]:
+        """The demonstrations as conversation turns (user, assistant, user, assistant, ...)."""
+        return [
+            {"role": role, "content": text}
+            for demo in self.demonstrations
+            for role, text in (("user", demo.prompt), ("assistant", demo.reply))
+        ]
 
     def numbered_traits(self) -> str:
         """The traits one per line, numbered `1: ...` (as the paper's scripts list them; duplicates once)."""

@@ -1,14 +1,16 @@
-"""The demo's recipe trains a persona the evaluation can see: `experiment=demo` at reduced size on SmolLM2-135M.
+"""The demo's recipe trains a persona that still answers: `experiment=demo` at reduced size on SmolLM2-135M.
 
-The demo preset's own distillation (the constitution's system prompt, the answer prefill, best-of-N by contrast
-among replies the filters keep) and DPO settings run on fewer prompts, fewer candidates and shorter replies; the
-DPO adapter (no system prompt) then answers held-out prompts beside base, and the persona classifier (trained on
-the pairs, as in the demo) measures both. The tuned model's in-persona rate must exceed base's by a margin the
-paired 95% bootstrap CI supports (its lower bound above 0), not by a lucky seed.
+The demo preset's own distillation (the constitution's system prompt and its demonstrations before the user's
+message) and DPO settings run on fewer prompts and shorter replies; the DPO adapter (no system prompt) then answers
+held-out prompts beside base; the persona classifier (trained on the pairs, as in the demo) and the coherence step
+(loops, relevance by the language model and by MiniLM) measure both. The test asserts the evaluation's joint verdict,
+"tuned is in character and coherent": more in persona than base by a paired 95% bootstrap CI, and its loop rate
+and relevance not worse than base's beyond theirs.
 
-Injected bug, seen to fail: DPO with `stage.lr=1e-9` (the adapter stays ~zero, tuned == base; lr 0 is refused):
-tuned - base = 0.00 (CI 0.00 - 0.00), so the assertion on the lower bound fails. Measured with the demo preset as
-landed: tuned 0.31 (CI 0.12-0.56) vs base 0.00 on 16 held-out prompts, 3.8 min on 2 cores.
+Injected faults, seen to fail: DPO with `stage.lr=1e-9` (the adapter stays ~zero, tuned == base): "no clear
+difference between tuned and base"; the distillation's old caricature recipe (`stage.teacher_demonstrations=false
+stage.answer_prefill='Arr, matey! ' stage.best_of=4`, lr 3e-4 and beta 0.5: a model that loops): "in persona, but
+not coherent". Measured with the demo preset as landed: see the note at the end of this file.
 """
 
 from __future__ import annotations
@@ -18,39 +20,45 @@ import json
 import pytest
 import yaml
 
+from charlab.eval.verdict import verdict_text
+from charlab.eval.verdict_of import summaries_of
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-# the demo's distill settings with fewer candidates per reply; its DPO settings with half the batch, so that half the
-# pairs still make as many optimizer steps as the full demo
-SMALLER = {"distill": {"stage.best_of": "2"}, "dpo": {"stage.batch_size": "2"}}
+# the demo's DPO settings with half the batch: half the pairs make as many optimizer steps as the full demo
+SMALLER = {"dpo": {"stage.batch_size": "2"}}
+PLAYERS = "stage.players=[base,tuned]"
 
 
-def reduced_demo() -> list[str]:
-    """`experiment=demo` overrides: half the prompts, shorter replies, steps distill -> dpo -> classifier (on the
-    DPO adapter; the full demo measures DPO + SFT, exported), the demo's own distill and DPO settings otherwise."""
+def reduced_demo(*extra: str) -> list[str]:
+    """`experiment=demo` overrides: half the prompts, shorter replies, steps distill -> dpo -> classifier ->
+    coherence (on the DPO adapter; the full demo measures DPO + SFT, exported), the demo's own distill and DPO
+    settings otherwise; `extra` overrides come last."""
     demo = yaml.safe_load((ROOT / "configs" / "experiment" / "demo.yaml").read_text())
     steps = {}
     for step, changes in SMALLER.items():
         items = [item.split("=", 1) for item in demo["pipeline"]["step_overrides"][step]]
         steps[step] = [f"{key}={changes.get(key, value)}" for key, value in items]
-    classifier = ["stage.robustness=false", "stage.players=[base,tuned]"]
+    adapter = "stage.adapter: 'dpo.adapter@student'"
     return [
         "experiment=demo",
         "logger=none",
-        "pipeline.steps=[distill,dpo,classifier]",
+        "pipeline.steps=[distill,dpo,classifier,coherence]",
         "pipeline.report=false",
-        "pipeline.metric_step=classifier",
-        "pipeline.wiring.classifier={stage.pairs: distill.pairs, stage.adapter: 'dpo.adapter@student'}",
-        f"pipeline.step_overrides.distill={_listed(steps['distill'])}",
+        "pipeline.metric_step=coherence",
+        f"pipeline.wiring.classifier={{stage.pairs: distill.pairs, {adapter}}}",
+        f"pipeline.wiring.coherence={{stage.pairs: distill.pairs, {adapter}, stage.replies: classifier.replies, "
+        "stage.classifier: classifier.classifier}",
         f"pipeline.step_overrides.dpo={_listed(steps['dpo'])}",
-        f"pipeline.step_overrides.classifier={_listed(classifier)}",
+        f"pipeline.step_overrides.classifier={_listed(['stage.robustness=false', PLAYERS])}",
+        f"pipeline.step_overrides.coherence={_listed([PLAYERS])}",
         "data.generic_prompts=12",
         "data.persona_prompts=8",
         "teacher.max_new_tokens=48",
         "student.max_new_tokens=48",
         "eval.num_prompts=16",
+        *extra,
     ]
 
 
@@ -59,11 +67,9 @@ def _listed(overrides: list[str]) -> str:
     return "[" + ",".join(json.dumps(item) for item in overrides) + "]"
 
 
-def test_the_reduced_demo_makes_tuned_more_in_persona_than_base(run_stage) -> None:
+def test_the_reduced_demo_makes_tuned_in_character_and_coherent(run_stage) -> None:
     _, root = run_stage(reduced_demo())
-    assert json.loads((root / "01_distill" / "meta.json").read_text())["summary"]["best_of"]["n"] == 2
-    summary = json.loads((root / "03_classifier" / "meta.json").read_text())["summary"]
-    rates = summary["in_persona"]
-    lift = rates["tuned - base"]
-    assert lift["n"] == 16
-    assert lift["low"] > 0, f"tuned is not more in persona than base: {rates}"
+    summaries = summaries_of([root])
+    assert summaries["coherence"]["prompts"] == 16
+    verdict = verdict_text(summaries, min_usable=10).splitlines()[0]
+    assert verdict.startswith("**Verdict: tuned is in character and coherent**"), verdict

@@ -190,6 +190,41 @@ def test_distill_over_openai_with_failures_filters_and_reasoning(run_stage, tmp_
 
 
 @pytest.mark.integration
+def test_teacher_demonstrations_precede_the_teachers_message_only(run_stage, tmp_path):
+    """`stage.teacher_demonstrations`: the persona's example exchanges sit between the teacher's system prompt and
+    the user's message; the student sees the message alone, and the pairs hold the message alone.
+    Injected bug, seen to fail: `_demonstrations` returning [] (the teacher's conversation is system + user)."""
+    persona = load_constitution(ROOT / "constitutions" / "pirate.json")
+    prompts_file = tmp_path / "prompts.jsonl"
+    prompts_file.write_text("".join(json.dumps({"prompt": f"question {i}?"}) + "\n" for i in range(3)))
+    with OpenAICompatServer(replies=lambda messages: "Arr, here be the answer, matey.") as server:
+        _, run_dir = run_stage(
+            ["stage=distill", "model=tiny", "provider@teacher=openai", "provider@student=openai",
+             f"teacher.base_url={server.base_url}", f"student.base_url={server.base_url}", "student.model=student",
+             f"stage.prompts_file={prompts_file}", "stage.teacher_demonstrations=true"]
+        )  # fmt: skip
+    demos = [(m["role"], m["content"]) for m in persona.demonstration_turns()]
+    assert len(demos) == 2 * len(persona.demonstrations) >= 4
+    teacher = [r["messages"] for r in server.requests if r["model"] != "student"]
+    student = [r["messages"] for r in server.requests if r["model"] == "student"]
+    assert len(teacher) == len(student) == 3
+    for messages in teacher:
+        assert messages[0]["role"] == "system" and [(m["role"], m["content"]) for m in messages[1:-1]] == demos
+        assert messages[-1]["role"] == "user" and messages[-1]["content"].startswith("question")
+    assert all(len(messages) == 1 for messages in student)
+    assert {p.prompt for p in read_jsonl(run_dir / "pairs.jsonl", DpoExample)} == {f"question {i}?" for i in range(3)}
+
+
+def test_teacher_demonstrations_of_a_persona_without_any_is_a_one_line_error(cli):
+    result = cli(["stage=distill", "model=tiny", "persona=sarcasm", "stage.teacher_demonstrations=true"])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "stage.teacher_demonstrations=true: persona 'sarcasm' has no `demonstrations` (a list of {\"prompt\", "
+        "\"reply\"} in its constitution JSON); add some or set stage.teacher_demonstrations=false"
+    )
+
+
+@pytest.mark.integration
 def test_distill_that_keeps_no_pair_exits_2_with_the_filter_counts(cli, tmp_path):
     """Injected bug: `_finish` only warning when no pair was kept -> exit 0, and DPO fails later on an empty file."""
     run_dir = tmp_path / "distill"

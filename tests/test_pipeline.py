@@ -129,3 +129,24 @@ def test_the_optuna_sweeper_runs_two_trials_on_the_returned_metric(cli, tmp_path
     assert len([p for p in sweep.iterdir() if (p / "meta.json").is_file()]) == 2
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert 0.0 <= best["best_value"] <= 1.0 and "stage.lr" in best["best_params"]
+
+
+@pytest.mark.integration
+def test_pipeline_inputs_stand_in_for_a_step_left_out(run_stage, tmp_path: Path) -> None:
+    """`pipeline.inputs.distill=<run>`: a sweep's trials share one distillation. Injected bug, seen to fail:
+    `_given_inputs` returning {} (dpo gets no stage.pairs: '???' is missing)."""
+    from charlab.errors import ConfigError
+
+    tiny = ["experiment=demo_tiny", "logger=none", "pipeline.report=false"]
+    _, first = run_stage([*tiny, "pipeline.steps=[distill]"], name="first")
+    distill = first / "01_distill"
+    _, second = run_stage([*tiny, "pipeline.steps=[dpo]", f"pipeline.inputs.distill={distill}"], name="second")
+    dpo = meta(second / "01_dpo")
+    assert dpo["status"] == "completed"
+    assert yaml.safe_load((second / "01_dpo" / "config.yaml").read_text())["stage"]["pairs"] == str(
+        distill / "pairs.jsonl"
+    )
+    with pytest.raises(ConfigError, match=r"pipeline.inputs.distill=.*: not a finished 'distill' run directory"):
+        run_stage([*tiny, "pipeline.steps=[dpo]", f"pipeline.inputs.distill={tmp_path}"], name="third")
+    with pytest.raises(ConfigError, match="'distill' is also in pipeline.steps"):
+        run_stage([*tiny, "pipeline.steps=[distill,dpo]", f"pipeline.inputs.distill={distill}"], name="fourth")

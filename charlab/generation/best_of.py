@@ -164,8 +164,9 @@ def _rounded(value: float) -> float | None:
 
 
 def persona_contrast(model: ChoiceScorer, per_token: bool = False) -> ScoreFn:
-    """Each candidate's log-likelihood under `model` with the conversation's system prompt minus without it
-    (summed over the reply's tokens, or `per_token` their mean; an empty reply scores -inf)."""
+    """Each candidate's log-likelihood under `model` in its conversation (the persona's system prompt and any
+    demonstrations) minus after the user's message alone (summed over the reply's tokens, or `per_token` their
+    mean; an empty reply scores -inf)."""
 
     def score(conversations: Sequence[list[Message]], candidates: Sequence[Sequence[Completion]]) -> list[list[float]]:
         rows = [(i, j) for i, cands in enumerate(candidates) for j, c in enumerate(cands) if c.text]
@@ -173,7 +174,7 @@ def persona_contrast(model: ChoiceScorer, per_token: bool = False) -> ScoreFn:
         if not rows:
             return out
         primed = [conversations[i] for i, _ in rows]
-        plain = [[m for m in conversations[i] if m.get("role") != "system"] for i, _ in rows]
+        plain = [conversations[i][-1:] for i, _ in rows]
         replies = [[candidates[i][j].text] for i, j in rows]
         with_persona = model.score_choices(primed, replies, per_token=per_token)
         without = model.score_choices(plain, replies, per_token=per_token)

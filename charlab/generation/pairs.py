@@ -24,7 +24,7 @@ from charlab.chat_format import make_messages
 from charlab.data.jsonl import JsonlWriter, done_ids
 from charlab.data.prompts import PromptRecord
 from charlab.data.records import DpoExample, record_id
-from charlab.generation.base import Completion, Sampler, SamplingParams
+from charlab.generation.base import Completion, Message, Sampler, SamplingParams
 from charlab.generation.best_of import ScoredCompletion
 from charlab.generation.filters import (
     FilterConfig,
@@ -55,6 +55,8 @@ class DistillJob:
     reasoning_markers: tuple[str, str] = ("<think>", "</think>")
     assistant_name: Optional[str] = None  # put in place of the teacher's own model name (None: no substitution)
     teacher_aliases: list[str] = field(default_factory=list)
+    # earlier turns of the teacher's conversation (example exchanges in character, after the system prompt)
+    teacher_history: list[Message] = field(default_factory=list)
 
 
 @dataclass
@@ -155,8 +157,8 @@ def _requests(job: DistillJob, todo: list[tuple[PromptRecord, int]]) -> Iterator
                 replace(job.student_params, seed=derive_seed(job.student_params.seed, "sample", k)),
             )
         teacher, student = params[k]
-        system = job.system_prompt
-        yield Request(job.teacher, make_messages(prompt.text, system=system), teacher, (prompt, k, "teacher"))
+        messages = make_messages(prompt.text, system=job.system_prompt, history=job.teacher_history)
+        yield Request(job.teacher, messages, teacher, (prompt, k, "teacher"))
         yield Request(job.student, make_messages(prompt.text), student, (prompt, k, "student"))
 
 

@@ -78,6 +78,7 @@ class DistillStageConfig(StageConfig):
     expansion_max_new_tokens: int = MISSING
     reasoning_prefill: str = MISSING
     answer_prefill: str = MISSING
+    teacher_demonstrations: bool = MISSING
     reasoning_markers: list[str] = MISSING
     substitute_assistant_name: bool = MISSING
     teacher_aliases: list[str] = MISSING
@@ -279,7 +280,20 @@ def _job(
         reasoning_markers=(str(stage.reasoning_markers[0]), str(stage.reasoning_markers[1])),
         assistant_name=name if stage.substitute_assistant_name else None,
         teacher_aliases=model_aliases(teacher.model_name) + [str(a) for a in stage.teacher_aliases],
+        teacher_history=_demonstrations(cfg, persona),
     )
+
+
+def _demonstrations(cfg: DictConfig, persona: Constitution) -> list[dict[str, str]]:
+    """The teacher's example turns (`stage.teacher_demonstrations`), or none."""
+    if not cfg.stage.teacher_demonstrations:
+        return []
+    if not persona.demonstrations:
+        raise ConfigError(
+            f"stage.teacher_demonstrations=true: persona '{persona.name}' has no `demonstrations` (a list of "
+            '{"prompt", "reply"} in its constitution JSON); add some or set stage.teacher_demonstrations=false'
+        )
+    return persona.demonstration_turns()
 
 
 def _finish(

@@ -51,6 +51,8 @@ class PipelineConfig:
     # dict[str, str] nested in a dict (an experiment that rewires one step would fail to compose)
     wiring: dict[str, dict[str, Any]] = field(default_factory=dict)
     step_overrides: dict[str, list[str]] = field(default_factory=dict)
+    # step -> a finished run directory of that stage whose artifacts stand in for the step when it is not in `steps`
+    inputs: dict[str, Optional[str]] = field(default_factory=dict)
     report: bool = True
     metric_step: str = MISSING  # whose headline metric the pipeline returns (what sweeps optimise)
 
@@ -61,6 +63,21 @@ class PipelineStepError(CharlabError):
 
 def step_dir_name(index: int, step: str) -> str:
     return f"{index + 1:02d}_{step}"
+
+
+def _given_inputs(cfg: DictConfig, steps: list[str]) -> dict[str, dict[str, str]]:
+    """The artifacts of finished runs named in `pipeline.inputs` (e.g. one distillation shared by a sweep)."""
+    artifacts: dict[str, dict[str, str]] = {}
+    for step, folder in (cfg.pipeline.inputs or {}).items():
+        if folder is None:
+            continue
+        meta = read_meta(Path(str(folder)).expanduser())
+        if step in steps:
+            raise ConfigError(f"pipeline.inputs.{step}: '{step}' is also in pipeline.steps; give one or the other")
+        if meta.get("status") != "completed" or meta.get("stage") not in (None, step):
+            raise ConfigError(f"pipeline.inputs.{step}={folder}: not a finished '{step}' run directory")
+        artifacts[str(step)] = dict(meta.get("artifacts") or {})
+    return artifacts
 
 
 def read_meta(step_dir: Path) -> dict[str, Any]:
@@ -132,8 +149,9 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     wiring = OmegaConf.to_container(cfg.pipeline.wiring, resolve=True)
     step_overrides = OmegaConf.to_container(cfg.pipeline.step_overrides, resolve=True)
     base = task_overrides() + [f"++logger.group={cfg.persona.name}-pipeline-{root.name}"]
-    artifacts: dict[str, dict[str, str]] = {}
-    state: dict[str, Any] = {"root": str(root), "steps": {}}
+    artifacts = _given_inputs(cfg, steps)
+    given = {step: folder for step, folder in cfg.pipeline.inputs.items() if folder}
+    state: dict[str, Any] = {"root": str(root), "steps": {}, "inputs": given}
     for index, step in enumerate(steps):
         step_dir = root / step_dir_name(index, step)
         meta = read_meta(step_dir)
