@@ -36,6 +36,7 @@ from omegaconf import DictConfig
 
 from charlab import distributed, torchrun_logs
 from charlab.errors import CharlabError, ConfigError
+from charlab.settings import PACKAGE_DIR
 
 log = logging.getLogger("charlab")
 DATA_PARALLEL_STAGES = ("dpo", "sft")
@@ -149,7 +150,8 @@ def launch(cfg: DictConfig, output_dir: Path) -> Optional[float]:
     if resolve_device(str(cfg.backend.device)).startswith("cuda"):
         POOL.release_gpu()  # a vLLM server of this pipeline would hold the GPUs' memory
     overrides = list(HydraConfig.get().overrides.task)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(_root()), os.environ.get("PYTHONPATH")) if p)}
+    here = str(PACKAGE_DIR.parent)  # the ranks import this very charlab
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}
     previous = _read_meta(output_dir).get("started_at")  # a resumed step's folder holds an older run's meta.json
     where = f"node {g.node_rank} of {g.nnodes}, " if g.nnodes > 1 else ""
     for attempt in (1, 2):
@@ -182,9 +184,3 @@ def _read_meta(run_dir: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except ValueError:
         return {}
-
-
-def _root() -> Path:
-    from charlab.settings import project_root
-
-    return project_root()

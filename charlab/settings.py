@@ -1,7 +1,11 @@
 """Settings from the environment: the project root, the `.env` file, and OmegaConf resolvers.
 
-`.env` (git-ignored; see `.env.example`) is read once at start, before the config is composed, so its
-values reach `${oc.env:...}` defaults. Variables already set in the environment win over the file.
+`.env` (git-ignored; see `.env.example`) is read once at start (`charlab.app.setup()`), before the config is
+composed, so its values reach `${oc.env:...}` defaults. Variables already set in the environment win over the
+file. Nothing here runs at import.
+
+The config tree and the bundled constitutions ship inside the package (`charlab/configs`, `charlab/constitutions`:
+in a checkout, links to the top-level `configs/` and `constitutions/`), so an installed wheel has them too.
 """
 
 from __future__ import annotations
@@ -18,13 +22,15 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def project_root() -> Path:
-    """The checkout holding `configs/` (charlab is installed editable); the package's parent otherwise."""
-    return PACKAGE_DIR.parent
+    """Where runs, `.env` and `.venv-vllm` live: the checkout charlab is imported from (an editable install, or a
+    worktree on `PYTHONPATH`); for an installed wheel, the directory it is run from."""
+    checkout = PACKAGE_DIR.parent
+    return checkout if (checkout / "pyproject.toml").is_file() else Path.cwd()
 
 
 def configs_dir() -> Path:
-    """The Hydra config tree."""
-    return project_root() / "configs"
+    """The Hydra config tree (inside the package)."""
+    return PACKAGE_DIR / "configs"
 
 
 def assets_dir() -> Path:
@@ -54,9 +60,12 @@ def safe_path_part(value: object) -> str:
 
 
 def register_resolvers() -> None:
-    """Config resolvers: `${charlab_root:}`, `${uid:}` (a per-process unique suffix), `${safe:x}` (folder-safe)."""
+    """Config resolvers: `${charlab_root:}` (`project_root()`), `${charlab_package:}` (the package folder), `${uid:}`
+    (a per-process unique suffix), `${safe:x}` (folder-safe)."""
     if not OmegaConf.has_resolver("charlab_root"):
         OmegaConf.register_new_resolver("charlab_root", lambda: str(project_root()))
+    if not OmegaConf.has_resolver("charlab_package"):
+        OmegaConf.register_new_resolver("charlab_package", lambda: str(PACKAGE_DIR))
     if not OmegaConf.has_resolver("uid"):
         # cached: every use in one composed config (and Hydra's sweep copies) sees the same value
         OmegaConf.register_new_resolver("uid", _unique_id, use_cache=True)

@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from charlab.settings import load_env_file, register_resolvers
+from charlab.settings import configs_dir, load_env_file, register_resolvers
 
 load_env_file()
 register_resolvers()
@@ -129,7 +129,7 @@ def fail(err: CharlabError) -> NoReturn:
     raise SystemExit(2) from None
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(configs_dir()), config_name="train")
 def hydra_main(cfg: DictConfig) -> Optional[float]:
     """Hydra entry point: run the composed config's stage."""
     try:
