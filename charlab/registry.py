@@ -53,12 +53,17 @@ def register_stage(name: str, schema: Optional[type] = None, description: str = 
 
     def decorator(fn: StageFn) -> StageFn:
         existing = _STAGES.get(name)
-        if existing is not None and existing.run is not fn and existing.run.__qualname__ != fn.__qualname__:
-            raise ValueError(f"stage {name!r} is registered twice")
+        if existing is not None and _where(existing.run) != _where(fn):  # the same module loaded again is no clash
+            raise ValueError(f"stage {name!r} is registered twice: by {_where(existing.run)} and by {_where(fn)}")
         _STAGES[name] = StageSpec(name, fn, schema, description or (fn.__doc__ or "").strip().split("\n")[0])
         return fn
 
     return decorator
+
+
+def _where(fn: StageFn) -> str:
+    """`module.qualname` of a stage function: every stage's function is called `run`, its module tells them apart."""
+    return f"{fn.__module__}.{fn.__qualname__}"
 
 
 def registered_stages() -> list[str]:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from charlab.registry import get_stage, registered_stages
+from charlab import registry
+from charlab.registry import StageResult, get_stage, register_stage, registered_stages
 
 ENV_SECRET = "sk-env-SECRET-0123456789abcdef"
 CLI_SECRET = "sk-cli-SECRET-fedcba9876543210"
@@ -23,6 +24,36 @@ def test_unknown_stage_lists_the_registered_ones() -> None:
     with pytest.raises(Exception) as err:
         get_stage("nope")
     assert "registered stages:" in str(err.value) and "show" in str(err.value)
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """The registry emptied for one test and restored after it."""
+    stages: dict = {}
+    monkeypatch.setattr(registry, "_STAGES", stages)
+    return stages
+
+
+def _stage_fn(module: str):
+    """A stage function named `run`, as every stage's is, defined in `module`."""
+
+    def run(cfg, run) -> StageResult:  # noqa: ANN001
+        return StageResult()
+
+    run.__module__, run.__qualname__ = module, "run"
+    return run
+
+
+@pytest.mark.unit
+def test_registering_a_stage_name_twice_is_an_error(scratch_registry: dict) -> None:
+    first, second = _stage_fn("charlab.stages.first"), _stage_fn("charlab.stages.second")
+    register_stage("x")(first)
+    with pytest.raises(ValueError, match="stage 'x' is registered twice: by charlab.stages.first.run and by "):
+        register_stage("x")(second)
+    assert scratch_registry["x"].run is first  # the first registration stays
+    register_stage("x")(first)  # the same function again (a module imported twice) is no clash
+    register_stage("x")(_stage_fn("charlab.stages.first"))  # nor the same module reloaded (Streamlit, importlib)
+    assert list(scratch_registry) == ["x"]
 
 
 @pytest.mark.integration
