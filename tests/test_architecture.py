@@ -67,13 +67,11 @@ KNOWN_CYCLES: set[frozenset[str]] = {
 KNOWN_UP_EDGES: set[tuple[str, str]] = {
     ("charlab.compose", "charlab.train"),
     ("charlab.config_store", "charlab.stages.pipeline"),
-    ("charlab.generation.api", "charlab.compose"),
     ("charlab.registry", "charlab.stages"),
-    ("charlab.training.api", "charlab.compose"),
 }
 KNOWN_BELOW_TRAIN = {
-    "charlab.generation.api", "charlab.training.api", "charlab.stages.capability", "charlab.stages.classifier",
-    "charlab.stages.coherence", "charlab.stages.elo", "charlab.stages.pipeline", "charlab.stages.revealed",
+    "charlab.stages.capability", "charlab.stages.classifier", "charlab.stages.coherence", "charlab.stages.elo",
+    "charlab.stages.pipeline", "charlab.stages.revealed",
 }  # fmt: skip
 KNOWN_TRAIN_IMPORTERS: set[str] = {"charlab.compose", "charlab.studio.configs"}
 KNOWN_STAGE_TO_STAGE: set[tuple[str, str]] = {

@@ -350,7 +350,7 @@ def test_streaming_distill_killed_mid_run_then_resumed_requests_only_what_is_mis
 @pytest.mark.integration
 def test_python_api_generate_dpo_pairs(tmp_path):
     from charlab import GenerationConfig, generate_dpo_pairs
-    from charlab.generation.api import overrides_for
+    from charlab.api import overrides_for
 
     config = GenerationConfig(
         persona="pirate",

@@ -166,7 +166,7 @@ def test_a_killed_run_resumes_from_its_newest_checkpoint_to_the_same_final_loss(
 
 
 def test_the_python_api_runs_the_same_stage(tmp_path) -> None:
-    from charlab.training.api import TrainingConfig, run_dpo_training
+    from charlab.api import TrainingConfig, run_dpo_training
 
     pairs = write_pairs(tmp_path / "my pairs.jsonl", n=8)
     config = TrainingConfig(
