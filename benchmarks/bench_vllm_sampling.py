@@ -56,9 +56,11 @@ def timed(sampler, prompts, params: SamplingParams) -> tuple[float, int]:
 
 def provider_setup(kind: str, model_name: str) -> tuple[dict, object, Path]:
     """(the `student` provider as composed for `provider@student=<kind>`, the run's model, the model cache)."""
+    from charlab.app import setup
     from charlab.compose import composed
     from charlab.stages._common import cache_dir, model_config, to_plain
 
+    setup()
     overrides = [f"provider@student={kind}", f"model={model_name}", "logger=none"]
     with composed(overrides, Path(tempfile.mkdtemp()), log=False) as cfg:
         return to_plain(cfg.student), model_config(cfg.model), cache_dir(cfg)

@@ -1,7 +1,8 @@
 """The seed project's Python API for the stages that run through Hydra: `generate_dpo_pairs` and `run_dpo_training`.
 
 Each call composes exactly the config `python -m charlab.train <overrides>` would (fields left at None keep the YAML
-defaults; `overrides` passes any other `key=value`) and runs it through `charlab.runner`, so the CLI, the Studio and
+defaults; `overrides` passes any other `key=value`) and runs it through `charlab.runner` (after
+`charlab.app.setup()`), so the CLI, the Studio and
 this API make the same run directory:
 
     from charlab import GenerationConfig, generate_dpo_pairs, TrainingConfig, run_dpo_training
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from charlab.app import setup
 from charlab.errors import ConfigError
 from charlab.settings import configs_dir, safe_path_part
 
@@ -88,8 +90,9 @@ def overrides_for(config: GenerationConfig) -> list[str]:
 
 def generate_dpo_pairs(config: GenerationConfig) -> Path:
     """Run `stage=distill` as the CLI would and return the path of its `pairs.jsonl`."""
-    from charlab.compose import run_overrides
+    from charlab.runner import run_overrides
 
+    setup()
     output_dir = Path(config.output_dir).expanduser() if config.output_dir else None
     _, run_dir = run_overrides(overrides_for(config), output_dir)
     return run_dir / "pairs.jsonl"
@@ -136,8 +139,10 @@ def run_dpo_training(config: TrainingConfig) -> Path:
     """Train a DPO adapter as `stage=dpo` would; returns the adapter folder."""
     from omegaconf import OmegaConf
 
-    from charlab.compose import composed, run_overrides
+    from charlab.compose import composed
+    from charlab.runner import run_overrides
 
+    setup()
     overrides = config.to_overrides()
     output_dir = None
     if config.save_name and safe_path_part(config.save_name) != config.save_name:

@@ -2,7 +2,8 @@
 
 The pipeline (one step at a time), the Python API (`generate_dpo_pairs`, `run_dpo_training`, ...) and the
 Studio use this instead of the `@hydra.main` entry point (which parses `sys.argv`). Works inside a running
-Hydra app too: Hydra's global state and `HydraConfig` are restored afterwards.
+Hydra app too: Hydra's global state and `HydraConfig` are restored afterwards. Call `charlab.app.setup()` once
+before (it registers the resolvers and schemas the config tree uses).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from charlab.settings import configs_dir, register_resolvers
+from charlab.settings import configs_dir
 
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
@@ -29,9 +30,8 @@ def composed(
 ) -> Iterator[DictConfig]:
     """The composed config; while inside, `HydraConfig` points at `output_dir` (default: Hydra's `run.dir`)
     and, with `log`, the directory exists and the stage log goes to `<output_dir>/train.log`."""
-    import charlab.train  # noqa: F401  (resolvers, schemas and stages are registered on import)
-
-    register_resolvers()
+    if not OmegaConf.has_resolver("charlab_root"):
+        raise RuntimeError("composing a charlab config needs charlab.app.setup() first")
     backup = get_gh_backup()
     previous = HydraConfig.instance().cfg  # type: ignore[attr-defined]
     handler: Optional[logging.Handler] = None
@@ -60,12 +60,3 @@ def composed(
             handler.close()
         restore_gh_from_backup(backup)
         HydraConfig.instance().cfg = previous  # type: ignore[attr-defined]
-
-
-def run_overrides(overrides: list[str], output_dir: Optional[Path] = None) -> tuple[Optional[float], Path]:
-    """Run one stage exactly as the CLI would; returns (its headline metric, its run directory)."""
-    from charlab.train import execute
-
-    with composed(overrides, output_dir) as cfg:
-        run_dir = Path(cfg.hydra.runtime.output_dir)
-        return execute(cfg, run_dir), run_dir

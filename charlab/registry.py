@@ -1,10 +1,13 @@
 """The stage registry: a stage registers its `run(cfg, run)` function (and config schema) by name.
 
-`charlab.train` dispatches `cfg.stage.name` through it; `registered_stages()` drives listings and errors.
+`charlab.runner` dispatches `cfg.stage.name` through it; `registered_stages()` drives listings and errors.
 A stage is a plain function, not a class hierarchy:
 
     @register_stage("show", schema=ShowStageConfig, description="print the persona")
     def run(cfg: DictConfig, run: Run) -> StageResult: ...
+
+Stage modules register themselves when imported; `charlab.stages.load_stages()` (through `charlab.app.setup()`)
+imports them. The registry imports no stage.
 """
 
 from __future__ import annotations
@@ -43,19 +46,24 @@ class StageSpec:
     run: StageFn
     schema: Optional[type] = None
     description: str = ""
+    schemas: dict[str, type] = field(default_factory=dict)  # further ConfigStore schemas: `schemas/<key>`
 
 
 _STAGES: dict[str, StageSpec] = {}
 
 
-def register_stage(name: str, schema: Optional[type] = None, description: str = "") -> Callable[[StageFn], StageFn]:
-    """Decorator: register `fn` as stage `name` (its YAML is `configs/stage/<name>.yaml`)."""
+def register_stage(
+    name: str, schema: Optional[type] = None, description: str = "", schemas: Optional[dict[str, type]] = None
+) -> Callable[[StageFn], StageFn]:
+    """Decorator: register `fn` as stage `name` (its YAML is `configs/stage/<name>.yaml`); `schemas`: further
+    ConfigStore nodes its YAML uses (`{"pipeline": PipelineConfig}` is stored as `schemas/pipeline`)."""
 
     def decorator(fn: StageFn) -> StageFn:
         existing = _STAGES.get(name)
         if existing is not None and _where(existing.run) != _where(fn):  # the same module loaded again is no clash
             raise ValueError(f"stage {name!r} is registered twice: by {_where(existing.run)} and by {_where(fn)}")
-        _STAGES[name] = StageSpec(name, fn, schema, description or (fn.__doc__ or "").strip().split("\n")[0])
+        summary = description or (fn.__doc__ or "").strip().split("\n")[0]
+        _STAGES[name] = StageSpec(name, fn, schema, summary, dict(schemas or {}))
         return fn
 
     return decorator
@@ -68,20 +76,18 @@ def _where(fn: StageFn) -> str:
 
 def registered_stages() -> list[str]:
     """Names of every registered stage, sorted."""
-    import charlab.stages  # noqa: F401  (importing the package registers the stages)
-
     return sorted(_STAGES)
 
 
 def get_stage(name: str) -> StageSpec:
     """The stage called `name`, or a one-line error listing the registered ones."""
-    stages = registered_stages()
+    if not _STAGES:
+        raise RuntimeError("no stages are registered: call charlab.app.setup() first")
     if name not in _STAGES:
-        raise ConfigError(f"stage {name!r} is not registered; registered stages: {', '.join(stages)}")
+        raise ConfigError(f"stage {name!r} is not registered; registered stages: {', '.join(registered_stages())}")
     return _STAGES[name]
 
 
 def all_stages() -> list[StageSpec]:
     """Every registered stage (for listings and the ConfigStore)."""
-    registered_stages()
     return [_STAGES[n] for n in sorted(_STAGES)]

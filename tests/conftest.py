@@ -27,11 +27,12 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 
-import charlab.train  # noqa: E402,F401  (registers resolvers, schemas and stages)
+from charlab.app import setup  # noqa: E402
 from charlab.models import default_cache_dir  # noqa: E402
 from charlab.schemas import ModelConfig  # noqa: E402
 from charlab.settings import configs_dir, project_root  # noqa: E402
 
+setup()  # .env, resolvers, stages and schemas, as the CLI's main() does
 ROOT = project_root()
 
 
@@ -138,7 +139,7 @@ def compose_cfg(tmp_path: Path, cache_dir: Path) -> Callable[..., DictConfig]:
 @pytest.fixture
 def run_stage(compose_cfg: Callable[..., DictConfig]) -> Callable[..., tuple[Optional[float], Path]]:
     """`run_stage(["stage=show", ...])` -> (metric, run directory), run in-process like the CLI would."""
-    from charlab.train import execute
+    from charlab.runner import execute
 
     def _run(overrides: list[str], name: str = "run") -> tuple[Optional[float], Path]:
         cfg = compose_cfg(overrides, name=name)

@@ -60,26 +60,18 @@ KNOWN_LONG_FUNCTIONS = {
     "charlab/studio/forms.py:stage_form",
 }
 KNOWN_CYCLES: set[frozenset[str]] = {
-    frozenset({"charlab.compose", "charlab.train", "charlab.stages.pipeline", "charlab.config_store"}),
     frozenset({"charlab.constitution", "charlab.constitution_import"}),
     frozenset({"charlab.data.generic_sources", "charlab.data.prompts"}),
 }
-KNOWN_UP_EDGES: set[tuple[str, str]] = {
-    ("charlab.compose", "charlab.train"),
-    ("charlab.config_store", "charlab.stages.pipeline"),
-    ("charlab.registry", "charlab.stages"),
-}
-KNOWN_BELOW_TRAIN = {
-    "charlab.stages.capability", "charlab.stages.classifier", "charlab.stages.coherence", "charlab.stages.elo",
-    "charlab.stages.pipeline", "charlab.stages.revealed",
-}  # fmt: skip
-KNOWN_TRAIN_IMPORTERS: set[str] = {"charlab.compose", "charlab.studio.configs"}
+KNOWN_UP_EDGES: set[tuple[str, str]] = set()
+KNOWN_BELOW_TRAIN: set[str] = set()
+KNOWN_TRAIN_IMPORTERS: set[str] = set()
 KNOWN_STAGE_TO_STAGE: set[tuple[str, str]] = {
     ("charlab.stages.export", "charlab.stages.sft"),
     ("charlab.stages.introspect", "charlab.stages.distill"),
     ("charlab.stages.sft", "charlab.stages.dpo"),
 }
-KNOWN_SIDE_EFFECTS: set[str] = {"charlab.train"}
+KNOWN_SIDE_EFFECTS: set[str] = set()
 
 
 @pytest.fixture(scope="module")

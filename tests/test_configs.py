@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from charlab.config_checks import RULES, check_config
 from charlab.errors import ConfigError
-from charlab.settings import configs_dir
+from charlab.settings import PACKAGE_DIR, configs_dir
 from tests.conftest import compose_config
 
 pytestmark = pytest.mark.unit
@@ -156,3 +156,26 @@ def test_seed_environment_variables_are_defaults(tmp_path: Path, monkeypatch: py
     assert cfg.teacher.model == "meta-llama/Llama-3.1-70B-Instruct"
     assert cfg.student.model is None
     assert cfg.persona.file == f"{tmp_path}/pirate.json"
+
+
+def test_setup_is_idempotent_and_loads_every_stage_with_its_schema() -> None:
+    """`charlab.app.setup()` (conftest ran it) registered every stage module's stage and stored its schema; a second
+    call changes nothing. Every module under `charlab/stages/` that registers a stage is listed in `STAGE_MODULES`."""
+    from hydra.core.config_store import ConfigStore
+
+    from charlab import registry
+    from charlab.app import setup
+    from charlab.stages import STAGE_MODULES
+
+    registering = {
+        f"charlab.stages.{p.stem}"
+        for p in (PACKAGE_DIR / "stages").glob("*.py")
+        if "@register_stage(" in p.read_text(encoding="utf-8")
+    }
+    assert registering == set(STAGE_MODULES)
+    before = dict(registry._STAGES)
+    setup()
+    assert registry._STAGES == before
+    assert {spec.run.__module__ for spec in registry.all_stages()} == set(STAGE_MODULES)
+    stored = set(ConfigStore.instance().repo["schemas"])
+    assert {f"stage_{name}.yaml" for name in registry.registered_stages()} | {"pipeline.yaml"} <= stored

@@ -17,8 +17,9 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+from charlab.runner import resolve_config
 from charlab.settings import project_root
-from charlab.train import check_command_line, resolve_config
+from charlab.train import check_command_line
 from tests.conftest import compose_config
 
 ROOT = project_root()

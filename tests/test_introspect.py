@@ -220,7 +220,7 @@ def test_introspect_keeping_nothing_stops_with_the_counts_and_never_overwrites(r
     assert "\n" not in message and message.startswith("introspect kept 0 of 4 records")
     assert "(truncated 4;" in message and "raise student.max_new_tokens" in message
     assert json.loads((out / "meta.json").read_text())["status"] == "failed"
-    from charlab.train import execute
+    from charlab.runner import execute
 
     cfg = compose_cfg(["stage=introspect", "model=tiny", "stage.adapter=null"], name="run")
     (out / "introspection.jsonl").write_text('{"prompt": "x", "reflection": "y"}\n')

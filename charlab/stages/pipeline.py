@@ -23,10 +23,11 @@ from typing import Any, Optional
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from charlab.compose import composed, run_overrides
+from charlab.compose import composed
 from charlab.errors import CharlabError, ConfigError
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_json
+from charlab.runner import run_overrides
 from charlab.schemas import StageConfig
 from charlab.stages.handoff import PROVIDER_ROLES, handoff_overrides
 
@@ -133,7 +134,10 @@ def _print_estimate(cfg: DictConfig) -> None:
 
 
 @register_stage(
-    "pipeline", schema=PipelineStageConfig, description="distill -> dpo -> introspect -> sft -> export -> eval"
+    "pipeline",
+    schema=PipelineStageConfig,
+    description="distill -> dpo -> introspect -> sft -> export -> eval",
+    schemas={"pipeline": PipelineConfig},
 )
 def run(cfg: DictConfig, run: Run) -> StageResult:
     """Run the configured steps in order inside one run directory."""

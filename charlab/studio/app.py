@@ -15,8 +15,10 @@ from pathlib import Path
 
 import streamlit as st
 
+from charlab.app import setup
 from charlab.studio import ui
 
+setup()  # .env, resolvers, stages and schemas (pages run without this script in tests: configs.compose calls it too)
 HERE = Path(__file__).resolve().parent
 PAGES = [
     ("views/home.py", "Home", ":material/home:"),

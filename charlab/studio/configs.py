@@ -69,8 +69,10 @@ class FieldSpec:
 
 
 def _import_charlab() -> None:
-    """Resolvers, schemas and stages are registered when `charlab.train` is imported."""
-    import charlab.train  # noqa: F401
+    """Wire the process (`.env`, resolvers, stages, schemas) before composing: `charlab.app.setup()`."""
+    from charlab.app import setup
+
+    setup()
 
 
 def group_dir(group: str) -> str:
