@@ -56,7 +56,7 @@ def rank_device(device: str) -> str:
     return f"cuda:{w.local_rank}" if device == "cuda" and w.size > 1 else device
 
 
-def init(device: str, timeout_s: float = 3600.0) -> None:
+def init(device: str, timeout_s: float) -> None:
     """Join the process group (once): gloo for CPU tensors, NCCL for CUDA ones. A no-op for one process."""
     import torch
     import torch.distributed as dist

@@ -50,13 +50,13 @@ class LocalBackendConfig:
     gradient_checkpointing: bool = MISSING
     num_threads: Optional[int] = None
     attn_implementation: Optional[str] = None  # sdpa | eager | flash_attention_2 | None (transformers' default)
-    nproc_per_node: int = 1  # >1: charlab runs the training stage under torchrun with this many processes
-    nnodes: int = 1  # machines in the group (the same command runs on each, with its own node_rank)
-    node_rank: int = 0
+    nproc_per_node: int = MISSING  # >1: charlab runs the training stage under torchrun with this many processes
+    nnodes: int = MISSING  # machines in the group (the same command runs on each, with its own node_rank)
+    node_rank: int = MISSING
     master_addr: Optional[str] = None  # node 0's address (required when nnodes > 1); None: 127.0.0.1
     master_port: Optional[int] = None  # None: a free port (one node) or 29500 (several)
     torchrun_args: list[str] = field(default_factory=list)  # further torchrun flags (e.g. a c10d rendezvous)
-    distributed_timeout_s: float = 3600.0  # how long a rank waits for the others (rank 0 alone evaluates)
+    distributed_timeout_s: float = MISSING  # how long a rank waits for the others (rank 0 alone evaluates)
 
 
 @dataclass

@@ -117,6 +117,22 @@ def test_attack_jobs_and_in_persona_rates() -> None:
     assert rates["none"]["rate"] == 0.5 and rates["suffix_00"]["rate"] == 0.0
 
 
+@pytest.mark.unit
+def test_the_seed_api_defaults_are_the_yamls() -> None:
+    """`ClassifierConfig` fields left unset take configs/eval/default.yaml's `classifier_*` values, the stage's
+    defaults (the method was `finetune` in code and `embedding` in the YAML); a value passed in wins."""
+    from omegaconf import OmegaConf
+
+    from charlab.eval.persona_classifier import YAML_KEYS, ClassifierConfig
+    from charlab.settings import configs_dir
+
+    yaml = OmegaConf.load(configs_dir() / "eval" / "default.yaml")
+    config = ClassifierConfig(train_path=Path("pairs.jsonl"))
+    assert {name: getattr(config, name) for name in YAML_KEYS} == {name: yaml[key] for name, key in YAML_KEYS.items()}
+    assert config.method == yaml.classifier_method == "embedding"
+    assert ClassifierConfig(train_path=Path("pairs.jsonl"), method="finetune", num_epochs=1).method == "finetune"
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("method", ["finetune", "embedding"])
 def test_train_classifier_minilm_separates_held_out_prompts(

@@ -179,3 +179,21 @@ def test_setup_is_idempotent_and_loads_every_stage_with_its_schema() -> None:
     assert {spec.run.__module__ for spec in registry.all_stages()} == set(STAGE_MODULES)
     stored = set(ConfigStore.instance().repo["schemas"])
     assert {f"stage_{name}.yaml" for name in registry.registered_stages()} | {"pipeline.yaml"} <= stored
+
+
+@pytest.mark.parametrize("option", ["local", "tinker"])
+def test_a_backend_value_the_yaml_sets_has_no_second_default_in_its_schema(option: str) -> None:
+    """The YAML is the one default: a schema field it sets is MISSING there (only `kind`, the discriminator, and
+    `None` for "not set" may have a value). `nproc_per_node: int = 1` beside the YAML's 1 was such a second copy."""
+    import dataclasses
+
+    from charlab.schemas import LocalBackendConfig, TinkerBackendConfig
+
+    schema = {"local": LocalBackendConfig, "tinker": TinkerBackendConfig}[option]
+    yaml_keys = set(OmegaConf.load(configs_dir() / "backend" / f"{option}.yaml")) - {"defaults", "kind"}
+    doubled = {
+        f.name: f.default
+        for f in dataclasses.fields(schema)
+        if f.name in yaml_keys and f.default not in ("???", None) and f.default_factory is dataclasses.MISSING
+    }
+    assert not doubled, f"{schema.__name__} defaults that configs/backend/{option}.yaml also sets: {doubled}"

