@@ -7,10 +7,11 @@ held-out prompts beside base; the persona classifier (trained on the pairs, as i
 "tuned is in character and coherent": more in persona than base by a paired 95% bootstrap CI, and its loop rate
 and relevance not worse than base's beyond theirs.
 
-Injected faults, seen to fail: DPO with `stage.lr=1e-9` (the adapter stays ~zero, tuned == base): "no clear
-difference between tuned and base"; the distillation's old caricature recipe (`stage.teacher_demonstrations=false
-stage.answer_prefill='Arr, matey! ' stage.best_of=4`, lr 3e-4 and beta 0.5: a model that loops): "in persona, but
-not coherent". Measured with the demo preset as landed: see the note at the end of this file.
+Injected faults, each seen to fail (`reduced_demo(*extra)`): `demo.dpo_lr=1e-9` (the adapter stays ~zero):
+"no clear difference between tuned and base" (0.06 vs 0.06 in persona); the old caricature recipe (distill with
+`stage.answer_prefill='Arr, matey! '` and `stage.best_of=4` instead of demonstrations, `demo.dpo_lr=3e-4`): "in
+persona, but not coherent: 6 of 16 replies loop; relevance 0.75 vs 1.00; MiniLM relevance 0.56 vs 1.00".
+Measured with the demo preset as landed: passes in 178 s on 2 cores (the old prefill test took 301 s).
 """
 
 from __future__ import annotations
