@@ -61,7 +61,6 @@ KNOWN_LONG_FUNCTIONS = {
 }
 KNOWN_CYCLES: set[frozenset[str]] = {
     frozenset({"charlab.constitution", "charlab.constitution_import"}),
-    frozenset({"charlab.data.generic_sources", "charlab.data.prompts"}),
 }
 KNOWN_UP_EDGES: set[tuple[str, str]] = set()
 KNOWN_BELOW_TRAIN: set[str] = set()

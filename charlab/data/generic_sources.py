@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from charlab.data.prompt_text import unique
 from charlab.errors import DataError
 from charlab.settings import assets_dir
 
@@ -23,8 +24,6 @@ FILE_SUFFIXES = (".txt", ".json", ".jsonl", ".parquet")
 
 def load_generic(source: str, field_name: str = "prompt") -> list[str]:
     """The distinct generic prompts of `source` (see the module docstring)."""
-    from charlab.data.prompts import unique  # the one dedupe-by-id rule (prompts imports this module)
-
     if source == "bundled":
         return unique((assets_dir() / "generic_prompts.txt").read_text(encoding="utf-8").splitlines())
     path = Path(source).expanduser()

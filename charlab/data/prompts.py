@@ -17,7 +17,6 @@ prompt's id is a hash of its text, so a resumed run finds the same ids.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Optional
 from charlab.constitution import Constitution
 from charlab.data import prompt_pools as pools
 from charlab.data.generic_sources import load_generic
+from charlab.data.prompt_text import normalize, prompt_id, unique
 from charlab.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # the data layer only needs the interface's shape; any sampler will do
@@ -62,28 +62,6 @@ class PromptSpec:
     hint_rate: float = 0.0
     seed: int = 0
     persona_sources: list[str] = field(default_factory=lambda: list(PERSONA_SOURCES))
-
-
-def normalize(text: str) -> str:
-    """Whitespace collapsed, ends stripped."""
-    return " ".join(str(text).split())
-
-
-def prompt_id(text: str) -> str:
-    """A stable id from the prompt's text (case and spacing insensitive)."""
-    return "p" + hashlib.sha1(normalize(text).lower().encode("utf-8")).hexdigest()[:12]
-
-
-def unique(texts: Sequence[str]) -> list[str]:
-    """Exact duplicates (same id) removed, first occurrence kept, order preserved."""
-    seen: set[str] = set()
-    out = []
-    for text in texts:
-        key = prompt_id(text)
-        if normalize(text) and key not in seen:
-            seen.add(key)
-            out.append(normalize(text))
-    return out
 
 
 # ------------------------------------------------------------------------------------------ generic prompts

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 from charlab import distributed
 from charlab.chat_format import ChatFormat, make_messages
-from charlab.data.prompts import prompt_id
+from charlab.data.prompt_text import prompt_id
 from charlab.data.records import DpoExample
 from charlab.training.backend import LossFn, TokenSequence, TrainingBackend
 
