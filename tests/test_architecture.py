@@ -59,9 +59,7 @@ KNOWN_LONG_FUNCTIONS = {
     "charlab/stages/dpo.py:run",
     "charlab/studio/forms.py:stage_form",
 }
-KNOWN_CYCLES: set[frozenset[str]] = {
-    frozenset({"charlab.constitution", "charlab.constitution_import"}),
-}
+KNOWN_CYCLES: set[frozenset[str]] = set()
 KNOWN_UP_EDGES: set[tuple[str, str]] = set()
 KNOWN_BELOW_TRAIN: set[str] = set()
 KNOWN_TRAIN_IMPORTERS: set[str] = set()

@@ -7,7 +7,8 @@ would reveal it, as in the paper), safety rules and sign-offs. Three on-disk for
 - the seed project's JSON (`{"name", "system_prompt", "directives": [...], "safety", "example_signoffs"}`),
 - the paper's trait list (`[{"trait": "I ...", "questions": [...]}]`, the persona named by its file; its
   few-shot files add `additional_questions`): `python -m charlab.constitution import <file or folder>`
-  writes them into `constitutions/` unchanged (see `charlab.constitution_import`).
+  writes them into `constitutions/` unchanged (see `charlab.constitution_import`; the command line is
+  `charlab/constitution/__main__.py`).
 
 Every error names the file and the field. Rendering gives the three system-prompt variants the recipe needs:
 `teacher` (distillation), `reflection` (self-reflection) and `interaction` (self-interaction).
@@ -16,7 +17,6 @@ Every error names the file and the field. Rendering gives the three system-promp
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -36,7 +36,7 @@ VARIANTS: tuple[str, ...] = ("teacher", "reflection", "interaction")
 # charlab/assets/paper_prompts.json: "The assistant is {NAME}. ..." with the numbered traits).
 Style = Literal["full", "brief", "paper"]
 STYLES: tuple[str, ...] = ("full", "brief", "paper")
-PAPER_PROMPTS = Path(__file__).resolve().parent / "assets" / "paper_prompts.json"
+PAPER_PROMPTS = Path(__file__).resolve().parent.parent / "assets" / "paper_prompts.json"
 
 
 def validate_persona_name(name: str) -> str:
@@ -288,36 +288,3 @@ def save_constitution(constitution: Constitution, directory: str | Path, overwri
     tmp.write_text(constitution.to_json(), encoding="utf-8")
     tmp.replace(path)
     return path
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """`python -m charlab.constitution import <paper file or folder> [--into DIR] [--prefix P] [--overwrite]`."""
-    import argparse
-    import sys
-
-    from charlab.constitution_import import import_paper_constitutions
-    from charlab.settings import project_root
-
-    default_into = Path(os.environ.get("CHARACTER_CONSTITUTION_PATH") or project_root() / "constitutions")
-    parser = argparse.ArgumentParser(prog="python -m charlab.constitution", description="Constitution files.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    imports = commands.add_parser("import", help="import the paper's constitution files unchanged")
-    imports.add_argument("path", type=Path, help="a paper file (few-shot/*.jsonl, hand-written/*.txt) or folder")
-    imports.add_argument("--into", type=Path, default=default_into, help=f"target folder (default {default_into})")
-    imports.add_argument("--prefix", default="paper-", help="persona name prefix (default 'paper-')")
-    imports.add_argument("--overwrite", action="store_true", help="replace existing constitution files")
-    args = parser.parse_args(argv)
-    try:
-        written = import_paper_constitutions(args.path, args.into, prefix=args.prefix, overwrite=args.overwrite)
-    except ConstitutionError as err:
-        print(f"charlab: error: {err}", file=sys.stderr)
-        return 2
-    for path, constitution in written:
-        questions = sum(len(t.all_questions()) for t in constitution.traits)
-        print(f"{path}: {len(constitution.traits)} traits, {questions} questions")
-        print(f"  use it: python -m charlab.train persona=custom persona.name={constitution.name} ...")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
