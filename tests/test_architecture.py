@@ -63,11 +63,7 @@ KNOWN_CYCLES: set[frozenset[str]] = set()
 KNOWN_UP_EDGES: set[tuple[str, str]] = set()
 KNOWN_BELOW_TRAIN: set[str] = set()
 KNOWN_TRAIN_IMPORTERS: set[str] = set()
-KNOWN_STAGE_TO_STAGE: set[tuple[str, str]] = {
-    ("charlab.stages.export", "charlab.stages.sft"),
-    ("charlab.stages.introspect", "charlab.stages.distill"),
-    ("charlab.stages.sft", "charlab.stages.dpo"),
-}
+KNOWN_STAGE_TO_STAGE: set[tuple[str, str]] = set()
 KNOWN_SIDE_EFFECTS: set[str] = set()
 
 

@@ -1,14 +1,21 @@
-"""The settings DPO and SFT share: one schema for the training loop, and its conversion to `LoopConfig`."""
+"""What DPO and SFT share: one schema for the training loop and its conversion to `LoopConfig`, the pairs reader,
+and the name of the file the SFT stage hands the export stage for its distillation-gap measure."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig
 
+from charlab.data.jsonl import read_jsonl
+from charlab.data.records import DpoExample
+from charlab.errors import DataError
 from charlab.schemas import StageConfig
 from charlab.training.loop import LoopConfig
+
+GAP_FILE = "gap_conversations.jsonl"  # sft writes it beside the adapter; export measures the gap on it
 
 
 @dataclass
@@ -65,3 +72,18 @@ def remote_forms(backend: Any, artifact: str = "adapter") -> dict[str, str]:
     Tinker; none locally), which the pipeline's handoffs pass on to later steps."""
     remote = getattr(backend, "remote_artifacts", None)
     return {f"{artifact}_{form}": path for form, path in (remote() if remote else {}).items()}
+
+
+def read_pairs(path: Path) -> tuple[Path, list[DpoExample]]:
+    """The pairs file (`path`, or `path/pairs.jsonl` for a run directory) and its pairs; one-line errors."""
+    if path.is_dir():
+        path = path / "pairs.jsonl"
+    try:
+        pairs = read_jsonl(path, DpoExample)
+    except DataError as err:
+        raise DataError(f"stage.pairs: {err}") from None
+    for row, pair in enumerate(pairs, 1):
+        for key in ("prompt", "chosen", "rejected"):
+            if not isinstance(getattr(pair, key), str):
+                raise DataError(f"stage.pairs: {path}: row {row}: field '{key}' must be a string")
+    return path, pairs

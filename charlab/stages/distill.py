@@ -42,24 +42,11 @@ from charlab.stages._common import (
     sampler_for_role,
     to_plain,
 )
+from charlab.stages._generating import DistillFilters
 
 log = logging.getLogger("charlab")
 OUTPUTS = ("pairs.jsonl", "dropped.jsonl", "prompts.jsonl")
 BEST_OF_SCORERS = ("contrast", "judge")
-
-
-@dataclass
-class DistillFilters:
-    """Which pairs `stage=distill` drops (see `charlab.generation.filters`)."""
-
-    empty: bool = MISSING
-    truncated: bool = MISSING
-    require_terminal_punctuation: bool = MISSING
-    trim_truncated: bool = MISSING
-    too_long: bool = MISSING
-    repetition: bool = MISSING
-    min_distinct_ngrams: float = MISSING
-    identity_leak: bool = MISSING
 
 
 @dataclass

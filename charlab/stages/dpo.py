@@ -17,13 +17,11 @@ from typing import Optional
 from omegaconf import MISSING, DictConfig
 
 from charlab import distributed
-from charlab.data.jsonl import read_jsonl
-from charlab.data.records import DpoExample
 from charlab.errors import ConfigError, DataError
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_meta
 from charlab.stages._common import cache_dir, lora_config, model_config, to_plain
-from charlab.stages._training import TrainingStageConfig, loop_config, remote_forms
+from charlab.stages._training import TrainingStageConfig, loop_config, read_pairs, remote_forms
 from charlab.training.backend import closing
 from charlab.training.loop import validate_loop_config
 
@@ -55,21 +53,6 @@ def validate(stage: DictConfig) -> None:
     for ok, key, allowed in checks:
         if not ok:
             raise ConfigError(f"stage.{key}={stage[key]} is not allowed; use {allowed}")
-
-
-def read_pairs(path: Path) -> tuple[Path, list[DpoExample]]:
-    """The pairs file (`path`, or `path/pairs.jsonl` for a run directory) and its pairs; one-line errors."""
-    if path.is_dir():
-        path = path / "pairs.jsonl"
-    try:
-        pairs = read_jsonl(path, DpoExample)
-    except DataError as err:
-        raise DataError(f"stage.pairs: {err}") from None
-    for row, pair in enumerate(pairs, 1):
-        for key in ("prompt", "chosen", "rejected"):
-            if not isinstance(getattr(pair, key), str):
-                raise DataError(f"stage.pairs: {path}: row {row}: field '{key}' must be a string")
-    return path, pairs
 
 
 @register_stage("dpo", schema=DpoStageConfig, description="train a DPO LoRA adapter on a pairs file")

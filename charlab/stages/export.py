@@ -66,7 +66,7 @@ def exported_gap(cfg: DictConfig, run: Run, adapter_dir: Path, sources: list[Any
     from charlab.data.jsonl import iter_jsonl
     from charlab.eval.distillation_gap import distillation_gap, hf_scorer
     from charlab.models import load_causal_lm, load_tokenizer
-    from charlab.stages.sft import GAP_FILE
+    from charlab.stages._training import GAP_FILE
 
     sft = next((s for s in sources if s.name == "sft"), None)
     path = (

@@ -67,7 +67,7 @@ from charlab.stages._common import (
     sampler_for_role,
     to_plain,
 )
-from charlab.stages.distill import DistillFilters
+from charlab.stages._generating import DistillFilters
 
 log = logging.getLogger("charlab")
 OUTPUTS = ("introspection.jsonl", "dropped.jsonl")

@@ -43,7 +43,7 @@ from charlab.stages._common import (
     persona_prompt,
     to_plain,
 )
-from charlab.stages._training import TrainingStageConfig, loop_config, remote_forms
+from charlab.stages._training import GAP_FILE, TrainingStageConfig, loop_config, read_pairs, remote_forms
 from charlab.training.backend import closing
 from charlab.training.loop import validate_loop_config
 
@@ -114,8 +114,6 @@ def gap_conversations(stage: DictConfig, held_out: list[IntrospectionExample]) -
 
     n = int(stage.gap_examples)
     if stage.gap_pairs:
-        from charlab.stages.dpo import read_pairs
-
         _, pairs = read_pairs(Path(stage.gap_pairs).expanduser())
         return [[{"role": "user", "content": p.prompt}, {"role": "assistant", "content": p.chosen}] for p in pairs[:n]]
     conversations = []
@@ -124,9 +122,6 @@ def gap_conversations(stage: DictConfig, held_out: list[IntrospectionExample]) -
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
         conversations.append(messages[max(0, last - 1) : last + 1])
     return conversations
-
-
-GAP_FILE = "gap_conversations.jsonl"
 
 
 def save_gap_conversations(path: Path, conversations: list[list[dict[str, str]]]) -> Path:
