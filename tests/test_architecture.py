@@ -56,7 +56,6 @@ KNOWN_LONG_FUNCTIONS = {
     "charlab/stages/elo.py:run",
     "charlab/stages/classifier.py:run",
     "charlab/eval/revealed_report.py:revealed_sections",
-    "charlab/stages/dpo.py:run",
     "charlab/studio/forms.py:stage_form",
 }
 KNOWN_CYCLES: set[frozenset[str]] = set()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from omegaconf import MISSING, DictConfig
 
@@ -24,6 +24,11 @@ from charlab.stages._common import cache_dir, lora_config, model_config, to_plai
 from charlab.stages._training import TrainingStageConfig, loop_config, read_pairs, remote_forms
 from charlab.training.backend import closing
 from charlab.training.loop import validate_loop_config
+
+if TYPE_CHECKING:
+    from charlab.training.backend import TrainingBackend
+    from charlab.training.dpo import DpoAlgorithm
+    from charlab.training.loop import TrainSummary
 
 
 @dataclass
@@ -69,11 +74,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     backend_cfg = backend_config(to_plain(cfg.backend))
     pairs_path, pairs = read_pairs(Path(stage.pairs).expanduser().resolve())
     run.add_parent("pairs", pairs_path)
-    resume_root = Path(stage.resume_from).expanduser() if stage.resume_from else run.dir
-    if stage.resume_from:
-        if not resume_root.is_dir():
-            raise ConfigError(f"stage.resume_from={stage.resume_from} is not a directory; give a dpo run directory")
-        run.add_parent("resumed_from", resume_root)
+    resume_root = _resume_root(stage, run)
 
     backend = create_backend(backend_cfg, model, lora, cache_dir(cfg), seed=int(stage.seed))
     with closing(backend):  # Tinker's session learns whether the stage succeeded
@@ -118,23 +119,54 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
             return StageResult(metric=None, metric_name=None, artifacts={}, summary={})
         adapter = backend.save_adapter(run.dir / "adapter")
         parents = {"pairs": str(pairs_path), **({"resumed_from": str(resume_root)} if stage.resume_from else {})}
-        write_meta(
-            adapter / "meta.json",
-            run.config,
-            parents,
-            artifact="dpo adapter",
-            base_model=model.name_or_path,
-            steps=summary.steps,
-            resumed_at_step=summary.start_step,
-            train=summary.train,
-            eval=summary.eval,
-            reference_cache=str(algorithm.cache_path) if algorithm.cache_path else None,
-            reference_pass_s=round(summary.prepare_s, 3),  # 0 when the cache was reused
-            **({"tinker_export": backend.last_export} if getattr(backend, "last_export", None) else {}),
-            **remote_forms(backend),
-        )
+        _write_adapter_meta(adapter, run, parents, model.name_or_path, summary, algorithm, backend)
         remote = remote_forms(backend)
     print(f"[charlab] dpo adapter: {adapter}")
+    return _result(summary, adapter, run.dir / "checkpoints", remote, len(train_items), len(eval_items))
+
+
+def _resume_root(stage: DictConfig, run: Run) -> Path:
+    """Where the checkpoints (and reference cache) to continue are: `stage.resume_from`, else this run."""
+    if not stage.resume_from:
+        return run.dir
+    resume_root = Path(stage.resume_from).expanduser()
+    if not resume_root.is_dir():
+        raise ConfigError(f"stage.resume_from={stage.resume_from} is not a directory; give a dpo run directory")
+    run.add_parent("resumed_from", resume_root)
+    return resume_root
+
+
+def _write_adapter_meta(
+    adapter: Path,
+    run: Run,
+    parents: dict[str, str],
+    base_model: str,
+    summary: TrainSummary,
+    algorithm: DpoAlgorithm,
+    backend: TrainingBackend,
+) -> None:
+    """The adapter's own `meta.json`: where it came from, its training numbers and remote forms."""
+    write_meta(
+        adapter / "meta.json",
+        run.config,
+        parents,
+        artifact="dpo adapter",
+        base_model=base_model,
+        steps=summary.steps,
+        resumed_at_step=summary.start_step,
+        train=summary.train,
+        eval=summary.eval,
+        reference_cache=str(algorithm.cache_path) if algorithm.cache_path else None,
+        reference_pass_s=round(summary.prepare_s, 3),  # 0 when the cache was reused
+        **({"tinker_export": backend.last_export} if getattr(backend, "last_export", None) else {}),
+        **remote_forms(backend),
+    )
+
+
+def _result(
+    summary: TrainSummary, adapter: Path, checkpoints: Path, remote: dict[str, str], train_pairs: int, eval_pairs: int
+) -> StageResult:
+    """Held-out accuracy as the headline (the last step's training accuracy without a held-out split)."""
     held_out = summary.eval.get("eval/accuracy")
     metric, metric_name = (held_out, "eval/accuracy")
     if held_out is None:  # no held-out split (eval_fraction=0): the last step's training accuracy
@@ -142,11 +174,11 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     return StageResult(
         metric=metric,
         metric_name=metric_name,
-        artifacts={"adapter": adapter, "checkpoints": run.dir / "checkpoints", **remote},
+        artifacts={"adapter": adapter, "checkpoints": checkpoints, **remote},
         summary={
             "steps": summary.steps,
-            "train_pairs": len(train_items),
-            "eval_pairs": len(eval_items),
+            "train_pairs": train_pairs,
+            "eval_pairs": eval_pairs,
             **{k: v for k, v in summary.eval.items()},
             "train/loss": summary.train.get("loss"),
         },
