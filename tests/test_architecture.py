@@ -56,7 +56,6 @@ KNOWN_LONG_FUNCTIONS = {
     "charlab/stages/elo.py:run",
     "charlab/stages/classifier.py:run",
     "charlab/eval/revealed_report.py:revealed_sections",
-    "charlab/studio/forms.py:stage_form",
 }
 KNOWN_CYCLES: set[frozenset[str]] = set()
 KNOWN_UP_EDGES: set[tuple[str, str]] = set()

@@ -78,21 +78,9 @@ def global_nodes(stage: str) -> list[str]:
     return [k for k in data if k not in ("defaults", "stage")]
 
 
-def stage_form(stages: list[str], key: str, training: bool) -> Optional[list[str]]:
-    """Draw the form; return the override list (or None when the config does not compose)."""
-    if not stages:
-        st.info("No stages of this kind exist yet: their YAML files appear in configs/stage/ as they are written.")
-        return None
-    stage = st.selectbox("Stage", stages, key=f"{key}stage")
-    base = ui.compose([f"stage={stage}"])
-    if base is None:
-        return None
-    doc = stage_summary(stage)
-    if doc:
-        st.caption(doc)
+def _group_overrides(base: configs.Composed, stage: str, key: str, training: bool) -> list[str]:
+    """The persona and config-group pickers (main groups in a row, the rest folded away); their overrides."""
     paths = configs.paths(base)
-    overrides = [f"stage={stage}"]  # always named, even when it is the default: the command says what it runs
-
     groups = [g for g in _MAIN_GROUPS if training or g != "lora"]
     cols = st.columns(len(groups))
     selected: dict[str, Any] = {}
@@ -109,11 +97,26 @@ def stage_form(stages: list[str], key: str, training: bool) -> Optional[list[str
         for i, group in enumerate(g for g in _MORE_GROUPS if g in base.choices):
             with more[i % 3]:
                 selected[group] = ui.group_picker(base, group, key=f"{key}{stage}")
-    if persona is not None:
-        default_persona = base.choices.get("persona")
-        if persona != default_persona:
-            overrides += configs.persona_overrides(persona)
-    overrides += configs.group_overrides(base.choices, selected)
+    overrides = []
+    if persona is not None and persona != base.choices.get("persona"):
+        overrides += configs.persona_overrides(persona)
+    return overrides + configs.group_overrides(base.choices, selected)
+
+
+def stage_form(stages: list[str], key: str, training: bool) -> Optional[list[str]]:
+    """Draw the form; return the override list (or None when the config does not compose)."""
+    if not stages:
+        st.info("No stages of this kind exist yet: their YAML files appear in configs/stage/ as they are written.")
+        return None
+    stage = st.selectbox("Stage", stages, key=f"{key}stage")
+    base = ui.compose([f"stage={stage}"])
+    if base is None:
+        return None
+    doc = stage_summary(stage)
+    if doc:
+        st.caption(doc)
+    # the stage is always named, even when it is the default: the command says what it runs
+    overrides = [f"stage={stage}", *_group_overrides(base, stage, key, training)]
     composed = ui.compose(overrides)
     if composed is None:
         return None
