@@ -49,7 +49,7 @@ LEVEL = {"faces": 7, "root": 6, "stages": 5, "wiring": 4, "training": 3, "eval":
          "generation": 2, "data": 1, "foundation": 0}  # fmt: skip
 LIBRARIES = ("training", "eval", "drafting", "generation", "data")
 
-KNOWN_BIG_MODULES = {"charlab/training/local.py"}
+KNOWN_BIG_MODULES: set[str] = set()
 KNOWN_LONG_FUNCTIONS = {
     "charlab/stages/revealed.py:run",
     "charlab/stages/sft.py:run",

@@ -40,6 +40,8 @@ from charlab.errors import ConfigError
 from charlab.memory import release_accelerator_memory
 from charlab.training import rows
 from charlab.training.backend import AdamParams, LossFn, TokenSequence, done
+from charlab.training.local_ddp import to_cpu, wrap_ddp
+from charlab.training.local_probes import fast_path_agrees
 from charlab.training.lora import resolve_target_modules
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -51,32 +53,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("charlab")
 LOGIT_BYTES_PER_CHUNK = 1 << 26  # 64 MiB of fp32 logits per output-head chunk
 STATE_WEIGHTS, STATE_OPTIMIZER = "adapter_state.safetensors", "optimizer.pt"
-
-
-def _to_cpu(value: Any) -> Any:
-    """`value` with every tensor in it moved to the CPU (nested dicts and lists)."""
-    if hasattr(value, "detach"):
-        return value.detach().cpu()
-    if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_cpu(v) for v in value)
-    return value
-
-
-def _scorer_module(backend: LocalBackend) -> Any:
-    """`backend.score` as an `nn.Module` that owns the PEFT model, so that DDP finds (and hooks) its LoRA weights."""
-    import torch
-
-    class Scorer(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.peft = backend.model
-
-        def forward(self, *args: Any) -> Any:
-            return backend.score(*args)
-
-    return Scorer()
 
 
 class LocalBackend:
@@ -122,26 +98,9 @@ class LocalBackend:
         self.fused_lora = kernels.fuse_lora(model) > 0
         self.optimizer = torch.optim.AdamW(self.trainable, lr=0.0)
         self._ddp: Any = None
-        self.fast_logprobs = self._fast_path_agrees()
+        self.fast_logprobs = fast_path_agrees(self)
         if distributed.active():
-            self._ddp = self._wrap_ddp()
-
-    def _wrap_ddp(self) -> Any:
-        """`DistributedDataParallel` over the LoRA parameters, all ranks starting from rank 0's adapter."""
-        import inspect
-
-        import torch
-        from torch.nn.parallel import DistributedDataParallel
-
-        distributed.broadcast_tensors(self.trainable)
-        device = torch.device(self.device)
-        accepted = inspect.signature(DistributedDataParallel).parameters
-        # the frozen base weights and buffers are the same files on every rank: only the adapter is synced (above)
-        options = {"init_sync": False} if "init_sync" in accepted else {}
-        options["forward_sync_buffers" if "forward_sync_buffers" in accepted else "broadcast_buffers"] = False
-        return DistributedDataParallel(
-            _scorer_module(self), device_ids=[device.index or 0] if device.type == "cuda" else None, **options
-        )
+            self._ddp = wrap_ddp(self)
 
     # ---- construction -------------------------------------------------------------------------------------
     @classmethod
@@ -283,46 +242,6 @@ class LocalBackend:
         logits = out.logits
         return torch.log_softmax(logits[index].float(), dim=-1).gather(-1, target[:, None]).squeeze(-1)
 
-    def _fast_path_agrees(self) -> bool:
-        import torch
-
-        probe = self.tokenizer("Hello there, how are you today?", add_special_tokens=False)["input_ids"][:12]
-        if len(probe) < 3:
-            return True
-        seq = TokenSequence(tuple(probe), (0,) + (1,) * (len(probe) - 1))
-        self.fast_logprobs = True
-        with torch.no_grad():
-            fast = self._forward([seq])[0]
-            ids = torch.tensor([probe], device=self.device)
-            logits = self.model(input_ids=ids, use_cache=False).logits.float()
-            slow = torch.log_softmax(logits[0, :-1], dim=-1).gather(-1, ids[0, 1:, None]).squeeze(-1)
-        tolerance = 2e-2 if self._dtype != torch.float32 else 1e-3
-        agrees = bool(torch.allclose(fast, slow, atol=tolerance))
-        if not agrees:
-            log.warning("%s: the head-only log-prob path disagrees with the model's logits; using the slow path", self)
-        self.share_prefixes = self.share_prefixes and self._shared_rows_agree(tolerance)
-        return agrees
-
-    def _shared_rows_agree(self, tolerance: float) -> bool:
-        """A pair with a common prefix scored in one shared row equals the two scored alone."""
-        import torch
-
-        text = "The morning fog rolled over the harbor while the fishermen checked their nets and the gulls"
-        prefix = self.tokenizer(text, add_special_tokens=False)["input_ids"][: rows.MIN_SHARED + 4]
-        tails = [self.tokenizer(t, add_special_tokens=False)["input_ids"][:6] for t in (" sang", " slept all day")]
-        pair = [TokenSequence(tuple(prefix + t), (0,) * len(prefix) + (1,) * len(t)) for t in tails]
-        if len(prefix) < rows.MIN_SHARED or len(rows.group(pair)) != 1:
-            return False
-        with torch.no_grad():
-            together = self._forward(pair)
-            self.share_prefixes = False
-            alone = [self._forward([seq])[0] for seq in pair]
-            self.share_prefixes = True
-        agrees = all(torch.allclose(a, b, atol=tolerance) for a, b in zip(together, alone))
-        if not agrees:
-            log.warning("%s: shared-prefix rows disagree with separate sequences; padding instead", self)
-        return agrees
-
     def logprobs(self, batch: Sequence[TokenSequence], reference: bool = False) -> list[torch.Tensor]:
         """Per-target log-probabilities without gradient, in token-budgeted chunks; `reference`: adapter off."""
         import contextlib
@@ -422,7 +341,7 @@ class LocalBackend:
 
         distributed.broadcast_tensors(self.trainable)
         state = self.optimizer.state_dict() if distributed.is_main() else None
-        state = distributed.broadcast_object(_to_cpu(state))  # CPU tensors: each rank moves them to its device
+        state = distributed.broadcast_object(to_cpu(state))  # CPU tensors: each rank moves them to its device
         self.optimizer.load_state_dict(state)
         self.steps = int(distributed.broadcast_object(self.steps))
         if self.device.startswith("cuda"):
