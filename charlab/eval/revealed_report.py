@@ -10,27 +10,17 @@ from charlab.eval import report
 CONTROL = "random"
 
 
-def revealed_sections(
-    names: list[str],
-    fits: dict[str, dict[str, Any]],
-    conditions: list[str],
-    usable: dict[str, dict[str, int]],
-    unparseable: dict[str, int],
-    modes: dict[str, dict[str, int]],
-    tracked: list[str],
+def headline_sections(
     comparisons: dict[str, Any],
-    correlations: dict[str, float],
     headline_condition: str,
     compared: tuple[Optional[str], Optional[str]],
-    images: list[str],
-    stage: Any,
-    trials: int,
-    judged_by: str,
+    usable: dict[str, dict[str, int]],
+    tracked: list[str],
 ) -> list[tuple[str, str]]:
-    """The report's sections, in order."""
-    n = int(stage.top_n)
+    """The headline rank shift (with the random-pick control), the per-condition table and the persona traits'
+    ranks; one line when there is a single player."""
+    sections: list[tuple[str, str]] = []
     reference, target = compared
-    sections = []
     head = comparisons.get(headline_condition)
     if head is not None:
         control = comparisons.get(CONTROL)
@@ -81,6 +71,29 @@ def revealed_sections(
         sections.append(
             ("Headline", "One player only: no rank shift (add `tuned` with stage.adapter, or base_persona).")
         )
+    return sections
+
+
+def revealed_sections(
+    names: list[str],
+    fits: dict[str, dict[str, Any]],
+    conditions: list[str],
+    usable: dict[str, dict[str, int]],
+    unparseable: dict[str, int],
+    modes: dict[str, dict[str, int]],
+    tracked: list[str],
+    comparisons: dict[str, Any],
+    correlations: dict[str, float],
+    headline_condition: str,
+    compared: tuple[Optional[str], Optional[str]],
+    images: list[str],
+    stage: Any,
+    trials: int,
+    judged_by: str,
+) -> list[tuple[str, str]]:
+    """The report's sections, in order."""
+    n = int(stage.top_n)
+    sections = headline_sections(comparisons, headline_condition, compared, usable, tracked)
     sections.append(
         (
             f"Correlations (Spearman of trait Elo, {headline_condition})",
