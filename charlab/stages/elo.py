@@ -64,18 +64,79 @@ class EloStageConfig(StageConfig):
 @register_stage("elo", schema=EloStageConfig, description="head-to-head Elo: base vs base+constitution vs tuned")
 def run(cfg: DictConfig, run: Run) -> StageResult:
     """Generate (or reuse) replies, judge every pair in both orders, rate the players."""
-    stage, ev = cfg.stage, cfg.eval
+    judge_format = _check(cfg)
+    persona = load_persona(cfg)
+    names = stage_players(cfg, minimum=2)
+    exclude_files, prompts = stage_prompts(cfg, run, persona)
+    replies_path, replies = eval_replies(cfg, run, names, prompts, persona_prompt(cfg, persona=persona), "elo")
+    judged = _judge_matches(cfg, run, persona, prompts, replies, names, judge_format)
+    matches_path = save_matches(judged.matches, fresh_file(run.path("matches.jsonl"), resume=False))
+    ratings = _rate(cfg, judged.matches, names)
+    overlap = training_selection(exclude_files).overlap(judge_format)
+    summary = _summary(names, prompts, judged, ratings, overlap, judge_format)
+    tally, headline = judged.tally, ratings.headline
+    run.log_metrics(
+        {"elo/usable": tally.usable, "elo/unparseable": tally.unparseable, f"elo/{ratings.metric_name}": headline[0]}
+        | {f"elo/verdicts_{mode}": n for mode, n in tally.modes.items()}
+        | {f"elo/rating_{r.player}": r.elo for r in ratings.table}
+    )
+    ratings_png = plots.plot_ratings(ratings.table, run.path("elo_ratings.png"), f"head-to-head Elo ({persona.name})")
+    _log_tables(run, prompts, replies, judged.rows, names)
+    sections = _report_sections(
+        cfg, run, prompts, replies, names, judged, ratings, summary, ratings_png, exclude_files
+    )
+    report_path = report.write_report(run.path("report.md"), f"Head-to-head Elo: {persona.name}", sections)
+    _print_headline(ratings.table, ratings.metric_name, headline, tally)
+    metric = headline[0] if not math.isnan(headline[0]) else None
+    return StageResult(
+        metric=metric,
+        metric_name=ratings.metric_name,
+        artifacts={"matches": matches_path, "replies": replies_path, "report": report_path, "plot": ratings_png},
+        summary=report.json_safe(summary),
+    )
+
+
+@dataclass
+class Judged:
+    """The judge's work: its verdict rows, the matches they became, their tally, and how it judged."""
+
+    rows: list[dict[str, Any]]
+    matches: list
+    tally: Any
+    judged_by: str
+    criterion: str
+
+
+@dataclass
+class EloRatings:
+    """What the matches say: the rating table, pairwise win rates, each player vs base, and the headline pair."""
+
+    outcomes: Any
+    table: list
+    pair_rates: dict[tuple[str, str], tuple]
+    vs_base: dict[str, Estimate]
+    focus: str
+    opponent: Optional[str]
+    headline: tuple
+    metric_name: str
+
+
+def _check(cfg: DictConfig) -> str:
+    """The judging question and format, checked; returns the resolved judge format."""
+    stage = cfg.stage
     if stage.criterion not in CRITERIA:
         raise ConfigError(f"stage.criterion={stage.criterion!r} is not allowed; use one of {', '.join(CRITERIA)}")
     judge_format = check_judge_format(cfg)
     if JUDGE_FORMATS[judge_format].persona_only and stage.criterion != "persona":
         raise ConfigError(f"eval.judge_format={judge_format} measures the persona only; use stage.criterion=persona")
-    persona = load_persona(cfg)
-    names = stage_players(cfg, minimum=2)
-    exclude_files, prompts = stage_prompts(cfg, run, persona)
-    replies_path, replies = eval_replies(cfg, run, names, prompts, persona_prompt(cfg, persona=persona), "elo")
+    return judge_format
 
-    # ---- judging ------------------------------------------------------------------------------------------
+
+def _judge_matches(
+    cfg: DictConfig, run: Run, persona: Any, prompts: list, replies: dict, names: list[str], judge_format: str
+) -> Judged:
+    """Every pair of players judged in both orders (`judgments.jsonl`, appended as verdicts come)."""
+    stage = cfg.stage
     criterion = (
         persona_criterion(persona, cfg.persona.assistant_name) if stage.criterion == "persona" else HELPFUL_CRITERION
     )
@@ -85,31 +146,41 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         result = JUDGE_FORMATS[judge_format].run(
             FormatJob(cfg, run, judge, prompts, replies, names, judgments_path, criterion)
         )
-        judged_rows, matches, tally = result.rows, result.matches, result.tally
         judged_by = f"{judge_description(cfg, judge)}; {result.how}"
     finally:
         judge.sampler.close()
-    matches_path = save_matches(matches, fresh_file(run.path("matches.jsonl"), resume=False))
+    return Judged(result.rows, result.matches, result.tally, judged_by, criterion)
 
-    # ---- ratings ------------------------------------------------------------------------------------------
+
+def _rate(cfg: DictConfig, matches: list, names: list[str]) -> EloRatings:
+    """Order-averaged Elo and Bradley-Terry with bootstrap CIs, pairwise and vs-base win rates, the headline."""
+    ev, seed = cfg.eval, int(cfg.seed)
+    resamples, level = int(ev.bootstrap), float(ev.ci_level)
     outcomes = match_outcomes(matches)
     table = rating_table(
         outcomes, names, k=float(ev.k_factor), initial=float(ev.initial_rating), orderings=int(ev.orderings),
-        resamples=int(ev.bootstrap), bt_prior=float(ev.bt_prior), level=float(ev.ci_level), seed=int(cfg.seed),
+        resamples=resamples, bt_prior=float(ev.bt_prior), level=level, seed=seed,
     )  # fmt: skip
     pair_rates = {
-        (x, y): bootstrap_win_rate(outcomes, x, y, int(ev.bootstrap), float(ev.ci_level), int(cfg.seed))
-        for x, y in player_pairs(names)
-    }
+        (x, y): bootstrap_win_rate(outcomes, x, y, resamples, level, seed) for x, y in player_pairs(names)
+    }  # fmt: skip
     vs_base = {
-        p: Estimate(*bootstrap_win_rate(outcomes, p, "base", int(ev.bootstrap), float(ev.ci_level), int(cfg.seed)))
+        p: Estimate(*bootstrap_win_rate(outcomes, p, "base", resamples, level, seed))
         for p in names
         if p != "base" and "base" in names
     }
     focus, opponent = headline_players(names)
-    headline = bootstrap_win_rate(outcomes, focus, opponent, int(ev.bootstrap), float(ev.ci_level), int(cfg.seed))
+    headline = bootstrap_win_rate(outcomes, focus, opponent, resamples, level, seed)
     metric_name = f"{focus}_vs_{opponent}_win_rate" if opponent else f"{focus}_win_rate"
-    summary = {
+    return EloRatings(outcomes, table, pair_rates, vs_base, focus, opponent, headline, metric_name)
+
+
+def _summary(
+    names: list[str], prompts: list, judged: Judged, ratings: EloRatings, overlap: Any, judge_format: str
+) -> dict[str, Any]:
+    """The stage's summary (meta.json, W&B): judging counts, ratings with CIs, win rates, the headline."""
+    tally, table, headline, metric_name = judged.tally, ratings.table, ratings.headline, ratings.metric_name
+    return {
         "players": names,
         "prompts": len(prompts),
         "pairs_judged": tally.pairs,
@@ -118,32 +189,41 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         "unparseable": tally.unparseable,
         "inconsistent": tally.inconsistent,
         "usable": tally.usable,
-        "selection_overlap": training_selection(exclude_files).overlap(judge_format),
+        "selection_overlap": overlap,
         "verdict_modes": tally.modes,
         "judge_format": judge_format,
-        "judge": judged_by,
+        "judge": judged.judged_by,
         "elo": {r.player: round(r.elo, 2) for r in table},
         "elo_ci": {r.player: [round(r.elo_low, 2), round(r.elo_high, 2)] for r in table},
         "bradley_terry": {r.player: round(r.bt, 2) for r in table},
         "bradley_terry_ci": {r.player: [round(r.bt_low, 2), round(r.bt_high, 2)] for r in table},
         "win_rates": {
-            f"{x}_vs_{y}": {"rate": r[0], "ci": [r[1], r[2]], "matches": r[3]} for (x, y), r in pair_rates.items()
+            f"{x}_vs_{y}": {"rate": r[0], "ci": [r[1], r[2]], "matches": r[3]}
+            for (x, y), r in ratings.pair_rates.items()
         },
-        "vs_base": {p: e.as_dict() for p, e in vs_base.items()},
-        "headline": {"player": focus, "opponent": opponent, "matches": headline[3]},
+        "vs_base": {p: e.as_dict() for p, e in ratings.vs_base.items()},
+        "headline": {"player": ratings.focus, "opponent": ratings.opponent, "matches": headline[3]},
         metric_name: headline[0],
         f"{metric_name}_ci": [headline[1], headline[2]],
     }
-    run.log_metrics(
-        {"elo/usable": tally.usable, "elo/unparseable": tally.unparseable, f"elo/{metric_name}": headline[0]}
-        | {f"elo/verdicts_{mode}": n for mode, n in tally.modes.items()}
-        | {f"elo/rating_{r.player}": r.elo for r in table}
-    )
 
-    # ---- report -------------------------------------------------------------------------------------------
-    ratings_png = plots.plot_ratings(table, run.path("elo_ratings.png"), f"head-to-head Elo ({persona.name})")
+
+def _report_sections(
+    cfg: DictConfig,
+    run: Run,
+    prompts: list,
+    replies: dict,
+    names: list[str],
+    judged: Judged,
+    ratings: EloRatings,
+    summary: dict[str, Any],
+    ratings_png: Any,
+    exclude_files: list,
+) -> list[tuple[str, str]]:
+    """The report: headline, ratings, pairwise win rates (with the win-rate matrix plot), judging, samples, setup."""
+    stage, ev, tally, headline = cfg.stage, cfg.eval, judged.tally, ratings.headline
     matrix_png = plots.plot_matrix(
-        win_matrix(outcomes, names),
+        win_matrix(ratings.outcomes, names),
         names,
         run.path("win_matrix.png"),
         "win rate of row vs column player",
@@ -151,18 +231,18 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         xlabel="opponent",
         ylabel="player",
     )
-    _log_tables(run, prompts, replies, judged_rows, names)
-    columns, rows = report.rating_rows(table)
+    columns, rows = report.rating_rows(ratings.table)
     pair_table = report.table(
         ["player", "vs", "win rate", "95% CI", "matches"],
-        [[x, y, r[0], report.ci(r[1], r[2]), r[3]] for (x, y), r in pair_rates.items()],
+        [[x, y, r[0], report.ci(r[1], r[2]), r[3]] for (x, y), r in ratings.pair_rates.items()],
     )
-    against = f" against {opponent}" if opponent else ""
-    sections = [
+    against = f" against {ratings.opponent}" if ratings.opponent else ""
+    return [
         (
             "Headline",
-            f"**{focus} win rate{against}: {report.fmt(headline[0])}** (95% CI {report.ci(headline[1], headline[2])}, "
-            f"{headline[3]} matches judged in both orders; ties count half; chance is 0.5).",
+            f"**{ratings.focus} win rate{against}: {report.fmt(headline[0])}** (95% CI "
+            f"{report.ci(headline[1], headline[2])}, {headline[3]} matches judged in both orders; ties count half; "
+            "chance is 0.5).",
         ),
         ("Ratings", report.table(columns, rows) + "\n\n" + report.image(ratings_png, "Elo ratings")),
         ("Pairwise win rates", pair_table + "\n\n" + report.image(matrix_png, "win-rate matrix")),
@@ -174,8 +254,8 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
             )
             + "\n\nSingle verdicts by mode: "
             + ", ".join(f"{k} {v}" for k, v in tally.modes.items())
-            + f".\n\nJudge: {judged_by}. Question: "
-            + report.cell(criterion.splitlines()[0], 300)
+            + f".\n\nJudge: {judged.judged_by}. Question: "
+            + report.cell(judged.criterion.splitlines()[0], 300)
             + (f"\n\n**Note:** {summary['selection_overlap']}." if summary["selection_overlap"] else ""),
         ),
         ("Sample replies", _sample_table(prompts, replies, names, int(stage.samples_in_report))),
@@ -186,15 +266,6 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
             f"{ev.initial_rating}, {ev.orderings} orderings, {ev.bootstrap} bootstrap resamples.",
         ),
     ]
-    report_path = report.write_report(run.path("report.md"), f"Head-to-head Elo: {persona.name}", sections)
-    _print_headline(table, metric_name, headline, tally)
-    metric = headline[0] if not math.isnan(headline[0]) else None
-    return StageResult(
-        metric=metric,
-        metric_name=metric_name,
-        artifacts={"matches": matches_path, "replies": replies_path, "report": report_path, "plot": ratings_png},
-        summary=report.json_safe(summary),
-    )
 
 
 def headline_players(names: list[str]) -> tuple[str, Optional[str]]:
