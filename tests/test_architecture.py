@@ -53,7 +53,6 @@ KNOWN_BIG_MODULES: set[str] = set()
 KNOWN_LONG_FUNCTIONS = {
     "charlab/stages/revealed.py:run",
     "charlab/stages/sft.py:run",
-    "charlab/stages/classifier.py:run",
 }
 KNOWN_CYCLES: set[frozenset[str]] = set()
 KNOWN_UP_EDGES: set[tuple[str, str]] = set()

@@ -53,8 +53,7 @@ from charlab.eval.classifier_report import classifier_sections
 from charlab.eval.metrics import roc_auc
 from charlab.eval.persona_classifier import LABELS_FILE, ClassifierConfig, PersonaClassifier, train_on_rows
 from charlab.eval.persona_classifier import persona_label as persona_label_of
-from charlab.eval.players import as_list, build_players, close_players, reply_id
-from charlab.eval.robustness import in_persona_rates, load_suffixes, run_attacks
+from charlab.eval.players import as_list, reply_id
 from charlab.eval.sampling import fresh_file, sample_to_jsonl
 from charlab.eval.selection import TrainingSelection, training_selection
 from charlab.generation.factory import sampling_params
@@ -63,6 +62,7 @@ from charlab.run import Run, write_meta
 from charlab.schemas import StageConfig
 from charlab.stages._common import assistant_name, load_persona, persona_prompt, to_plain
 from charlab.stages._eval import base_model_name, eval_replies, player_sampler_factory, stage_players, stage_prompts
+from charlab.stages._robustness import robustness
 
 DATA_MODES = ("auto", "pairs", "generate")
 
@@ -180,17 +180,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     names = stage_players(cfg, minimum=1)
     mode, why = data_mode(cfg, _pair_files(sources))
     selection = training_selection(_pair_files(sources))
-    rows: list[LabelledText] = []
-    for i, source in enumerate(sources):
-        run.add_parent(f"source_{i}", source)
-        rows += from_source(Path(source), persona_name, stage.out_label, bool(stage.strip_prefill))
-    if mode == "generate":
-        rows = generated_texts(cfg, run, rows)
-    if stage.eval_path:
-        run.add_parent("eval_path", stage.eval_path)
-        train, held_out = rows, read_labelled(Path(stage.eval_path).expanduser(), persona_name, stage.out_label)
-    else:
-        train, held_out = split_by_prompt(rows, float(stage.eval_fraction), int(cfg.seed))
+    train, held_out = _labelled_texts(cfg, run, sources, mode)
     write_labelled(train, fresh_file(run.path("train.jsonl"), resume=False))
     write_labelled(held_out, fresh_file(run.path("held_out.jsonl"), resume=False))
     labels = label_order(train + held_out, stage.out_label)
@@ -198,28 +188,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
 
     # ---- train (or reuse a finished model when resuming) ---------------------------------------------------
     out_dir = run.path("classifier")
-    if stage.resume and (out_dir / LABELS_FILE).is_file():
-        clf = PersonaClassifier.load(out_dir)
-    else:
-        config = ClassifierConfig(
-            train_path=run.path("train.jsonl"),
-            eval_path=run.path("held_out.jsonl"),
-            model_name=str(ev.classifier_model),
-            method=str(ev.classifier_method),
-            head_c=float(ev.classifier_head_c),
-            num_epochs=int(ev.classifier_epochs),
-            batch_size=int(ev.classifier_batch_size),
-            lr=float(ev.classifier_lr),
-            max_length=int(ev.classifier_max_length),
-            output_dir=out_dir,
-            seed=int(cfg.seed),
-            out_label=str(stage.out_label),
-            extra={"sources": sources, "data": mode},
-        )
-        clf = train_on_rows(train, held_out, config, log_fn=lambda m, step: run.log_metrics(m, step=step))
-        write_meta(
-            out_dir / "meta.json", run.config, dict(run.parents), labels=labels, metrics=report.json_safe(clf.metrics)
-        )
+    clf = _train_or_load(cfg, run, train, held_out, out_dir, {"sources": sources, "data": mode}, labels)
     metrics = clf.metrics
     scores = held_out_scores(clf, held_out, ev, int(cfg.seed))
     run.log_metrics({f"classifier/{k}": metrics[k] for k in ("accuracy", "macro_f1", "roc_auc")})
@@ -241,19 +210,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         _log_replies(run, clf, replies, names, prompts)
 
     # ---- robustness ---------------------------------------------------------------------------------------
-    attacks: dict[str, dict[str, Any]] = {}
-    attack_png: Optional[Path] = None
-    note = ""
-    if not stage.robustness:
-        note = "Robustness attacks were not run (stage.robustness=false)."
-    elif persona_label is None:
-        note = f"Robustness skipped: persona {persona_name!r} is not a class of this classifier ({', '.join(labels)})."
-    else:
-        attacks = _run_attacks(cfg, run, clf, prompts, persona_label)
-        attack_png = plots.plot_bars(
-            {a: v["rate"] for a, v in attacks.items()}, run.path("robustness.png"),
-            f"in-persona rate per attack ({persona_label})", "share of replies classified in persona", (0, 1),
-        )  # fmt: skip
+    attacks, attack_png, note = robustness(cfg, run, clf, prompts, persona_label, labels)
 
     # ---- report -------------------------------------------------------------------------------------------
     focus = next((p for p in ("tuned", "base_persona", "base") if p in rates), None)
@@ -269,13 +226,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         "method": clf.method,
         "train_size": len(train),
         "held_out_size": len(held_out),
-        "accuracy": metrics["accuracy"],
-        "macro_f1": metrics["macro_f1"],
-        "roc_auc": metrics["roc_auc"],
-        "held_out": {k: v.as_dict() for k, v in scores.items()},
-        "prompts": len(prompts),
-        "in_persona": {k: v.as_dict() for k, v in rates.items()},
-        "in_persona_rate": {a: v["rate"] for a, v in attacks.items()},
+        **_scores_summary(metrics, scores, len(prompts), rates, attacks),
         metric_name: metric,
     }
     report_path = report.write_report(
@@ -286,11 +237,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
             mode, f"{why}. Trained on {summary['trained_on']}", len(prompts),
         ),
     )  # fmt: skip
-    Console().print(
-        f"[bold]persona classifier[/bold] ({mode}, {clf.method}): accuracy {report.fmt(metrics['accuracy'])}, "
-        f"ROC-AUC {report.fmt(metrics['roc_auc'])} on {len(held_out)} texts; in-persona rate "
-        + ", ".join(f"{k} {report.fmt(v.value, 2)} [{report.ci(v.low, v.high, 2)}]" for k, v in rates.items())
-    )
+    _print_result(mode, clf, len(held_out), rates)
     artifacts = {"classifier": out_dir, "report": report_path, "plot": confusion_png, "replies": replies_path}
     if attacks:
         artifacts["robustness"] = run.path("robustness.jsonl")
@@ -300,6 +247,88 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         artifacts=artifacts,
         summary=report.json_safe(summary),
     )
+
+
+def _labelled_texts(
+    cfg: DictConfig, run: Run, sources: list[str], mode: str
+) -> tuple[list[LabelledText], list[LabelledText]]:
+    """The labelled texts of every source (or texts generated for their prompts), split into train and held-out
+    by prompt (or held out from `stage.eval_path`)."""
+    stage, persona_name = cfg.stage, str(cfg.persona.name)
+    rows: list[LabelledText] = []
+    for i, source in enumerate(sources):
+        run.add_parent(f"source_{i}", source)
+        rows += from_source(Path(source), persona_name, stage.out_label, bool(stage.strip_prefill))
+    if mode == "generate":
+        rows = generated_texts(cfg, run, rows)
+    if stage.eval_path:
+        run.add_parent("eval_path", stage.eval_path)
+        return rows, read_labelled(Path(stage.eval_path).expanduser(), persona_name, stage.out_label)
+    return split_by_prompt(rows, float(stage.eval_fraction), int(cfg.seed))
+
+
+def _train_or_load(
+    cfg: DictConfig,
+    run: Run,
+    train: list[LabelledText],
+    held_out: list[LabelledText],
+    out_dir: Path,
+    extra: dict[str, Any],
+    labels: list[str],
+) -> PersonaClassifier:
+    """Train the classifier (eval.classifier_*), or reuse the finished one when resuming."""
+    stage, ev = cfg.stage, cfg.eval
+    if stage.resume and (out_dir / LABELS_FILE).is_file():
+        return PersonaClassifier.load(out_dir)
+    config = ClassifierConfig(
+        train_path=run.path("train.jsonl"),
+        eval_path=run.path("held_out.jsonl"),
+        model_name=str(ev.classifier_model),
+        method=str(ev.classifier_method),
+        head_c=float(ev.classifier_head_c),
+        num_epochs=int(ev.classifier_epochs),
+        batch_size=int(ev.classifier_batch_size),
+        lr=float(ev.classifier_lr),
+        max_length=int(ev.classifier_max_length),
+        output_dir=out_dir,
+        seed=int(cfg.seed),
+        out_label=str(stage.out_label),
+        extra=extra,
+    )
+    clf = train_on_rows(train, held_out, config, log_fn=lambda m, step: run.log_metrics(m, step=step))
+    write_meta(
+        out_dir / "meta.json", run.config, dict(run.parents), labels=labels, metrics=report.json_safe(clf.metrics)
+    )
+    return clf
+
+
+def _print_result(mode: str, clf: PersonaClassifier, held_out: int, rates: dict[str, Estimate]) -> None:
+    """One line on the console: the classifier's held-out accuracy and ROC-AUC, the players' in-persona rates."""
+    metrics = clf.metrics
+    Console().print(
+        f"[bold]persona classifier[/bold] ({mode}, {clf.method}): accuracy {report.fmt(metrics['accuracy'])}, "
+        f"ROC-AUC {report.fmt(metrics['roc_auc'])} on {held_out} texts; in-persona rate "
+        + ", ".join(f"{k} {report.fmt(v.value, 2)} [{report.ci(v.low, v.high, 2)}]" for k, v in rates.items())
+    )
+
+
+def _scores_summary(
+    metrics: dict[str, Any],
+    scores: dict[str, Estimate],
+    prompts: int,
+    rates: dict[str, Estimate],
+    attacks: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """The summary's numbers: held-out accuracy, F1, ROC-AUC (with CIs), the players' and attacks' in-persona rates."""
+    return {
+        "accuracy": metrics["accuracy"],
+        "macro_f1": metrics["macro_f1"],
+        "roc_auc": metrics["roc_auc"],
+        "held_out": {k: v.as_dict() for k, v in scores.items()},
+        "prompts": prompts,
+        "in_persona": {k: v.as_dict() for k, v in rates.items()},
+        "in_persona_rate": {a: v["rate"] for a, v in attacks.items()},
+    }
 
 
 def player_rates(
@@ -333,39 +362,3 @@ def _log_replies(run: Run, clf: PersonaClassifier, replies: dict, names: list[st
     run.tracker.log_table(
         "classifier/replies", ["player", "prompt", "reply", "predicted"], [r + [p] for r, p in zip(rows, predicted)]
     )
-
-
-def _run_attacks(
-    cfg: DictConfig, run: Run, clf: PersonaClassifier, prompts: list, persona_label: str
-) -> dict[str, dict[str, Any]]:
-    """Replies of the model under test to held-out prompts under each attack, classified."""
-    stage, ev = cfg.stage, cfg.eval
-    suffixes = load_suffixes()
-    if not 1 <= int(stage.num_suffixes) <= len(suffixes):
-        raise ConfigError(f"stage.num_suffixes={stage.num_suffixes} is not allowed; use 1 to {len(suffixes)}")
-    prompts = prompts[: int(ev.robustness_prompts)]
-    if not prompts:
-        return {}
-    persona = load_persona(cfg)
-    name = "tuned" if stage.adapter else "base_persona"
-    system = persona_prompt(cfg, persona=persona)
-    (player,) = build_players([name], player_sampler_factory(cfg), stage.adapter, system)
-    try:
-        rows = run_attacks(
-            player.sampler, prompts, suffixes[: int(stage.num_suffixes)], sampling_params(to_plain(cfg.student)),
-            fresh_file(run.path("robustness.jsonl"), stage.resume), player.system_prompt, str(stage.keep_going),
-            int(ev.batch_size), lambda done, total: run.log_metrics({"classifier/attack_replies": done}),
-        )  # fmt: skip
-    finally:
-        close_players([player])
-    predicted = clf.predict([r["text"] for r in rows])
-    rates = in_persona_rates(rows, predicted, persona_label)
-    run.log_metrics({f"classifier/in_persona/{a}": v["rate"] for a, v in rates.items()})
-    run.tracker.log_table(
-        "classifier/attacks",
-        ["attack", "prompt", "suffix", "reply", "predicted"],
-        [[r["attack"], r["prompt"], r.get("suffix", ""), r["text"], p] for r, p in zip(rows, predicted)],
-    )
-    for entry in rates.values():
-        entry["model"] = name
-    return rates
