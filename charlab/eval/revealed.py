@@ -12,6 +12,7 @@ is the control, where a model following the instruction shows no preference of i
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from collections.abc import Mapping, Sequence
@@ -24,9 +25,10 @@ from scipy.stats import rankdata, spearmanr
 
 from charlab.chat_format import make_messages
 from charlab.errors import ConfigError, DataError
+from charlab.eval.bootstrap import Estimate
 from charlab.eval.judge import trait_judge_messages
 from charlab.eval.judging import JudgeQuestion, average_orders, decide
-from charlab.eval.ratings import Outcome
+from charlab.eval.ratings import Outcome, RatingFit, percentile_ci
 from charlab.eval.sampling import SampleJob
 from charlab.settings import assets_dir
 
@@ -259,3 +261,38 @@ def sampled_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     denom = np.sqrt((ra * ra).sum(axis=1) * (rb * rb).sum(axis=1))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denom > 0, (ra * rb).sum(axis=1) / np.where(denom > 0, denom, 1.0), np.nan)
+
+
+@dataclass
+class Comparison:
+    """Reference vs target in one condition: the persona traits' rank shift and the ratings' Spearman, with CIs."""
+
+    condition: str
+    shift: dict[str, Any]
+    shift_ci: Estimate
+    spearman: Estimate
+
+
+def _estimate(point: float, samples: np.ndarray, level: float, n: int) -> Estimate:
+    samples = samples[~np.isnan(samples)]
+    if math.isnan(point) or not len(samples):
+        return Estimate(point, float("nan"), float("nan"), n)
+    low, high = percentile_ci(samples, level)
+    return Estimate(float(point), float(low), float(high), n)
+
+
+def compare(
+    condition: str, ref: RatingFit, tuned: RatingFit, traits: list[str], tracked: list[str], level: float, n: int
+) -> Comparison:
+    """Rank shift (reference -> tuned) of the tracked traits, and Spearman of the ratings of the traits both
+    players' trials included (the rest sit tied at the start rating), with CIs."""
+    point_ref = np.asarray([ref.elo[t] for t in traits])
+    point_tuned = np.asarray([tuned.elo[t] for t in traits])
+    shift = rank_shift(traits, point_ref, point_tuned, tracked)
+    index = [traits.index(t) for t in tracked if t in traits]
+    shift_ci = _estimate(shift["mean_shift"], sampled_rank_shift(ref.elo_samples, tuned.elo_samples, index), level, n)
+    played = [i for i, t in enumerate(traits) if ref.games[t] and tuned.games[t]]  # unplayed traits: tied at start
+    rho = spearman({traits[i]: point_ref[i] for i in played}, {traits[i]: point_tuned[i] for i in played})
+    samples = sampled_spearman(ref.elo_samples[:, played], tuned.elo_samples[:, played])
+    rho_ci = _estimate(rho, samples, level, n)
+    return Comparison(condition, shift, shift_ci, rho_ci)

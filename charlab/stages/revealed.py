@@ -24,47 +24,36 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 from omegaconf import MISSING, DictConfig
 from rich.console import Console
 
-from charlab.data.jsonl import JsonlWriter, iter_jsonl
 from charlab.errors import ConfigError, DataError
 from charlab.eval import plots, report
-from charlab.eval.bootstrap import Estimate
-from charlab.eval.judging import LOGPROB, TOP_LOGPROBS, count_modes, judge_to_jsonl
-from charlab.eval.persona_likelihood import trait_verdicts
-from charlab.eval.players import as_list, build_players, close_players
-from charlab.eval.ratings import RatingFit, fit_ratings, percentile_ci
+from charlab.eval.judging import count_modes
+from charlab.eval.players import as_list
+from charlab.eval.ratings import RatingFit, fit_ratings
 from charlab.eval.revealed import (
     NEUTRAL,
-    judge_questions,
+    Comparison,
+    compare,
     load_conditions,
     load_traits,
     persona_traits,
-    rank_shift,
-    reply_jobs,
     sample_items,
-    sampled_rank_shift,
-    sampled_spearman,
     spearman,
     trials,
 )
 from charlab.eval.revealed_report import revealed_sections
-from charlab.eval.sampling import fresh_file, sample_to_jsonl
-from charlab.generation.factory import sampling_params
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run
 from charlab.schemas import StageConfig
-from charlab.stages._common import load_persona, persona_prompt, to_plain
+from charlab.stages._common import load_persona
 from charlab.stages._eval import (
     check_judge_format,
-    judge_description,
-    make_judge,
-    player_sampler_factory,
     stage_players,
     stage_prompts,
 )
+from charlab.stages._revealed_trials import trial_replies, trial_verdicts
 
 CONTROL = "random"
 PREFERENCE = "preference"  # the non-random conditions pooled
@@ -88,41 +77,6 @@ class RevealedStageConfig(StageConfig):
     top_n: int = MISSING
 
 
-@dataclass
-class Comparison:
-    """Reference vs target in one condition: the persona traits' rank shift and the ratings' Spearman, with CIs."""
-
-    condition: str
-    shift: dict[str, Any]
-    shift_ci: Estimate
-    spearman: Estimate
-
-
-def _estimate(point: float, samples: np.ndarray, level: float, n: int) -> Estimate:
-    samples = samples[~np.isnan(samples)]
-    if math.isnan(point) or not len(samples):
-        return Estimate(point, float("nan"), float("nan"), n)
-    low, high = percentile_ci(samples, level)
-    return Estimate(float(point), float(low), float(high), n)
-
-
-def compare(
-    condition: str, ref: RatingFit, tuned: RatingFit, traits: list[str], tracked: list[str], level: float, n: int
-) -> Comparison:
-    """Rank shift (reference -> tuned) of the tracked traits, and Spearman of the ratings of the traits both
-    players' trials included (the rest sit tied at the start rating), with CIs."""
-    point_ref = np.asarray([ref.elo[t] for t in traits])
-    point_tuned = np.asarray([tuned.elo[t] for t in traits])
-    shift = rank_shift(traits, point_ref, point_tuned, tracked)
-    index = [traits.index(t) for t in tracked if t in traits]
-    shift_ci = _estimate(shift["mean_shift"], sampled_rank_shift(ref.elo_samples, tuned.elo_samples, index), level, n)
-    played = [i for i, t in enumerate(traits) if ref.games[t] and tuned.games[t]]  # unplayed traits: tied at start
-    rho = spearman({traits[i]: point_ref[i] for i in played}, {traits[i]: point_tuned[i] for i in played})
-    samples = sampled_spearman(ref.elo_samples[:, played], tuned.elo_samples[:, played])
-    rho_ci = _estimate(rho, samples, level, n)
-    return Comparison(condition, shift, shift_ci, rho_ci)
-
-
 @register_stage("revealed", schema=RevealedStageConfig, description="revealed trait preferences (Elo over traits)")
 def run(cfg: DictConfig, run: Run) -> StageResult:
     """Run the trials, judge them, rate the traits per player and condition, compare players."""
@@ -131,95 +85,28 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     names = stage_players(cfg, minimum=1, default=("base", "tuned"))
     traits = load_traits(Path(stage.traits_file).expanduser() if stage.traits_file else None)
     all_conditions = load_conditions()
-    chosen = list(stage.conditions)
-    unknown = [c for c in chosen if c not in all_conditions]
-    if unknown or not chosen:
-        raise ConfigError(f"stage.conditions={chosen}: allowed are {', '.join(all_conditions)}")
-    if int(ev.revealed_trials) < 1:
-        raise ConfigError(f"eval.revealed_trials={ev.revealed_trials} is not allowed; use 1 or more")
+    chosen = _chosen_conditions(cfg, all_conditions)
     likelihood = check_judge_format(cfg) == "likelihood"
     _, prompts = stage_prompts(cfg, run, persona)
     items = sample_items(prompts, traits, chosen, int(ev.revealed_trials), seed=int(cfg.seed))
     tracked = _persona_traits(stage.persona_traits, persona, traits)
 
-    # ---- replies and verdicts -----------------------------------------------------------------------------
-    players = build_players(names, player_sampler_factory(cfg), stage.adapter, persona_prompt(cfg, persona=persona))
-    replies_path = fresh_file(run.path("replies.jsonl"), stage.resume)
-    replies: dict[str, dict[str, Any]] = {}
-    try:
-        for player in players:
-            jobs = reply_jobs(items, player.name, all_conditions, player.system_prompt, stage.instruction_in)
-            replies.update(
-                sample_to_jsonl(
-                    player.sampler, jobs, sampling_params(to_plain(cfg.student)), replies_path, int(ev.batch_size),
-                    f"trials ({player.name})",
-                    lambda done, total, p=player.name: run.log_metrics({f"revealed/replies_{p}": done}),
-                )
-            )  # fmt: skip
-    finally:
-        close_players(players)
-    judgments_path = fresh_file(run.path("judgments.jsonl"), stage.resume)
-    judge = make_judge(cfg)
-    judged_rows: list[dict[str, Any]] = []
-    calibrate = False
-    try:
-        for name in names:
-            if likelihood:
-                judged_rows += _trait_likelihood(judge, items, replies, name, judgments_path, str(stage.trait_prompt))
-            else:
-                judged_rows += _judge(judge, items, replies, name, judgments_path, run, int(ev.batch_size))
-        # the judge's prior for each question, from a content-free reply; only useful when verdicts are scored
-        calibrate = bool(ev.judge_calibrate) and any(
-            r["mode"] in (LOGPROB, TOP_LOGPROBS) and "scores" not in r for r in judged_rows
-        )
-        if calibrate:
-            judged_rows += _judge(judge, items, replies, NEUTRAL, judgments_path, run, int(ev.batch_size))
-        judged_by = judge_description(cfg, judge) + (
-            f"; format likelihood (each reply read under each trait: system prompt {stage.trait_prompt!r})"
-            if likelihood
-            else "; format pairwise (both orders averaged)"
-        )
-    finally:
-        judge.sampler.close()
+    replies = trial_replies(cfg, run, names, items, all_conditions, persona)
+    judged_rows, calibrate, judged_by = trial_verdicts(cfg, run, names, items, replies, likelihood)
     judged_trials = trials(judged_rows, calibrate=calibrate)
 
-    # ---- ratings per player and condition; comparisons ----------------------------------------------------
     conditions = [*chosen, *([PREFERENCE] if len([c for c in chosen if c != CONTROL]) > 1 else [])]
-    fits: dict[str, dict[str, RatingFit]] = {}
-    usable: dict[str, dict[str, int]] = {}
-    for name in names:
-        fits[name], usable[name] = {}, {}
-        for condition in conditions:
-            wanted = [c for c in chosen if c != CONTROL] if condition == PREFERENCE else [condition]
-            outcomes = [
-                t.outcome
-                for t in judged_trials
-                if t.player == name and t.condition in wanted and t.outcome is not None
-            ]
-            usable[name][condition] = len(outcomes)
-            fits[name][condition] = fit_ratings(
-                outcomes, traits, k=float(ev.k_factor), initial=float(ev.initial_rating), orderings=int(ev.orderings),
-                resamples=int(ev.bootstrap), bt_prior=float(ev.bt_prior), level=float(ev.ci_level), seed=int(cfg.seed),
-            )  # fmt: skip
+    fits, usable = _rate_traits(cfg, names, conditions, chosen, judged_trials, traits)
     modes = {name: count_modes(r for r in judged_rows if r["player"] == name) for name in names}
     neutral_rows = sum(r["player"] == NEUTRAL for r in judged_rows)
     unparseable = {name: sum(t.outcome is None for t in judged_trials if t.player == name) for name in names}
     reference, target = compared_players(names)
-    comparisons: dict[str, Comparison] = {}
     # the rank shift is about the persona's traits: the games they played, not all trials, say how much it rests on
     tracked_games = {
         name: {c: sum(fit.games.get(t, 0) for t in tracked) for c, fit in by.items()} for name, by in fits.items()
     }
-    if reference and target:
-        for condition in conditions:
-            n = min(usable[reference][condition], usable[target][condition])
-            comparisons[condition] = compare(
-                condition, fits[reference][condition], fits[target][condition], traits, tracked, float(ev.ci_level), n
-            )
-    ratings_path = run.path("ratings.json")
-    ratings_path.write_text(
-        json.dumps({n: {c: [asdict(r) for r in f.table] for c, f in by.items()} for n, by in fits.items()}, indent=1)
-    )
+    comparisons = _comparisons(cfg, fits, usable, conditions, traits, tracked, (reference, target))
+    ratings_path = _write_ratings(run.path("ratings.json"), fits)
     headline_condition = (
         PREFERENCE if PREFERENCE in conditions else next((c for c in chosen if c != CONTROL), chosen[0])
     )
@@ -240,12 +127,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         "reference": reference,
         "target": target,
         "headline_condition": headline_condition,
-        "comparisons": {
-            c: {"rank_shift": v.shift_ci.as_dict(), "spearman": v.spearman.as_dict(),
-                "traits": {t: r[2] for t, r in v.shift["traits"].items()},
-                "tracked_games": min(tracked_games[reference][c], tracked_games[target][c])}
-            for c, v in comparisons.items()
-        },
+        "comparisons": _comparison_summary(comparisons, tracked_games, (reference, target)),
         "spearman": correlations,
         "top_traits": {n: [r.player for r in f[headline_condition].table[:5]] for n, f in fits.items()},
         metric_name: metric,
@@ -256,17 +138,8 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         {f"revealed/{metric_name}": metric} | {f"revealed/spearman/{k}": v for k, v in correlations.items()}
     )
 
-    # ---- report -------------------------------------------------------------------------------------------
-    tables = {n: f[headline_condition].table for n, f in fits.items()}
-    top_png = plots.plot_top_bottom(tables, run.path("top_bottom_traits.png"), int(stage.top_n))
-    images = [report.image(top_png, "top and bottom traits")]
-    artifacts = {"ratings": ratings_path, "report": run.path("report.md"), "plot": top_png}
-    if reference and target:
-        scatter = plots.plot_rank_scatter(
-            fits[reference][headline_condition].elo, fits[target][headline_condition].elo,
-            run.path("trait_scatter.png"), reference, target, tracked,
-        )  # fmt: skip
-        images.append(report.image(scatter, f"trait Elo ({headline_condition}), {reference} vs {target}"))
+    artifacts = {"ratings": ratings_path, "report": run.path("report.md")}
+    artifacts["plot"], images = _plots(run, fits, headline_condition, (reference, target), tracked, int(stage.top_n))
     _log_tables(run, replies, judged_rows)
     report.write_report(
         artifacts["report"],
@@ -276,12 +149,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
             headline_condition, (reference, target), images, stage, len(items), judged_by,
         ),
     )  # fmt: skip
-    Console().print(
-        f"[bold]revealed preferences[/bold]: {metric_name} ({headline_condition}) = {report.fmt(metric)}"
-        + (f" (95% CI {report.ci(headline.shift_ci.low, headline.shift_ci.high)})" if headline else "")
-        + "; usable trials: "
-        + ", ".join(f"{n} {sum(u[c] for c in chosen)}/{len(items)}" for n, u in usable.items())
-    )
+    _print_headline(f"{metric_name} ({headline_condition})", metric, headline, usable, chosen, len(items))
     return StageResult(
         metric=None if metric is None or math.isnan(metric) else metric,
         metric_name=metric_name,
@@ -290,29 +158,116 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     )
 
 
-def _judge(
-    judge: Any, items: list, replies: dict, name: str, path: Path, run: Run, batch_size: int
-) -> list[dict[str, Any]]:
-    """The judge's verdicts on `name`'s trials, both orders (appended to `path`, resumable)."""
-    questions = judge_questions(items, replies, name)
-    rows = judge_to_jsonl(
-        judge, questions, path, batch_size, f"judging ({name})",
-        lambda done, total: run.log_metrics({f"revealed/judged_{name}": done}),
-    )  # fmt: skip
-    return [rows[q.id] for q in questions if q.id in rows]
+def _chosen_conditions(cfg: DictConfig, all_conditions: dict[str, str]) -> list[str]:
+    """`stage.conditions`, checked against the bundled ones; `eval.revealed_trials` checked too."""
+    chosen = list(cfg.stage.conditions)
+    unknown = [c for c in chosen if c not in all_conditions]
+    if unknown or not chosen:
+        raise ConfigError(f"stage.conditions={chosen}: allowed are {', '.join(all_conditions)}")
+    if int(cfg.eval.revealed_trials) < 1:
+        raise ConfigError(f"eval.revealed_trials={cfg.eval.revealed_trials} is not allowed; use 1 or more")
+    return chosen
 
 
-def _trait_likelihood(
-    judge: Any, items: list, replies: dict, name: str, path: Path, template: str
-) -> list[dict[str, Any]]:
-    """Likelihood-format verdicts on `name`'s trials (appended to `path`; finished trials are kept)."""
-    done = {row["id"]: row for row in iter_jsonl(path) if row.get("player") == name} if path.is_file() else {}
-    todo = [item for item in items if f"{name}:{item.id}" not in done]
-    rows = trait_verdicts(judge.sampler, todo, replies, name, template)
-    with JsonlWriter(path) as writer:
-        writer.write_many(rows)
-    done.update({row["id"]: row for row in rows})
-    return [done[f"{name}:{item.id}"] for item in items if f"{name}:{item.id}" in done]
+def _rate_traits(
+    cfg: DictConfig, names: list[str], conditions: list[str], chosen: list[str], judged_trials: list, traits: list[str]
+) -> tuple[dict[str, dict[str, RatingFit]], dict[str, dict[str, int]]]:
+    """Trait ratings per player and condition (`preference` pools the non-random conditions), and usable trials."""
+    ev = cfg.eval
+    fits: dict[str, dict[str, RatingFit]] = {}
+    usable: dict[str, dict[str, int]] = {}
+    for name in names:
+        fits[name], usable[name] = {}, {}
+        for condition in conditions:
+            wanted = [c for c in chosen if c != CONTROL] if condition == PREFERENCE else [condition]
+            outcomes = [
+                t.outcome
+                for t in judged_trials
+                if t.player == name and t.condition in wanted and t.outcome is not None
+            ]
+            usable[name][condition] = len(outcomes)
+            fits[name][condition] = fit_ratings(
+                outcomes, traits, k=float(ev.k_factor), initial=float(ev.initial_rating), orderings=int(ev.orderings),
+                resamples=int(ev.bootstrap), bt_prior=float(ev.bt_prior), level=float(ev.ci_level), seed=int(cfg.seed),
+            )  # fmt: skip
+    return fits, usable
+
+
+def _comparisons(
+    cfg: DictConfig,
+    fits: dict[str, dict[str, RatingFit]],
+    usable: dict[str, dict[str, int]],
+    conditions: list[str],
+    traits: list[str],
+    tracked: list[str],
+    compared: tuple[Optional[str], Optional[str]],
+) -> dict[str, Comparison]:
+    """Reference vs target in every condition (none with a single player)."""
+    reference, target = compared
+    comparisons: dict[str, Comparison] = {}
+    if reference and target:
+        for condition in conditions:
+            n = min(usable[reference][condition], usable[target][condition])
+            comparisons[condition] = compare(
+                condition, fits[reference][condition], fits[target][condition], traits, tracked,
+                float(cfg.eval.ci_level), n,
+            )  # fmt: skip
+    return comparisons
+
+
+def _plots(
+    run: Run,
+    fits: dict[str, dict[str, RatingFit]],
+    headline_condition: str,
+    compared: tuple[Optional[str], Optional[str]],
+    tracked: list[str],
+    top_n: int,
+) -> tuple[Path, list[str]]:
+    """The top/bottom traits plot (and, with two players, the trait-Elo scatter); their report images."""
+    reference, target = compared
+    tables = {n: f[headline_condition].table for n, f in fits.items()}
+    top_png = plots.plot_top_bottom(tables, run.path("top_bottom_traits.png"), top_n)
+    images = [report.image(top_png, "top and bottom traits")]
+    if reference and target:
+        scatter = plots.plot_rank_scatter(
+            fits[reference][headline_condition].elo, fits[target][headline_condition].elo,
+            run.path("trait_scatter.png"), reference, target, tracked,
+        )  # fmt: skip
+        images.append(report.image(scatter, f"trait Elo ({headline_condition}), {reference} vs {target}"))
+    return top_png, images
+
+
+def _write_ratings(path: Path, fits: dict[str, dict[str, RatingFit]]) -> Path:
+    """Every player's trait ratings per condition (`ratings.json`, what `stage.compare_runs` reads)."""
+    path.write_text(
+        json.dumps({n: {c: [asdict(r) for r in f.table] for c, f in by.items()} for n, by in fits.items()}, indent=1)
+    )
+    return path
+
+
+def _comparison_summary(
+    comparisons: dict[str, Comparison], tracked_games: dict[str, dict[str, int]], compared: tuple
+) -> dict[str, Any]:
+    """Per condition: the rank shift and Spearman with CIs, the persona traits' shifts, the games they rest on."""
+    reference, target = compared
+    return {
+        c: {"rank_shift": v.shift_ci.as_dict(), "spearman": v.spearman.as_dict(),
+            "traits": {t: r[2] for t, r in v.shift["traits"].items()},
+            "tracked_games": min(tracked_games[reference][c], tracked_games[target][c])}
+        for c, v in comparisons.items()
+    }  # fmt: skip
+
+
+def _print_headline(
+    what: str, metric: Optional[float], headline: Optional[Comparison], usable: dict, chosen: list[str], trials: int
+) -> None:
+    """One console line: the headline rank shift (with its CI) and each player's usable trials."""
+    Console().print(
+        f"[bold]revealed preferences[/bold]: {what} = {report.fmt(metric)}"
+        + (f" (95% CI {report.ci(headline.shift_ci.low, headline.shift_ci.high)})" if headline else "")
+        + "; usable trials: "
+        + ", ".join(f"{n} {sum(u[c] for c in chosen)}/{trials}" for n, u in usable.items())
+    )
 
 
 def compared_players(names: list[str]) -> tuple[Optional[str], Optional[str]]:
