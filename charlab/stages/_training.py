@@ -11,7 +11,8 @@ from omegaconf import MISSING, DictConfig
 
 from charlab.data.jsonl import read_jsonl
 from charlab.data.records import DpoExample
-from charlab.errors import DataError
+from charlab.errors import ConfigError, DataError
+from charlab.run import Run
 from charlab.schemas import StageConfig
 from charlab.training.loop import LoopConfig
 
@@ -87,3 +88,15 @@ def read_pairs(path: Path) -> tuple[Path, list[DpoExample]]:
             if not isinstance(getattr(pair, key), str):
                 raise DataError(f"stage.pairs: {path}: row {row}: field '{key}' must be a string")
     return path, pairs
+
+
+def resume_root_of(stage: DictConfig, run: Run, what: str) -> Path:
+    """Where the checkpoints (and caches) to continue are: `stage.resume_from` (recorded as a parent), else this run;
+    `what` names the directory a wrong `resume_from` should have been ("a dpo run directory")."""
+    if not stage.resume_from:
+        return run.dir
+    root = Path(stage.resume_from).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"stage.resume_from={stage.resume_from} is not a directory; give {what}")
+    run.add_parent("resumed_from", root)
+    return root

@@ -21,7 +21,7 @@ from charlab.errors import ConfigError, DataError
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_meta
 from charlab.stages._common import cache_dir, lora_config, model_config, to_plain
-from charlab.stages._training import TrainingStageConfig, loop_config, read_pairs, remote_forms
+from charlab.stages._training import TrainingStageConfig, loop_config, read_pairs, remote_forms, resume_root_of
 from charlab.training.backend import closing
 from charlab.training.loop import validate_loop_config
 
@@ -74,7 +74,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     backend_cfg = backend_config(to_plain(cfg.backend))
     pairs_path, pairs = read_pairs(Path(stage.pairs).expanduser().resolve())
     run.add_parent("pairs", pairs_path)
-    resume_root = _resume_root(stage, run)
+    resume_root = resume_root_of(stage, run, "a dpo run directory")
 
     backend = create_backend(backend_cfg, model, lora, cache_dir(cfg), seed=int(stage.seed))
     with closing(backend):  # Tinker's session learns whether the stage succeeded
@@ -123,17 +123,6 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         remote = remote_forms(backend)
     print(f"[charlab] dpo adapter: {adapter}")
     return _result(summary, adapter, run.dir / "checkpoints", remote, len(train_items), len(eval_items))
-
-
-def _resume_root(stage: DictConfig, run: Run) -> Path:
-    """Where the checkpoints (and reference cache) to continue are: `stage.resume_from`, else this run."""
-    if not stage.resume_from:
-        return run.dir
-    resume_root = Path(stage.resume_from).expanduser()
-    if not resume_root.is_dir():
-        raise ConfigError(f"stage.resume_from={stage.resume_from} is not a directory; give a dpo run directory")
-    run.add_parent("resumed_from", resume_root)
-    return resume_root
 
 
 def _write_adapter_meta(

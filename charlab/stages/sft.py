@@ -43,7 +43,14 @@ from charlab.stages._common import (
     persona_prompt,
     to_plain,
 )
-from charlab.stages._training import GAP_FILE, TrainingStageConfig, loop_config, read_pairs, remote_forms
+from charlab.stages._training import (
+    GAP_FILE,
+    TrainingStageConfig,
+    loop_config,
+    read_pairs,
+    remote_forms,
+    resume_root_of,
+)
 from charlab.training.backend import closing
 from charlab.training.loop import validate_loop_config
 
@@ -207,11 +214,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
             f"`stage=export stage.dpo_adapter={dpo_adapter} stage.sft_adapter=<this run>/adapter`."
         )
         log.warning(notes[-1])
-    resume_root = Path(stage.resume_from).expanduser() if stage.resume_from else run.dir
-    if stage.resume_from:
-        if not resume_root.is_dir():
-            raise ConfigError(f"stage.resume_from={stage.resume_from} is not a directory; give an sft run directory")
-        run.add_parent("resumed_from", resume_root)
+    resume_root = resume_root_of(stage, run, "an sft run directory")
 
     chat = ChatFormat(load_tokenizer(model, cache_dir(cfg)))
     max_length = int(stage.max_length)
