@@ -50,9 +50,7 @@ LEVEL = {"faces": 7, "root": 6, "stages": 5, "wiring": 4, "training": 3, "eval":
 LIBRARIES = ("training", "eval", "drafting", "generation", "data")
 
 KNOWN_BIG_MODULES: set[str] = set()
-KNOWN_LONG_FUNCTIONS = {
-    "charlab/stages/sft.py:run",
-}
+KNOWN_LONG_FUNCTIONS: set[str] = set()
 KNOWN_CYCLES: set[frozenset[str]] = set()
 KNOWN_UP_EDGES: set[tuple[str, str]] = set()
 KNOWN_BELOW_TRAIN: set[str] = set()

@@ -182,6 +182,115 @@ def write_report(path: Path, summary: dict[str, Any], gaps: dict[str, Any], note
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+MERGED_NOTE = (
+    "The adapter applies on top of base + DPO merged: `stage=export stage.sft_weight=1.0` gives one adapter "
+    "for the trained model; the paper's released mix is sft_weight=0.25. The gaps above describe base + "
+    "DPO + 1.0 x SFT; `stage=export` measures the gap of the combination it exports on the same replies."
+)
+
+
+def _start_weights(stage: DictConfig, run: Run, backend_kind: str) -> tuple[Optional[str], list[str]]:
+    """What SFT starts from (the DPO adapter merged, its Tinker state, or the base) and a note when the DPO adapter
+    cannot be used (Tinker cannot upload a merged model)."""
+    dpo_adapter = adapter_location(stage.dpo_adapter)
+    if dpo_adapter:
+        run.add_parent("dpo_adapter", dpo_adapter)
+    init_adapter = start_weights(backend_kind, dpo_adapter)
+    notes = []
+    if dpo_adapter and not init_adapter:
+        notes.append(
+            "Tinker trains SFT from the base (a merged DPO model cannot be uploaded): combine the adapters with "
+            f"`stage=export stage.dpo_adapter={dpo_adapter} stage.sft_adapter=<this run>/adapter`."
+        )
+        log.warning(notes[-1])
+    return init_adapter, notes
+
+
+def _encode(
+    chat: Any, examples: list[IntrospectionExample], stage: DictConfig, system_prompt: str, data_path: Path
+) -> tuple[list, Any]:
+    """The examples as token sequences within `stage.max_length`; those quoting the constitution's system prompt are
+    dropped (they would teach it back in context) and counted."""
+    from charlab.training.sft import SftItem, encode_examples, with_system_prompt
+
+    systems = {"interaction": str(stage.interaction_system_prompt)} if stage.interaction_system_prompt else {}
+    items, stats = encode_examples(
+        chat, examples, int(stage.max_length), train_on=str(stage.train_on), systems=systems
+    )
+    if not items:
+        raise DataError(f"stage.data: {data_path}: no example has assistant tokens within stage.max_length")
+    leaked = set(with_system_prompt(chat, items, system_prompt))
+    if leaked:  # a reply quoting the constitution would teach it back in context: drop, count, say so
+        log.warning("sft: dropping %d examples that contain the constitution system prompt", len(leaked))
+        items = [SftItem(i, item.seq, item.id) for i, item in enumerate(it for it in items if it.id not in leaked)]
+        stats.dropped += sorted(leaked)
+        stats.kept = len(items)
+        stats.tokens, stats.trained_tokens = sum(len(i) for i in items), sum(i.seq.num_trained for i in items)
+    return items, stats
+
+
+CONTINUED = "the DPO adapter's LoRA, continued on Tinker (the adapter holds DPO + SFT)"
+
+
+def _gap_conversations(stage: DictConfig, run: Run, examples: list[IntrospectionExample], eval_items: list) -> list:
+    """The held-out replies the distillation gap is measured on (rank 0 only), saved for `stage=export`."""
+    by_id = {example.id or str(row): example for row, example in enumerate(examples, 1)}
+    measure_gap = stage.gap_examples and distributed.is_main()  # under torchrun rank 0 measures
+    conversations = gap_conversations(stage, [by_id[item.id] for item in eval_items]) if measure_gap else []
+    if conversations:  # stage=export measures the gap of the exported combination on exactly these replies
+        save_gap_conversations(run.path(GAP_FILE), conversations)
+    return conversations
+
+
+def _trainer(
+    backend: Any, stage: DictConfig, run: Run, identity: str, pack_length: Optional[int], split: tuple, stats: Any
+) -> Any:
+    """The training loop over the (packed) examples, fingerprinted for resume; the run's meta learns its sizes."""
+    from charlab.training.loop import Trainer
+    from charlab.training.sft import SftAlgorithm
+
+    items, train_items, eval_items = split
+    algorithm = SftAlgorithm(pack_length=pack_length, eval_batch_size=int(stage.eval_batch_size))
+    fingerprint = f"{identity}|{stage.train_on}|{[len(i) for i in items]}|{[i.index for i in eval_items]}"
+    trainer = Trainer(
+        backend,
+        algorithm,
+        train_items,
+        eval_items,
+        loop_config(stage),
+        run.dir / "checkpoints",
+        on_metrics=run.log_metrics,
+        fingerprint=fingerprint,
+    )
+    run.update_meta(
+        data=stats.as_dict(),
+        train_examples=len(train_items),
+        eval_examples=len(eval_items),
+        total_steps=trainer.total_steps,
+    )
+    return trainer
+
+
+def _summary(
+    summary: Any, stage: DictConfig, trained_on: str, pack_length: Optional[int], stats: Any, split: tuple, gaps: dict
+) -> dict[str, Any]:
+    """The stage's summary (meta.json, the report): steps, what it trained on, data counts, losses, gaps."""
+    train_items, eval_items = split
+    return {
+        "steps": summary.steps,
+        "resumed_at_step": summary.start_step,
+        "trained_on": trained_on,
+        "train_on": str(stage.train_on),
+        "packing": pack_length is not None,
+        **{f"data_{k}": v for k, v in stats.as_dict().items()},
+        "train_examples": len(train_items),
+        "eval_examples": len(eval_items),
+        "eval/loss": summary.eval.get("eval/loss"),
+        "train/loss": summary.train.get("loss"),
+        **{f"gap/{name}": gap.gap for name, gap in gaps.items()},
+    }
+
+
 @register_stage("sft", schema=SftStageConfig, description="introspective SFT (no system prompt) + distillation gap")
 def run(cfg: DictConfig, run: Run) -> StageResult:
     """Train the SFT adapter, report held-out loss and the prompt-distillation gap."""
@@ -190,8 +299,6 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     from charlab.models import load_tokenizer
     from charlab.training.dpo import split_eval
     from charlab.training.factory import backend_config, create_backend, model_identity
-    from charlab.training.loop import Trainer
-    from charlab.training.sft import SftAlgorithm, SftItem, encode_examples, with_system_prompt
 
     stage = cfg.stage
     validate(stage)
@@ -202,40 +309,15 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     data_path = Path(stage.data).expanduser()
     examples = read_examples(data_path)
     run.add_parent("data", data_path)
-    dpo_adapter = adapter_location(stage.dpo_adapter)
-    if dpo_adapter:
-        run.add_parent("dpo_adapter", dpo_adapter)
-    init_adapter = start_weights(backend_cfg.kind, dpo_adapter)
+    init_adapter, notes = _start_weights(stage, run, backend_cfg.kind)
     continued = init_adapter is not None and init_adapter.startswith("tinker://")
-    notes = []
-    if dpo_adapter and not init_adapter:
-        notes.append(
-            "Tinker trains SFT from the base (a merged DPO model cannot be uploaded): combine the adapters with "
-            f"`stage=export stage.dpo_adapter={dpo_adapter} stage.sft_adapter=<this run>/adapter`."
-        )
-        log.warning(notes[-1])
     resume_root = resume_root_of(stage, run, "an sft run directory")
 
     chat = ChatFormat(load_tokenizer(model, cache_dir(cfg)))
     max_length = int(stage.max_length)
-    systems = {"interaction": str(stage.interaction_system_prompt)} if stage.interaction_system_prompt else {}
-    items, stats = encode_examples(chat, examples, max_length, train_on=str(stage.train_on), systems=systems)
-    if not items:
-        raise DataError(f"stage.data: {data_path}: no example has assistant tokens within stage.max_length")
-    leaked = set(with_system_prompt(chat, items, system_prompt))
-    if leaked:  # a reply quoting the constitution would teach it back in context: drop, count, say so
-        log.warning("sft: dropping %d examples that contain the constitution system prompt", len(leaked))
-        items = [SftItem(i, item.seq, item.id) for i, item in enumerate(it for it in items if it.id not in leaked)]
-        stats.dropped += sorted(leaked)
-        stats.kept = len(items)
-        stats.tokens, stats.trained_tokens = sum(len(i) for i in items), sum(i.seq.num_trained for i in items)
+    items, stats = _encode(chat, examples, stage, system_prompt, data_path)
     train_items, eval_items = split_eval(items, float(stage.eval_fraction), int(stage.seed))
-    by_id = {example.id or str(row): example for row, example in enumerate(examples, 1)}
-    measure_gap = stage.gap_examples and distributed.is_main()  # under torchrun rank 0 measures
-    conversations = gap_conversations(stage, [by_id[item.id] for item in eval_items]) if measure_gap else []
-    if conversations:  # stage=export measures the gap of the exported combination on exactly these replies
-        save_gap_conversations(run.path(GAP_FILE), conversations)
-
+    conversations = _gap_conversations(stage, run, examples, eval_items)
     gaps: dict[str, Any] = {}
     if conversations and init_adapter and not continued:  # otherwise the backend's reference weights are the base
         gaps["base"] = base_gap(cfg, chat, conversations, system_prompt)
@@ -246,25 +328,8 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
             gaps["dpo" if init_adapter else "base"] = before
         packing = bool(stage.packing) and getattr(backend, "supports_packing", False)  # Tinker: no position resets
         pack_length = max_length if packing else None
-        algorithm = SftAlgorithm(pack_length=pack_length, eval_batch_size=int(stage.eval_batch_size))
         identity = model_identity(backend_cfg, model, init_adapter)
-        fingerprint = f"{identity}|{stage.train_on}|{[len(i) for i in items]}|{[i.index for i in eval_items]}"
-        trainer = Trainer(
-            backend,
-            algorithm,
-            train_items,
-            eval_items,
-            loop_config(stage),
-            run.dir / "checkpoints",
-            on_metrics=run.log_metrics,
-            fingerprint=fingerprint,
-        )
-        run.update_meta(
-            data=stats.as_dict(),
-            train_examples=len(train_items),
-            eval_examples=len(eval_items),
-            total_steps=trainer.total_steps,
-        )
+        trainer = _trainer(backend, stage, run, identity, pack_length, (items, train_items, eval_items), stats)
         summary = trainer.train(resume_from=resume_root / "checkpoints" if stage.resume else None)
         if not distributed.is_main():  # under torchrun rank 0 saves, measures the gap and reports
             return StageResult(metric=None, metric_name=None, artifacts={}, summary={})
@@ -273,26 +338,12 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
             gaps["sft"] = distillation_gap(backend_scorer(backend), chat, conversations, system_prompt)
         remote = remote_forms(backend)
 
-    trained_on = "base + DPO adapter merged" if init_adapter else "base"
-    if continued:
-        trained_on = "the DPO adapter's LoRA, continued on Tinker (the adapter holds DPO + SFT)"
+    trained_on = CONTINUED if continued else ("base + DPO adapter merged" if init_adapter else "base")
     gaps = {name: gap for name, gap in gaps.items() if gap.examples}
     for name, gap in gaps.items():
         run.log_metrics(gap.as_metrics(f"gap/{name}"), step=summary.steps)
     held_out = summary.eval.get("eval/loss")
-    result = {
-        "steps": summary.steps,
-        "resumed_at_step": summary.start_step,
-        "trained_on": trained_on,
-        "train_on": str(stage.train_on),
-        "packing": pack_length is not None,
-        **{f"data_{k}": v for k, v in stats.as_dict().items()},
-        "train_examples": len(train_items),
-        "eval_examples": len(eval_items),
-        "eval/loss": held_out,
-        "train/loss": summary.train.get("loss"),
-        **{f"gap/{name}": gap.gap for name, gap in gaps.items()},
-    }
+    result = _summary(summary, stage, trained_on, pack_length, stats, (train_items, eval_items), gaps)
     write_meta(
         adapter / "meta.json",
         run.config,
@@ -304,11 +355,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         **remote,
     )
     if init_adapter and not continued:
-        notes.append(
-            "The adapter applies on top of base + DPO merged: `stage=export stage.sft_weight=1.0` gives one adapter "
-            "for the trained model; the paper's released mix is sft_weight=0.25. The gaps above describe base + "
-            "DPO + 1.0 x SFT; `stage=export` measures the gap of the combination it exports on the same replies."
-        )
+        notes.append(MERGED_NOTE)
     write_report(run.path("report.md"), result, gaps, notes)
     print(f"[charlab] sft adapter: {adapter}")
     metric, name = (held_out, "eval/loss") if held_out is not None else (summary.train.get("loss"), "train/loss")
