@@ -12,6 +12,7 @@ first replies to read.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import time
 from pathlib import Path
@@ -49,7 +50,8 @@ def main() -> None:
     args = parser.parse_args()
     persona = load_constitution(ROOT / "constitutions" / f"{args.persona}.json")
     model = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), _model_yaml(args.model)))
-    sampler = HFSampler.load(model, Path.home() / ".cache" / "charlab", batch_size=12, device="cpu", dtype="float32")
+    cache = Path(os.environ.get("CHARLAB_CACHE", Path.home() / ".cache" / "charlab"))  # as configs/paths/default.yaml
+    sampler = HFSampler.load(model, cache, batch_size=12, device="cpu", dtype="float32")
     system = persona.render_system_prompt("teacher", style="brief")
     contexts = {"system prompt": [], "system prompt + demonstrations": persona.demonstration_turns()}
     ignore = stock_vocabulary(persona)
