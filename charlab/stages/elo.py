@@ -26,7 +26,7 @@ from charlab.eval import plots, report
 from charlab.eval.bootstrap import Estimate
 from charlab.eval.elo import match_outcomes, save_matches
 from charlab.eval.head_to_head import player_pairs
-from charlab.eval.judge import HELPFUL_CRITERION, persona_criterion
+from charlab.eval.judging import HELPFUL_CRITERION, persona_criterion
 from charlab.eval.ratings import bootstrap_win_rate, rating_table, win_matrix
 from charlab.eval.sampling import fresh_file
 from charlab.eval.selection import training_selection

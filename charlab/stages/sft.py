@@ -20,7 +20,6 @@ model and the SFT'd model.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from charlab.data.jsonl import read_jsonl
 from charlab.data.records import IntrospectionExample
 from charlab.errors import ConfigError, DataError
 from charlab.registry import StageResult, register_stage
-from charlab.run import Run, write_meta
+from charlab.run import Run, read_meta, write_meta
 from charlab.stages._common import (
     adapter_location,
     cache_dir,
@@ -107,12 +106,8 @@ def start_weights(backend_kind: str, dpo_adapter: Optional[str]) -> Optional[str
         return dpo_adapter
     if dpo_adapter.startswith("tinker://"):
         return dpo_adapter
-    meta = Path(dpo_adapter) / "meta.json"
-    if meta.is_file():
-        state = json.loads(meta.read_text(encoding="utf-8")).get("adapter_tinker_state")
-        if state:
-            return str(state)
-    return None
+    state = read_meta(Path(dpo_adapter)).get("adapter_tinker_state")
+    return str(state) if state else None
 
 
 def gap_conversations(stage: DictConfig, held_out: list[IntrospectionExample]) -> list[list[dict[str, str]]]:
