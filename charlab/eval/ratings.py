@@ -281,24 +281,32 @@ class RatingFit:
         return {r.player: r.games for r in self.table}
 
 
+@dataclass(frozen=True)
+class RatingSettings:
+    """How ratings are fitted (the stages take every value from `configs/eval/*.yaml`): the Elo K-factor and
+    initial rating, random orderings averaged, bootstrap resamples, the Bradley-Terry prior, the CI level, the seed."""
+
+    k: float
+    initial: float
+    orderings: int
+    resamples: int
+    bt_prior: float
+    level: float
+    seed: int
+
+
 def fit_ratings(
-    outcomes: Sequence[Outcome],
-    players: Optional[Sequence[str]] = None,
-    k: float = 32.0,
-    initial: float = 1000.0,
-    orderings: int = 100,
-    resamples: int = 1000,
-    bt_prior: float = 0.5,
-    level: float = 0.95,
-    seed: int = 0,
+    outcomes: Sequence[Outcome], settings: RatingSettings, players: Optional[Sequence[str]] = None
 ) -> RatingFit:
     """Order-averaged Elo and Bradley-Terry, each with bootstrap CIs, and records for every player, best first."""
+    k, initial, orderings, resamples = settings.k, settings.initial, settings.orderings, settings.resamples
+    prior, level, seed = settings.bt_prior, settings.level, settings.seed
     names = players_of(outcomes, players)
     elo = order_averaged_elo(outcomes, names, k, initial, orderings, seed)
     boot = bootstrap_elo(outcomes, names, k, initial, orderings, resamples, seed)
     low, high = percentile_ci(boot, level) if len(boot) else (np.array(list(elo.values())),) * 2
-    bt = bradley_terry(outcomes, names, prior=bt_prior, initial=initial) if outcomes else dict.fromkeys(names, initial)
-    bt_boot = bootstrap_bradley_terry(outcomes, names, bt_prior, initial, resamples, seed)
+    bt = bradley_terry(outcomes, names, prior=prior, initial=initial) if outcomes else dict.fromkeys(names, initial)
+    bt_boot = bootstrap_bradley_terry(outcomes, names, prior, initial, resamples, seed)
     bt_low, bt_high = percentile_ci(bt_boot, level) if len(bt_boot) else (np.full(len(names), np.nan),) * 2
     games = dict.fromkeys(names, 0)
     score = dict.fromkeys(names, 0.0)
@@ -314,21 +322,6 @@ def fit_ratings(
         for i, p in enumerate(names)
     ]
     return RatingFit(sorted(table, key=lambda r: (-r.elo, r.player)), names, boot, bt_boot)
-
-
-def rating_table(
-    outcomes: Sequence[Outcome],
-    players: Optional[Sequence[str]] = None,
-    k: float = 32.0,
-    initial: float = 1000.0,
-    orderings: int = 100,
-    resamples: int = 1000,
-    bt_prior: float = 0.5,
-    level: float = 0.95,
-    seed: int = 0,
-) -> list[PlayerRating]:
-    """Order-averaged Elo and Bradley-Terry, each with bootstrap CIs, and records for every player, best first."""
-    return fit_ratings(outcomes, players, k, initial, orderings, resamples, bt_prior, level, seed).table
 
 
 def win_rate(outcomes: Sequence[Outcome], player: str, opponent: Optional[str] = None) -> tuple[float, int]:
