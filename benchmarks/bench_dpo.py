@@ -112,7 +112,8 @@ def worker_charlab(args: argparse.Namespace, d: dict[str, Any], off: str) -> dic
                         adam_eps=d["adam_eps"], group_by_length=off != "group_by_length")  # fmt: skip
     losses: list[float] = []
     trainer = Trainer(backend, algorithm, items, [], config, Path(args.work) / "checkpoints",
-                      lambda m, _: losses.extend([m["loss"]] if "loss" in m else []), progress=False)  # fmt: skip
+                      on_metrics=lambda m, _: losses.extend([m["loss"]] if "loss" in m else []),
+                      progress=False)  # fmt: skip
     trainer._checkpoint = lambda step, summary: None  # the final checkpoint write is not training
     meter = PhaseMeter(args.device).start()
     summary = trainer.train()

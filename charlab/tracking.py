@@ -52,6 +52,7 @@ class WandbTracker:
         self,
         run_dir: Path,
         config: dict[str, Any],
+        *,
         mode: str = "offline",
         project: str = "charlab",
         entity: Optional[str] = None,

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.unit
 
 ROOT = PACKAGE_DIR.parent
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 80
+MAX_POSITIONAL = 8  # a function with more positional parameters takes a dataclass or keyword-only ones
 
 # The floors of the house, top down. A module may import modules of a lower floor, and of its own group (`eval`
 # imports `eval`); never a higher floor, nor another group of its own floor (`training` never imports `eval`).
@@ -51,6 +52,11 @@ LIBRARIES = ("training", "eval", "drafting", "generation", "data")
 
 KNOWN_BIG_MODULES: set[str] = set()
 KNOWN_LONG_FUNCTIONS: set[str] = set()
+KNOWN_MANY_POSITIONAL: set[str] = {  # the backends' and the OpenAI sampler's constructors (issue 24, another part)
+    "charlab/generation/openai_compat.py:OpenAISampler.__init__",
+    "charlab/training/local.py:LocalBackend.create",
+    "charlab/training/tinker_backend.py:TinkerBackend.create",
+}
 KNOWN_CYCLES: set[frozenset[str]] = set()
 KNOWN_UP_EDGES: set[tuple[str, str]] = set()
 KNOWN_BELOW_TRAIN: set[str] = set()
@@ -120,6 +126,32 @@ def long_functions() -> set[str]:
 
 def test_no_function_over_80_lines() -> None:
     same_as_known(long_functions(), KNOWN_LONG_FUNCTIONS, f"functions over {MAX_FUNCTION_LINES} lines")
+
+
+def positional_counts(node: ast.AST, prefix: str = "") -> list[tuple[str, int]]:
+    """(`Qual.name`, how many parameters can be passed by position, `self`/`cls` aside) of every function."""
+    out = []
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            name = f"{prefix}{child.name}"
+            if not isinstance(child, ast.ClassDef):
+                names = [a.arg for a in child.args.posonlyargs + child.args.args]
+                out.append((name, len([n for n in names if n not in ("self", "cls")])))
+            out += positional_counts(child, name + ".")
+        else:
+            out += positional_counts(child, prefix)
+    return out
+
+
+def test_no_function_takes_more_than_8_positional_parameters() -> None:
+    """A call with nine values in a row is read by counting; a dataclass or keyword-only parameters name them."""
+    many = {
+        f"{path.relative_to(ROOT)}:{name}"
+        for path in python_files()
+        for name, count in positional_counts(ast.parse(path.read_text(encoding="utf-8")))
+        if count > MAX_POSITIONAL
+    }
+    same_as_known(many, KNOWN_MANY_POSITIONAL, f"functions with more than {MAX_POSITIONAL} positional parameters")
 
 
 def test_no_import_cycle(graph: ImportGraph) -> None:

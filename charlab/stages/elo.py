@@ -84,8 +84,9 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     ratings_png = plots.plot_ratings(ratings.table, run.path("elo_ratings.png"), f"head-to-head Elo ({persona.name})")
     _log_tables(run, prompts, replies, judged.rows, names)
     sections = _report_sections(
-        cfg, run, prompts, replies, names, judged, ratings, summary, ratings_png, exclude_files
-    )
+        cfg, run, prompts=prompts, replies=replies, names=names, judged=judged, ratings=ratings, summary=summary,
+        ratings_png=ratings_png, exclude_files=exclude_files,
+    )  # fmt: skip
     report_path = report.write_report(run.path("report.md"), f"Head-to-head Elo: {persona.name}", sections)
     _print_headline(ratings.table, ratings.metric_name, headline, tally)
     metric = headline[0] if not math.isnan(headline[0]) else None
@@ -209,6 +210,7 @@ def _summary(
 def _report_sections(
     cfg: DictConfig,
     run: Run,
+    *,
     prompts: list,
     replies: dict,
     names: list[str],

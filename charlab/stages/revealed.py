@@ -146,8 +146,9 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         artifacts["report"],
         f"Revealed preferences: {persona.name}",
         revealed_sections(
-            names, fits, conditions, usable, unparseable, modes, tracked, comparisons, correlations,
-            headline_condition, (reference, target), images, stage, len(items), judged_by,
+            names, fits=fits, conditions=conditions, usable=usable, unparseable=unparseable, modes=modes,
+            tracked=tracked, comparisons=comparisons, correlations=correlations, headline_condition=headline_condition,
+            compared=(reference, target), images=images, stage=stage, trials=len(items), judged_by=judged_by,
         ),
     )  # fmt: skip
     _print_headline(f"{metric_name} ({headline_condition})", metric, headline, usable, chosen, len(items))
