@@ -4,6 +4,7 @@ its remote forms), and the name of the file the SFT stage hands the export stage
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -16,7 +17,8 @@ from charlab.data.records import DpoExample
 from charlab.errors import ConfigError, DataError
 from charlab.registry import StageResult
 from charlab.run import Run
-from charlab.schemas import StageConfig
+from charlab.schemas import LoraConfig, ModelConfig, StageConfig
+from charlab.stages._common import lora_config, model_config, to_plain
 from charlab.training.loop import LoopConfig, Trainer, TrainSummary
 
 GAP_FILE = "gap_conversations.jsonl"  # sft writes it beside the adapter; export measures the gap on it
@@ -103,6 +105,16 @@ def resume_root_of(stage: DictConfig, run: Run, what: str) -> Path:
         raise ConfigError(f"stage.resume_from={stage.resume_from} is not a directory; give {what}")
     run.add_parent("resumed_from", root)
     return root
+
+
+def training_setup(
+    cfg: DictConfig, validate: Callable[[DictConfig], None]
+) -> tuple[DictConfig, ModelConfig, LoraConfig, Any]:
+    """A training stage's checked settings and what its backend is built from: (stage, model, LoRA, backend config)."""
+    from charlab.training.factory import backend_config
+
+    validate(cfg.stage)
+    return cfg.stage, model_config(cfg.model), lora_config(cfg.lora), backend_config(to_plain(cfg.backend))
 
 
 def start_trainer(

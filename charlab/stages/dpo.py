@@ -19,7 +19,7 @@ from omegaconf import MISSING, DictConfig
 from charlab.errors import ConfigError, DataError
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_meta
-from charlab.stages._common import cache_dir, lora_config, model_config, to_plain
+from charlab.stages._common import cache_dir
 from charlab.stages._training import (
     OTHER_RANK,
     Trained,
@@ -29,6 +29,7 @@ from charlab.stages._training import (
     resume_root_of,
     start_trainer,
     train_and_save,
+    training_setup,
 )
 from charlab.training.backend import closing
 from charlab.training.loop import validate_loop_config
@@ -72,12 +73,9 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     """Train, export the adapter, report held-out accuracy."""
     from charlab.chat_format import ChatFormat
     from charlab.training.dpo import DpoAlgorithm, encode_pairs, reference_key, split_pairs
-    from charlab.training.factory import backend_config, create_backend, model_identity
+    from charlab.training.factory import create_backend, model_identity
 
-    stage = cfg.stage
-    validate(stage)
-    model, lora = model_config(cfg.model), lora_config(cfg.lora)
-    backend_cfg = backend_config(to_plain(cfg.backend))
+    stage, model, lora, backend_cfg = training_setup(cfg, validate)
     pairs_path, pairs = read_pairs(Path(stage.pairs).expanduser().resolve())
     run.add_parent("pairs", pairs_path)
     resume_root = resume_root_of(stage, run, "a dpo run directory")

@@ -37,10 +37,8 @@ from charlab.stages._common import (
     adapter_location,
     cache_dir,
     load_persona,
-    lora_config,
     model_config,
     persona_prompt,
-    to_plain,
 )
 from charlab.stages._training import (
     GAP_FILE,
@@ -51,6 +49,7 @@ from charlab.stages._training import (
     resume_root_of,
     start_trainer,
     train_and_save,
+    training_setup,
 )
 from charlab.training.backend import closing
 from charlab.training.loop import validate_loop_config
@@ -281,12 +280,9 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     from charlab.eval.distillation_gap import distillation_gap
     from charlab.models import load_tokenizer
     from charlab.training.dpo import split_eval
-    from charlab.training.factory import backend_config, create_backend, model_identity
+    from charlab.training.factory import create_backend, model_identity
 
-    stage = cfg.stage
-    validate(stage)
-    model, lora = model_config(cfg.model), lora_config(cfg.lora)
-    backend_cfg = backend_config(to_plain(cfg.backend))
+    stage, model, lora, backend_cfg = training_setup(cfg, validate)
     persona = load_persona(cfg)
     system_prompt = persona_prompt(cfg, persona=persona)
     data_path = Path(stage.data).expanduser()
