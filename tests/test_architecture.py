@@ -154,6 +154,29 @@ def test_no_function_takes_more_than_8_positional_parameters() -> None:
     same_as_known(many, KNOWN_MANY_POSITIONAL, f"functions with more than {MAX_POSITIONAL} positional parameters")
 
 
+def test_one_reader_of_meta_json() -> None:
+    """`charlab.run.read_meta` is the one reader of a run's `meta.json`: no other function names the file and parses
+    JSON itself (six did: the pipeline, its report, launch, export, sft's start weights, the sweep table)."""
+    readers = []
+    for path in python_files():
+        for fn in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            docstrings = {id(n.value) for n in ast.walk(fn) if isinstance(n, ast.Expr)}
+            names = any(
+                isinstance(n, ast.Constant) and isinstance(n.value, str) and "meta.json" in n.value
+                and id(n) not in docstrings
+                for n in ast.walk(fn)
+            )  # fmt: skip
+            parses = any(
+                isinstance(n, ast.Attribute) and n.attr in ("load", "loads") and getattr(n.value, "id", "") == "json"
+                for n in ast.walk(fn)
+            )
+            if names and parses:
+                readers.append(f"{path.relative_to(ROOT)}:{fn.name}")
+    assert readers == [], f"read meta.json with charlab.run.read_meta: {readers}"
+
+
 def test_no_import_cycle(graph: ImportGraph) -> None:
     """Module-level, in-function and by-name imports all count: a lazy import cannot hide a cycle."""
     found = {frozenset(c) for c in graph.cycles()}

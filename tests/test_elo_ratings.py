@@ -150,7 +150,7 @@ def test_bootstrap_shapes_and_percentiles() -> None:
     assert (low[0], high[0]) == pytest.approx((2.5, 97.5))
 
 
-def test_rating_table_win_rates_and_matrix() -> None:
+def test_fit_ratings_win_rates_and_matrix() -> None:
     outcomes = [Outcome("x", "y", 1.0), Outcome("x", "y", 1.0), Outcome("y", "x", 0.5), Outcome("y", "z", 1.0)]
     table = fit_ratings(outcomes, replace(SETTINGS, orderings=10, resamples=50)).table
     assert [r.player for r in table][0] == "x"
