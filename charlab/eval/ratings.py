@@ -15,7 +15,7 @@ percentile bootstraps too, with all resamples fitted side by side over sparse ma
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Optional
 
@@ -127,6 +127,16 @@ def order_averaged_elo(
     return {p: float(r) for p, r in zip(names, mean)}
 
 
+def _resamples(
+    rng: np.random.Generator, n: int, resamples: int, per_chunk: int
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Bootstrap resamples of `n` matches in chunks: (first row, rows, match indices drawn with replacement: one
+    resample per row). Drawn lazily, so what the caller draws from `rng` between chunks keeps its place."""
+    for start in range(0, resamples, per_chunk):
+        count = min(per_chunk, resamples - start)
+        yield start, count, rng.integers(0, n, size=(count, n))
+
+
 def bootstrap_elo(
     outcomes: Sequence[Outcome],
     players: Optional[Sequence[str]] = None,
@@ -146,9 +156,7 @@ def bootstrap_elo(
     orderings = max(1, orderings)
     per_chunk = max(1, _CHAIN_CELLS // (n * orderings))
     out = np.empty((resamples, len(names)))
-    for start in range(0, resamples, per_chunk):
-        count = min(per_chunk, resamples - start)
-        picks = rng.integers(0, n, size=(count, n))  # one resample per row
+    for start, count, picks in _resamples(rng, n, resamples, per_chunk):
         perms = np.argsort(rng.random((count, orderings, n)), axis=2)  # orderings of each resample
         order = np.take_along_axis(np.repeat(picks[:, None, :], orderings, axis=1), perms, axis=2)
         chains = _elo_chains(a, b, s, order.reshape(count * orderings, n), len(names), k, initial)
@@ -255,9 +263,7 @@ def bootstrap_bradley_terry(
     rng = np.random.default_rng(seed + 3)
     out = np.empty((resamples, n))
     per_chunk = max(1, _CHAIN_CELLS // max(m, n))
-    for start in range(0, resamples, per_chunk):
-        count = min(per_chunk, resamples - start)
-        picks = rng.integers(0, m, size=(count, m))
+    for start, count, picks in _resamples(rng, m, resamples, per_chunk):
         logs = ELO_SCALE * np.log10(_bt_strengths(a[picks], b[picks], s[picks], n, prior, max_iter, tol))
         out[start : start + count] = initial + logs - logs.mean(axis=1, keepdims=True)
     return out
