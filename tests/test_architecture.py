@@ -100,18 +100,23 @@ def test_no_module_over_400_lines() -> None:
     same_as_known(big, KNOWN_BIG_MODULES, f"modules over {MAX_MODULE_LINES} lines")
 
 
-def function_lengths(node: ast.AST, prefix: str = "") -> list[tuple[str, int]]:
-    """(`Qual.name`, lines from its `def` to its last line) of every function under `node`."""
-    out = []
+def functions(node: ast.AST, prefix: str = "") -> list[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef]]:
+    """(`Qual.name`, its node) of every function under `node`, methods and nested functions included."""
+    out: list[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef]] = []
     for child in ast.iter_child_nodes(node):
         if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             name = f"{prefix}{child.name}"
             if not isinstance(child, ast.ClassDef):
-                out.append((name, child.end_lineno - child.lineno + 1))  # type: ignore[operator]
-            out += function_lengths(child, name + ".")
+                out.append((name, child))
+            out += functions(child, name + ".")
         else:
-            out += function_lengths(child, prefix)
+            out += functions(child, prefix)
     return out
+
+
+def function_lengths(node: ast.AST) -> list[tuple[str, int]]:
+    """(`Qual.name`, lines from its `def` to its last line) of every function under `node`."""
+    return [(name, fn.end_lineno - fn.lineno + 1) for name, fn in functions(node)]  # type: ignore[operator]
 
 
 def long_functions() -> set[str]:
@@ -128,19 +133,12 @@ def test_no_function_over_80_lines() -> None:
     same_as_known(long_functions(), KNOWN_LONG_FUNCTIONS, f"functions over {MAX_FUNCTION_LINES} lines")
 
 
-def positional_counts(node: ast.AST, prefix: str = "") -> list[tuple[str, int]]:
+def positional_counts(node: ast.AST) -> list[tuple[str, int]]:
     """(`Qual.name`, how many parameters can be passed by position, `self`/`cls` aside) of every function."""
-    out = []
-    for child in ast.iter_child_nodes(node):
-        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            name = f"{prefix}{child.name}"
-            if not isinstance(child, ast.ClassDef):
-                names = [a.arg for a in child.args.posonlyargs + child.args.args]
-                out.append((name, len([n for n in names if n not in ("self", "cls")])))
-            out += positional_counts(child, name + ".")
-        else:
-            out += positional_counts(child, prefix)
-    return out
+    return [
+        (name, len([a for a in fn.args.posonlyargs + fn.args.args if a.arg not in ("self", "cls")]))
+        for name, fn in functions(node)
+    ]
 
 
 def test_no_function_takes_more_than_8_positional_parameters() -> None:
