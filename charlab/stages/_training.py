@@ -148,7 +148,9 @@ class Trained:
     remote: dict[str, str]
 
 
-OTHER_RANK = StageResult(metric=None, metric_name=None, artifacts={}, summary={})  # under torchrun rank 0 reports
+def other_rank() -> StageResult:
+    """The result of a rank other than 0 under torchrun (rank 0 saves and reports)."""
+    return StageResult(metric=None, metric_name=None, artifacts={}, summary={})
 
 
 def train_and_save(

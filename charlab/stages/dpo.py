@@ -21,10 +21,10 @@ from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_meta
 from charlab.stages._common import cache_dir
 from charlab.stages._training import (
-    OTHER_RANK,
     Trained,
     TrainingStageConfig,
     loop_config,
+    other_rank,
     read_pairs,
     resume_root_of,
     start_trainer,
@@ -103,7 +103,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         )
         trained = train_and_save(trainer, backend, stage, run, resume_root)
         if trained is None:
-            return OTHER_RANK
+            return other_rank()
         parents = {"pairs": str(pairs_path), **({"resumed_from": str(resume_root)} if stage.resume_from else {})}
         _write_adapter_meta(trained, run, parents, model.name_or_path, algorithm, backend)
     print(f"[charlab] dpo adapter: {trained.adapter}")

@@ -42,9 +42,9 @@ from charlab.stages._common import (
 )
 from charlab.stages._training import (
     GAP_FILE,
-    OTHER_RANK,
     TrainingStageConfig,
     loop_config,
+    other_rank,
     read_pairs,
     resume_root_of,
     start_trainer,
@@ -311,7 +311,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         trainer = _trainer(backend, stage, run, identity, pack_length, (items, train_items, eval_items), stats)
         trained = train_and_save(trainer, backend, stage, run, resume_root)
         if trained is None:  # under torchrun rank 0 saves, measures the gap and reports
-            return OTHER_RANK
+            return other_rank()
         if conversations:
             gaps["sft"] = distillation_gap(backend_scorer(backend), chat, conversations, system_prompt)
     summary, adapter, remote = trained.summary, trained.adapter, trained.remote
