@@ -374,7 +374,7 @@ def test_sampler_for_role_resolves_a_named_model_config(compose_cfg):
     from charlab.stages._common import sampler_for_role
 
     cfg = compose_cfg(["stage=show", "model=smollm2-135m", "teacher.model=tiny"])
-    sampler = sampler_for_role(cfg, "teacher")
+    sampler = sampler_for_role(cfg, "teacher", pool=None)  # an hf teacher needs no vLLM pool
     try:
         assert sampler.model_name == "tiny"
     finally:

@@ -80,11 +80,11 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     _check(stage)
     persona = load_persona(cfg)
     _prepare_resume(stage, run)
-    teacher = sampler_for_role(cfg, "teacher")
+    teacher = sampler_for_role(cfg, "teacher", pool=run.pool)
     student: Optional[Sampler] = None
     judge: Optional[Sampler] = None
     try:
-        student = teacher if _same_sampler(cfg, "student") else sampler_for_role(cfg, "student")
+        student = teacher if _same_sampler(cfg, "student") else sampler_for_role(cfg, "student", pool=run.pool)
         prompts = _prompts(cfg, run, persona, teacher if stage.expansion_provider == "teacher" else student)
         job = _job(cfg, persona, prompts, teacher, student)
         if stage.best_of > 1:
@@ -181,7 +181,7 @@ def _best_of(cfg: DictConfig, persona: Constitution, teacher: Sampler) -> tuple[
                 f"{type(teacher).__name__} teacher cannot: use stage.best_of_scorer=judge"
             )
         return BestOfSampler(teacher, n, persona_contrast(teacher), scorer_name=f"contrast:{teacher.model_name}"), None
-    judge_sampler = teacher if _same_sampler(cfg, "judge") else sampler_for_role(cfg, "judge")
+    judge_sampler = teacher if _same_sampler(cfg, "judge") else sampler_for_role(cfg, "judge", pool=run.pool)
     ev = cfg.eval
     judge = Judge(judge_sampler, sampling_params(to_plain(cfg.judge)), str(ev.judge_mode), int(ev.judge_top_logprobs))
     scorer = JudgePersonaScorer(judge, persona_description(persona, cfg.persona.assistant_name))
