@@ -73,8 +73,13 @@ def test_sampling_params_from_provider_and_bad_values():
 @pytest.mark.unit
 def test_factory_rejects_unknown_kind_and_remote_adapters(tmp_path: Path):
     model = ModelConfig(name="m", name_or_path="org/m")
-    with pytest.raises(ConfigError, match="provider kind 'vllm2' is not supported"):
+    unknown = r"^provider kind 'vllm2' is not supported; allowed: hf, openai, tinker, vllm$"
+    with pytest.raises(ConfigError, match=unknown):
         make_sampler({"kind": "vllm2"}, model, tmp_path)
+    # the vLLM server pool is handed in, never a module's: without one a vllm provider says so in one line
+    vllm_provider = {"kind": "vllm", "max_concurrency": 2, "timeout_s": 1.0, "max_retries": 0, "server": {}}
+    with pytest.raises(ConfigError, match=r"^provider 'vllm' needs the run's vLLM server pool: .*pool=run.pool$"):
+        make_sampler(vllm_provider, model, tmp_path)
     openai_provider = {"kind": "openai", "base_url": "http://127.0.0.1:1/v1", "api_key_env": "X"}
     with pytest.raises(ProviderError, match="cannot apply adapter"):
         make_sampler(openai_provider, model, tmp_path, adapter="/some/adapter")
