@@ -25,12 +25,23 @@ BackendConfig = Union[LocalBackendConfig, TinkerBackendConfig]
 
 
 @dataclass(frozen=True)
+class NewBackend:
+    """What a backend is made from besides its own config (the arguments of `create_backend`)."""
+
+    model: ModelConfig
+    lora: LoraConfig
+    cache_dir: Path
+    seed: int
+    init_adapter: Optional[str]  # earlier weights to start from (see the module docstring)
+    gpu_users: Sequence[ReleasesGpu]
+
+
+@dataclass(frozen=True)
 class Backend:
     """One backend kind (`configs/backend/<kind>.yaml`)."""
 
     schema: type  # its config dataclass
-    # (cfg, model, lora, cache_dir, seed, init_adapter, gpu_users) -> a ready backend
-    create: Callable[..., TrainingBackend]
+    create: Callable[[Any, NewBackend], TrainingBackend]  # (its config, what else it is made from) -> ready
     identity: Callable[[Any, ModelConfig], list[str]]  # what besides the model decides its reference log-probs
     start_weights: Callable[[str], Optional[str]]  # what SFT starts from, given the DPO adapter it follows
     local: bool  # trains on this machine: no bill, and `nproc_per_node` > 1 runs it data-parallel
@@ -73,53 +84,39 @@ def create_backend(
     from charlab.config_checks import check_lora
 
     check_lora(lora)
-    return backend_entry(backend.kind).create(backend, model, lora, cache_dir, seed, init_adapter, gpu_users)
+    new = NewBackend(model, lora, cache_dir, seed, init_adapter, gpu_users)
+    return backend_entry(backend.kind).create(backend, new)
 
 
-def _create_local(
-    backend: LocalBackendConfig,
-    model: ModelConfig,
-    lora: LoraConfig,
-    cache_dir: Path,
-    seed: int,
-    init_adapter: Optional[str],
-    gpu_users: Sequence[ReleasesGpu],
-) -> TrainingBackend:
+def _create_local(backend: LocalBackendConfig, new: NewBackend) -> TrainingBackend:
     from charlab import distributed
     from charlab.models import resolve_device
     from charlab.training.local import LocalBackend
 
     device = distributed.rank_device(resolve_device(backend.device))
     if device.startswith("cuda"):
-        for user in gpu_users:
+        for user in new.gpu_users:
             user.release_gpu()  # a vLLM server of this run holds most of the GPU's memory
     distributed.init(device, backend.distributed_timeout_s)
     return LocalBackend.create(
-        model,
-        lora,
-        cache_dir,
+        new.model,
+        new.lora,
+        new.cache_dir,
         device=backend.device,
         dtype=backend.dtype,
-        seed=seed,
-        init_adapter=init_adapter,
+        seed=new.seed,
+        init_adapter=new.init_adapter,
         gradient_checkpointing=backend.gradient_checkpointing,
         num_threads=backend.num_threads,
         attn_implementation=backend.attn_implementation,
     )
 
 
-def _create_tinker(
-    backend: TinkerBackendConfig,
-    model: ModelConfig,
-    lora: LoraConfig,
-    cache_dir: Path,
-    seed: int,
-    init_adapter: Optional[str],
-    gpu_users: Sequence[ReleasesGpu],
-) -> TrainingBackend:
+def _create_tinker(backend: TinkerBackendConfig, new: NewBackend) -> TrainingBackend:
     from charlab.models import load_tokenizer
     from charlab.training.tinker_backend import TinkerBackend, api_key_from_env, tinker_lora_flags
 
+    model, lora = new.model, new.lora
     layer_groups = tinker_lora_flags(lora.target_modules, lora.alpha, lora.dropout, backend.lora_alpha)
     base_model = backend.base_model or model.tinker_name
     if not base_model:
@@ -127,17 +124,17 @@ def _create_tinker(
             f"backend=tinker: model '{model.name}' has no tinker_name; set backend.base_model or model.tinker_name"
         )
     api_key = api_key_from_env(backend.api_key_env)
-    tokenizer = load_tokenizer(model, cache_dir)
+    tokenizer = load_tokenizer(model, new.cache_dir)
     return TinkerBackend.create(
         base_model,
         int(lora.rank),
         tokenizer,
         model.name,
-        seed=seed,
+        seed=new.seed,
         base_url=backend.base_url,
         api_key=api_key,
         max_concurrency=backend.max_concurrency,
-        init_state=init_adapter,
+        init_state=new.init_adapter,
         layer_groups=layer_groups,
     )
 
