@@ -480,3 +480,19 @@ def test_tinker_sampler_against_the_real_service():
     sampler = TinkerSampler.create(base_model="meta-llama/Llama-3.2-1B")
     out = sampler.sample([user("Say hello in one short sentence.")], SamplingParams(max_new_tokens=24, seed=0))
     assert out[0].completion_tokens > 0 and out[0].text.strip()
+
+
+@pytest.mark.unit
+def test_every_provider_option_is_a_providers_entry_and_back() -> None:
+    """The Studio and Hydra offer the YAML files of `configs/provider/`; the factory builds `PROVIDERS` entries: the
+    two lists are the same, each file's `kind` its own name. Injected bug this catches: a provider YAML added
+    (or a table entry dropped) without the other, which composes and then fails when the sampler is built."""
+    import yaml
+
+    from charlab.generation.factory import PROVIDERS
+    from charlab.settings import configs_dir
+
+    folder = configs_dir() / "provider"
+    files = {p.stem: yaml.safe_load(p.read_text(encoding="utf-8")) for p in folder.glob("*.yaml")}
+    assert set(files) == set(PROVIDERS)
+    assert all(data["kind"] == name for name, data in files.items())

@@ -336,3 +336,15 @@ def test_both_backends_offer_the_whole_protocol_so_nobody_needs_getattr() -> Non
         if "getattr(backend" in line or "getattr(self.backend" in line
     ]
     assert not reaches, reaches
+
+
+def test_every_backend_option_is_a_backends_entry_and_back() -> None:
+    """`configs/backend/*.yaml` (what the Studio and Hydra offer) and `BACKENDS` name the same kinds."""
+    import yaml
+
+    from charlab.settings import configs_dir
+    from charlab.training.factory import BACKENDS
+
+    files = {p.stem: yaml.safe_load(p.read_text(encoding="utf-8")) for p in (configs_dir() / "backend").glob("*.yaml")}
+    assert set(files) == set(BACKENDS)
+    assert all(data["kind"] == name for name, data in files.items())
