@@ -208,6 +208,12 @@ PROVIDERS: dict[str, Provider] = {
 }  # fmt: skip
 
 
+def scores_text(kind: Any) -> bool:
+    """Whether providers of `kind` score any text by log-probability (a local `hf` model does)."""
+    entry = PROVIDERS.get(str(kind))
+    return entry is not None and entry.scores_text
+
+
 def provider_entry(provider: dict[str, Any]) -> Provider:
     """The `PROVIDERS` entry of a provider config's `kind`, or a one-line error naming the allowed kinds."""
     kind = provider.get("kind")

@@ -27,7 +27,7 @@ from charlab.eval.players import (
 )
 from charlab.eval.prompts import held_out_prompts, normalise_prompt, training_prompts
 from charlab.eval.sampling import fresh_file
-from charlab.generation.factory import PROVIDERS, sampling_params
+from charlab.generation.factory import sampling_params, scores_text
 from charlab.run import Run
 from charlab.stages._common import sampler_for_role, to_plain
 from charlab.stages._judge_formats import JUDGE_FORMATS
@@ -132,15 +132,14 @@ def check_judge_format(cfg: DictConfig) -> str:
     judge whose provider scores text, `hf`); `auto` resolves to likelihood for such a judge of the persona, else to
     pairwise."""
     judge_format = str(cfg.eval.judge_format)
-    provider = PROVIDERS.get(str(cfg.judge.kind))
-    scores_text = provider is not None and provider.scores_text
+    local_scorer = scores_text(cfg.judge.kind)
     if judge_format == "auto":
         persona = str(cfg.stage.get("criterion", "persona")) == "persona"
-        return "likelihood" if scores_text and persona else "pairwise"
+        return "likelihood" if local_scorer and persona else "pairwise"
     if judge_format not in JUDGE_FORMATS:
         allowed = ", ".join([*JUDGE_FORMATS, "auto"])
         raise ConfigError(f"eval.judge_format={judge_format!r} is not allowed; use one of {allowed}")
-    if JUDGE_FORMATS[judge_format].scores_text and not scores_text:
+    if JUDGE_FORMATS[judge_format].scores_text and not local_scorer:
         raise ConfigError(
             f"eval.judge_format={judge_format} needs a judge that scores text (provider@judge=hf, not "
             f"{cfg.judge.kind}); use eval.judge_format=pairwise"

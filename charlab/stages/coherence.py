@@ -39,6 +39,7 @@ from charlab.eval.ratings import bootstrap_win_rate
 from charlab.eval.relevance import ReplyItem, distractors, embedding_relevance, lm_identification
 from charlab.eval.sampling import fresh_file
 from charlab.generation.base import ChoiceScorer
+from charlab.generation.factory import scores_text
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run
 from charlab.schemas import StageConfig
@@ -82,9 +83,9 @@ class CoherenceStageConfig(StageConfig):
 def _scorer(cfg: DictConfig, pool: ServerPool) -> tuple[Optional[Any], str]:
     """The language model that reads each reply after each prompt: the judge if local, else the base model under
     test if local, else none (with the reason)."""
-    if cfg.judge.kind == "hf":
+    if scores_text(cfg.judge.kind):
         sampler, who = sampler_for_role(cfg, "judge", pool=pool), f"the judge ({cfg.judge.model or cfg.model.name})"
-    elif cfg.student.kind == "hf":
+    elif scores_text(cfg.student.kind):
         who = f"the base model ({cfg.student.model or cfg.model.name})"
         sampler = player_sampler_factory(cfg, pool)(None)
     else:
@@ -151,7 +152,7 @@ def judged_coherence(cfg: DictConfig, run: Run, prompts: list, replies: dict, na
     wanted = str(cfg.stage.head_to_head).lower()
     if wanted not in HEAD_TO_HEAD:
         raise ConfigError(f"stage.head_to_head={wanted!r} is not allowed; use one of {', '.join(HEAD_TO_HEAD)}")
-    if wanted == "false" or (wanted == "auto" and cfg.judge.kind == "hf") or len(names) < 2:
+    if wanted == "false" or (wanted == "auto" and scores_text(cfg.judge.kind)) or len(names) < 2:
         return None
     judge = make_judge(cfg, run.pool)
     try:
