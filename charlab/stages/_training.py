@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from omegaconf import MISSING, DictConfig
 
@@ -14,6 +14,7 @@ from charlab.data.records import DpoExample
 from charlab.errors import ConfigError, DataError
 from charlab.run import Run
 from charlab.schemas import StageConfig
+from charlab.training.backend import TrainingBackend
 from charlab.training.loop import LoopConfig
 
 GAP_FILE = "gap_conversations.jsonl"  # sft writes it beside the adapter; export measures the gap on it
@@ -68,11 +69,10 @@ def loop_config(stage: DictConfig) -> LoopConfig:
     )
 
 
-def remote_forms(backend: Any, artifact: str = "adapter") -> dict[str, str]:
+def remote_forms(backend: TrainingBackend, artifact: str = "adapter") -> dict[str, str]:
     """The trained adapter's remote forms as artifacts (`adapter_tinker_state`, `adapter_tinker_sampler` on
     Tinker; none locally), which the pipeline's handoffs pass on to later steps."""
-    remote = getattr(backend, "remote_artifacts", None)
-    return {f"{artifact}_{form}": path for form, path in (remote() if remote else {}).items()}
+    return {f"{artifact}_{form}": path for form, path in backend.remote_artifacts().items()}
 
 
 def read_pairs(path: Path) -> tuple[Path, list[DpoExample]]:
