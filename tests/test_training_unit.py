@@ -288,3 +288,22 @@ def test_cosine_and_linear_decay_stop_at_the_floor() -> None:
     lin = [learning_rate_at(s, 10, 2.0, 0, "linear", min_ratio=0.25) for s in range(10)]
     assert lin[0] == 2.0 and lin[-1] == pytest.approx(2.0 * (0.25 + 0.75 * 0.1))
     assert learning_rate_at(9, 10, 1.0, 0, "linear") == pytest.approx(0.1)  # no floor: as before
+
+
+@pytest.mark.parametrize("head_trains", [False, True])
+def test_the_fused_head_gives_log_softmax_and_its_gradients(head_trains: bool) -> None:
+    """Frozen head: the gradient comes from the direction kept in forward; a training head: logits recomputed."""
+    from charlab.training.kernels import head_logprobs
+
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(37, 16, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(101, 16, generator=gen, dtype=torch.float64, requires_grad=head_trains)
+    targets = torch.randint(0, 101, (37,), generator=gen)
+    upstream = torch.randn(37, generator=gen, dtype=torch.float64)
+    expected = torch.log_softmax(hidden @ weight.t(), -1).gather(-1, targets[:, None]).squeeze(-1)
+    want = torch.autograd.grad((expected * upstream).sum(), [hidden, weight] if head_trains else [hidden])
+    got_value = head_logprobs(hidden, weight, targets)
+    got = torch.autograd.grad((got_value * upstream).sum(), [hidden, weight] if head_trains else [hidden])
+    assert torch.allclose(got_value.double(), expected, atol=1e-6)
+    for g, w in zip(got, want):
+        assert torch.allclose(g.double(), w, atol=1e-6)

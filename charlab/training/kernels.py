@@ -101,18 +101,33 @@ def unfuse_lora(model: torch.nn.Module) -> None:
 
 
 class _HeadLogprobs(torch.autograd.Function):
-    """`log softmax(hidden W^T)[targets]` in float32; the logits are recomputed in backward, not kept."""
+    """`log softmax(hidden W^T)[targets]` in float32, never keeping a [rows, vocabulary] tensor for backward.
+
+    With a frozen head (LoRA never trains it) the gradient for `hidden` is `grad * (W[target] - softmax @ W)`,
+    and `softmax @ W` does not depend on `grad`: the forward computes it from the logits it already has (one
+    [rows, vocabulary] x [vocabulary, hidden] product, which a backward would need anyway) and keeps only that
+    [rows, hidden] direction, so backward is one multiply and the logits are never computed twice. A head that
+    trains keeps the other way: the logits are recomputed in backward.
+    """
 
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits = (hidden @ weight.t()).float()
         lse = torch.logsumexp(logits, dim=-1)
         picked = logits.gather(-1, targets[:, None]).squeeze(-1)
-        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.frozen_head, ctx.hidden_dtype = not weight.requires_grad, hidden.dtype
+        if ctx.frozen_head:
+            expected = logits.sub_(lse[:, None]).exp_().to(weight.dtype) @ weight  # softmax @ W
+            ctx.save_for_backward(weight[targets].float().sub_(expected.float()))
+        else:
+            ctx.save_for_backward(hidden, weight, targets, lse)
         return picked - lse
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
+        if ctx.frozen_head:
+            (direction,) = ctx.saved_tensors
+            return (grad[:, None] * direction).to(ctx.hidden_dtype), None, None
         hidden, weight, targets, lse = ctx.saved_tensors
         # d(picked - lse)/dlogits = onehot(target) - softmax; times the incoming gradient, built in place
         dlogits = (hidden @ weight.t()).float().sub_(lse[:, None]).exp_().mul_(-grad[:, None])
