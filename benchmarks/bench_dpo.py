@@ -172,8 +172,7 @@ def worker_trl(args: argparse.Namespace, d: dict[str, Any], best: bool) -> dict[
     )  # fmt: skip
     peft = LoraConfig(r=32, lora_alpha=64, lora_dropout=0.0, target_modules=list(ALL_LINEAR), task_type="CAUSAL_LM")
     timing: dict[str, float] = {}
-    if not hasattr(DPOTrainer._precompute_ref_logps, "__wrapped__"):
-        timed_method(DPOTrainer, "_precompute_ref_logps", timing)
+    timed_method(DPOTrainer, "_precompute_ref_logps", timing)
     watch = StepWatch()
     meter = PhaseMeter(args.device).start()
     trainer = DPOTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer, peft_config=peft)

@@ -211,8 +211,13 @@ def row_result(phase: dict[str, float], watch: StepWatch, ref_pass_s: Optional[f
 
 def timed_method(cls: Any, name: str, sink: dict[str, float]) -> None:
     """Add the wall time of every call of `cls.name` to `sink[name]` (to time a peer's internal phase)."""
-    original: Callable = getattr(cls, name)
+    import functools
 
+    original: Callable = getattr(cls, name)
+    if hasattr(original, "__wrapped__"):  # timed already (rows run in one process: `--in-process`)
+        original = original.__wrapped__
+
+    @functools.wraps(original)
     def wrapper(self: Any, *a: Any, **kw: Any) -> Any:
         start = time.perf_counter()
         try:
