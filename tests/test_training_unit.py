@@ -348,3 +348,22 @@ def test_every_backend_option_is_a_backends_entry_and_back() -> None:
     files = {p.stem: yaml.safe_load(p.read_text(encoding="utf-8")) for p in (configs_dir() / "backend").glob("*.yaml")}
     assert set(files) == set(BACKENDS)
     assert all(data["kind"] == name for name, data in files.items())
+
+
+@pytest.mark.parametrize("head_trains", [False, True])
+def test_the_fused_head_gives_log_softmax_and_its_gradients(head_trains: bool) -> None:
+    """Frozen head: the gradient comes from the direction kept in forward; a training head: logits recomputed."""
+    from charlab.training.kernels import head_logprobs
+
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(37, 16, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(101, 16, generator=gen, dtype=torch.float64, requires_grad=head_trains)
+    targets = torch.randint(0, 101, (37,), generator=gen)
+    upstream = torch.randn(37, generator=gen, dtype=torch.float64)
+    expected = torch.log_softmax(hidden @ weight.t(), -1).gather(-1, targets[:, None]).squeeze(-1)
+    want = torch.autograd.grad((expected * upstream).sum(), [hidden, weight] if head_trains else [hidden])
+    got_value = head_logprobs(hidden, weight, targets)
+    got = torch.autograd.grad((got_value * upstream).sum(), [hidden, weight] if head_trains else [hidden])
+    assert torch.allclose(got_value.double(), expected, atol=1e-6)
+    for g, w in zip(got, want):
+        assert torch.allclose(g.double(), w, atol=1e-6)
