@@ -1,41 +1,41 @@
-"""DPO, like for like: charlab's default vs TRL's default vs TRL's best configuration, and what each charlab
-technique is worth.
+"""DPO, like for like: charlab against TRL's best configuration, and what each charlab technique is worth.
 
-    python benchmarks/bench_dpo.py                                   # SmolLM2-135M, 32 pairs, every row, CPU fp32
-    python benchmarks/bench_dpo.py --rows charlab,trl-best --pairs 48
-    python benchmarks/bench_dpo.py --device cuda --pairs 256         # a GPU: bf16, torch.cuda peak memory
+    python benchmarks/bench_dpo.py --lock /tmp/charlab-heavy.lock     # the README's table (SmolLM2-135M, CPU fp32)
+    python benchmarks/bench_dpo.py --rows charlab,trl-best --repeats 3
+    python benchmarks/bench_dpo.py --device cuda --steps 8            # a GPU: bf16, torch.cuda peak memory
 
-Every row trains the same model on the same pairs with the same optimisation: charlab's shipped `stage=dpo`
-defaults (configs/stage/dpo.yaml: batch 16, lr 1e-4, linear schedule with 5% warmup, clipping at 1.0, AdamW
-0.9/0.999/1e-8, beta 0.1, NLL 0.1 on chosen replies), LoRA r=32 (alpha 64) on all seven linear projections,
-one epoch, max length 512. The pairs are synthetic (prompts of 20-150 tokens, replies of 50-350).
+The protocol (interleaved rounds, a warm-up step, timed steps, medians, load checks) is `trainbench`'s; see its
+docstring. Every row trains the same model on the same pairs with the same optimisation: charlab's shipped
+`stage=dpo` defaults (configs/stage/dpo.yaml: batch 16, lr 1e-4, linear schedule with 5% warmup, clipping at
+1.0, AdamW 0.9/0.999/1e-8, beta 0.1, NLL 0.1 on chosen replies), LoRA r=32 (alpha 64) on all seven linear
+projections, one epoch of batch x (1 + steps) synthetic pairs (prompts of 20-150 tokens, replies of 50-350),
+max length 512.
 
 Rows:
 - charlab: the default (`grad_accum` 4: 4 pairs per forward; shared prompt rows, the output head on trained
-  positions only, a cached reference pass, length-grouped batches);
+  positions only, a cached reference pass, length-grouped batches, fused LoRA kernels, branched attention);
 - charlab -<technique>: the default with that one technique switched off (the ablation; the maths is the
   same, tests/test_training_local.py checks it);
-- trl-default: `DPOTrainer` with its own defaults (gradient checkpointing on, all 16 pairs in one forward,
-  the reference forward in every step);
 - trl-best: the fastest TRL configuration found on this machine: checkpointing off, charlab's micro-batch
   (4 pairs x 4 accumulation), `precompute_ref_log_probs` (batch 16), length-grouped sampling. TRL 1.16's DPO
-  has no padding-free mode (`padding_free=True` warns and falls back to padding).
+  has no padding-free mode (`padding_free=True` warns and falls back to padding);
+- trl-default (with --rows): `DPOTrainer` with its own defaults (gradient checkpointing on, all 16 pairs in
+  one forward, the reference forward in every step).
 
-Time: the reference pass on its own (charlab's cached pass, TRL's precompute), the training steps on their
-own, and their sum, which the speed ratio compares. Memory: the training phase's peak above its start
-(`trainbench.PhaseMeter`). Loss: the mean training loss (TRL's warmup starts at lr 0, charlab's at lr/warmup,
-and TRL's NLL is a token mean over the batch, charlab's a mean of per-pair token means, so losses differ a
-little).
+Columns: the reference pass on its own (charlab's cached pass, TRL's precompute; "in steps" where the reference
+runs inside every step), the median timed step, tokens/s over the timed steps (a pair's prompt counts twice, as
+a plain forward sees it), the estimated run (reference pass + every token at that speed), the phase's peak memory
+above its start (`trainbench.PhaseMeter`), the step-1 loss (every row starts from the same weights, so it checks
+that rows train the same thing: TRL's NLL is a token mean over the micro-batch, charlab's a mean of per-pair
+means, so the two differ in the third decimal), the tokens trained, the other processes' load.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +44,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from trainbench import (  # noqa: E402
     ALL_LINEAR,
     PhaseMeter,
+    StepWatch,
+    add_protocol_args,
+    chosen_rows,
+    compare,
     model_folder,
+    print_setting,
     print_table,
-    run_worker,
-    stage_defaults,
-    store_rows,
-    stored_rows,
+    row_result,
+    stage_settings,
     timed_method,
+    watch_charlab,
+    watch_trl,
+    worker_main,
 )
 
 ABLATIONS = {
@@ -61,7 +67,9 @@ ABLATIONS = {
     "charlab -fused kernels": "fused",
     "charlab -branched attention": "branched_attention",
 }
-ROWS = ("charlab", *ABLATIONS, "trl-default", "trl-best")
+ROWS = ("charlab", *ABLATIONS, "trl-best", "trl-default")
+DEFAULT_ROWS = ROWS[:-1]
+REFERENCE = "trl-best"
 
 
 def make_pairs(tokenizer: Any, n: int, seed: int = 0) -> list[dict[str, str]]:
@@ -84,6 +92,13 @@ def make_pairs(tokenizer: Any, n: int, seed: int = 0) -> list[dict[str, str]]:
 # ------------------------------------------------------------------------------------------------ workers
 
 
+def worker(args: argparse.Namespace, row: str) -> dict[str, Any]:
+    d = stage_settings("dpo", args)
+    if row.startswith("trl"):
+        return worker_trl(args, d, best=row == "trl-best")
+    return worker_charlab(args, d, ABLATIONS.get(row, ""))
+
+
 def worker_charlab(args: argparse.Namespace, d: dict[str, Any], off: str) -> dict[str, Any]:
     from charlab.chat_format import ChatFormat
     from charlab.data.records import DpoExample
@@ -102,7 +117,7 @@ def worker_charlab(args: argparse.Namespace, d: dict[str, Any], off: str) -> dic
     if off == "fused":
         kernels.unfuse_lora(backend.model)
         backend.fused_head = False
-    pairs = [DpoExample(**p) for p in json.loads(Path(args.pairs_file).read_text())]
+    pairs = [DpoExample(**p) for p in json.loads(Path(args.data_file).read_text())]
     items, _ = encode_pairs(ChatFormat(backend.tokenizer), pairs, args.max_length)
     algorithm = DpoAlgorithm(beta=d["beta"], nll_coef=d["nll_coef"], eval_batch_size=d["eval_batch_size"],
                              cached_reference=off != "cached_reference")  # fmt: skip
@@ -110,18 +125,13 @@ def worker_charlab(args: argparse.Namespace, d: dict[str, Any], off: str) -> dic
                         warmup_ratio=d["warmup_ratio"], grad_accum=d["grad_accum"], max_grad_norm=d["max_grad_norm"],
                         weight_decay=d["weight_decay"], adam_beta1=d["adam_beta1"], adam_beta2=d["adam_beta2"],
                         adam_eps=d["adam_eps"], group_by_length=off != "group_by_length")  # fmt: skip
-    losses: list[float] = []
+    watch = StepWatch()
     trainer = Trainer(backend, algorithm, items, [], config, Path(args.work) / "checkpoints",
-                      on_metrics=lambda m, _: losses.extend([m["loss"]] if "loss" in m else []),
-                      progress=False)  # fmt: skip
+                      on_metrics=watch_charlab(backend, watch), progress=False)  # fmt: skip
     trainer._checkpoint = lambda step, summary: None  # the final checkpoint write is not training
     meter = PhaseMeter(args.device).start()
     summary = trainer.train()
-    phase = meter.stop()
-    ref = summary.prepare_s if algorithm.cached_reference else None
-    loss = sum(losses) / len(losses)
-    return {"total_s": phase["phase_s"], "peak_mb": phase["peak_mb"], "ref_pass_s": ref, "pairs": len(items),
-            "steps_s": phase["phase_s"] - (ref or 0.0), "loss": loss, "other_load": phase["other_load"]}  # fmt: skip
+    return row_result(meter.stop(), watch, summary.prepare_s if algorithm.cached_reference else None)
 
 
 def worker_trl(args: argparse.Namespace, d: dict[str, Any], best: bool) -> dict[str, Any]:
@@ -137,7 +147,8 @@ def worker_trl(args: argparse.Namespace, d: dict[str, Any], best: bool) -> dict[
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=dtype).to(args.device)
-    pairs = json.loads(Path(args.pairs_file).read_text())
+    pairs = json.loads(Path(args.data_file).read_text())
+
     def tokens(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -162,14 +173,12 @@ def worker_trl(args: argparse.Namespace, d: dict[str, Any], best: bool) -> dict[
     peft = LoraConfig(r=32, lora_alpha=64, lora_dropout=0.0, target_modules=list(ALL_LINEAR), task_type="CAUSAL_LM")
     timing: dict[str, float] = {}
     timed_method(DPOTrainer, "_precompute_ref_logps", timing)
+    watch = StepWatch()
     meter = PhaseMeter(args.device).start()
     trainer = DPOTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer, peft_config=peft)
-    result = trainer.train()
-    phase = meter.stop()
-    ref = timing.get("_precompute_ref_logps")
-    return {"total_s": phase["phase_s"], "peak_mb": phase["peak_mb"], "ref_pass_s": ref,
-            "pairs": len(trainer.train_dataset), "steps_s": phase["phase_s"] - (ref or 0.0),
-            "loss": result.training_loss, "other_load": phase["other_load"]}  # fmt: skip
+    watch_trl(trainer, watch)
+    trainer.train()
+    return row_result(meter.stop(), watch, timing.get("_precompute_ref_logps"))
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -177,60 +186,25 @@ def worker_trl(args: argparse.Namespace, d: dict[str, Any], best: bool) -> dict[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["smollm2-135m", "tiny"], default="smollm2-135m")
-    parser.add_argument("--pairs", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="auto", help="auto: fp32 on CPU, bf16 on CUDA")
-    parser.add_argument("--rows", default=",".join(ROWS), help=f"which rows, of {','.join(ROWS)}")
-    parser.add_argument("--results", type=Path, help="a JSON file that keeps rows across runs (one row per run)")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
-    parser.add_argument("--pairs-file", help=argparse.SUPPRESS)
-    parser.add_argument("--work", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
+    add_protocol_args(parser, ROWS, DEFAULT_ROWS)
     args = parser.parse_args()
-    defaults = stage_defaults("dpo")
-    if defaults.get("kl_coef") or defaults.get("min_lr_ratio"):  # TRL's DPO has neither: no longer like for like
+    d = stage_settings("dpo", args)
+    if d.get("kl_coef") or d.get("min_lr_ratio"):  # TRL's DPO has neither: no longer like for like
         sys.exit("configs/stage/dpo.yaml: kl_coef and min_lr_ratio must be 0 for this comparison")
-
-    if args.worker:
-        Path(args.work).mkdir(parents=True, exist_ok=True)
-        if args.worker.startswith("trl"):
-            result = worker_trl(args, defaults, best=args.worker == "trl-best")
-        else:
-            result = worker_charlab(args, defaults, ABLATIONS.get(args.worker, ""))
-        Path(args.out).write_text(json.dumps(result))
+    if worker_main(args, worker):
         return
-
     from transformers import AutoTokenizer
 
-    rows = [r for r in args.rows.split(",") if r]
-    unknown = set(rows) - set(ROWS)
-    if unknown:
-        sys.exit(f"--rows: unknown {', '.join(sorted(unknown))}; allowed: {', '.join(ROWS)}")
-    folder = model_folder(args.model)
-    setup = {k: getattr(args, k) for k in ("model", "pairs", "max_length", "device", "dtype")}
-    results = stored_rows(args.results, setup)
-    with tempfile.TemporaryDirectory(prefix="bench-dpo-") as tmp:
-        work = Path(tmp)
-        pairs_file = work / "pairs.json"
-        pairs_file.write_text(json.dumps(make_pairs(AutoTokenizer.from_pretrained(folder), args.pairs)))
-        common = ["--model", args.model, "--model-dir", str(folder), "--pairs-file", str(pairs_file), "--device",
-                  args.device, "--dtype", args.dtype, "--max-length", str(args.max_length)]  # fmt: skip
-        for row in rows:
-            r = run_worker(__file__, row, [*common, "--work", str(work / row)], work / f"{row}.json")
-            r["rate"] = r["pairs"] / r["total_s"]  # pairs trained (both sides drop pairs with no reply left)
-            results[row] = r
-            store_rows(args.results, setup, results)
-            print(f"  {row}: {r['total_s']:.1f} s, {r['peak_mb']:.0f} MB", flush=True)
-    d = defaults
-    print(f"\nDPO, {args.model}, {args.pairs} pairs, batch {d['batch_size']}, LoRA r=32 all linear, max length "
-          f"{args.max_length}, {args.device} {args.dtype}, {os.cpu_count()} cores; lr {d['lr']} {d['schedule']} "
-          f"(warmup {d['warmup_ratio']}), clip {d['max_grad_norm']}, beta {d['beta']}, "
-          f"NLL {d['nll_coef']}")  # fmt: skip
-    ordered = {row: results[row] for row in ROWS if row in results}
-    print_table(ordered, "pairs", reference="trl-best" if "trl-best" in results else "")
+    rows = chosen_rows(args, ROWS, REFERENCE)
+    pairs = make_pairs(AutoTokenizer.from_pretrained(model_folder(args.model)), d["batch_size"] * (1 + args.steps))
+    summary = compare(__file__, args, rows, REFERENCE, pairs, worker)
+    print()
+    print_setting()
+    print(f"DPO, {args.model}, {len(pairs)} pairs: batch {d['batch_size']} ({d['grad_accum']} micro-batches), "
+          f"1 warm-up + {args.steps} timed steps, {args.repeats} rounds; LoRA r=32 all linear, max length "
+          f"{args.max_length}, {args.device} {args.dtype}; lr {d['lr']} {d['schedule']} (warmup "
+          f"{d['warmup_ratio']}), clip {d['max_grad_norm']}, beta {d['beta']}, NLL {d['nll_coef']}")  # fmt: skip
+    print_table(summary, REFERENCE)
 
 
 if __name__ == "__main__":

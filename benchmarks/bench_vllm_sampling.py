@@ -88,15 +88,16 @@ def bench_vllm(prompts, params: SamplingParams, env: dict[str, str], model_name:
     provider["max_concurrency"] = len(prompts)
     label = "vllm" + "".join(f" {k}={v}" for k, v in env.items())
     rows = []
-    with tempfile.TemporaryDirectory() as run_dir, vllm.POOL.scope(Path(run_dir)):
+    pool = vllm.ServerPool()
+    with tempfile.TemporaryDirectory() as run_dir, pool.scope(Path(run_dir)):
         start = time.perf_counter()
-        base = make_sampler(provider, model, cache, serve_also=[adapter] if adapter else ())
+        base = make_sampler(provider, model, cache, serve_also=[adapter] if adapter else (), pool=pool)
         startup = time.perf_counter() - start
         rows.append((label + (" base (LoRA capacity on)" if adapter else ""), *timed(base, prompts, params), startup))
         if adapter:
-            tuned = make_sampler(provider, model, cache, adapter=adapter)
+            tuned = make_sampler(provider, model, cache, adapter=adapter, pool=pool)
             rows.append((label + " + adapter", *timed(tuned, prompts, params), None))
-        memory = vllm.POOL.memory()
+        memory = pool.memory()
     if memory:
         print("vllm server memory (GB): " + ", ".join(f"{k} {v:.2f}" for k, v in memory.items()))
     return rows

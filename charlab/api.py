@@ -92,9 +92,9 @@ def generate_dpo_pairs(config: GenerationConfig) -> Path:
     """Run `stage=distill` as the CLI would and return the path of its `pairs.jsonl`."""
     from charlab.runner import run_overrides
 
-    setup()
+    services = setup()
     output_dir = Path(config.output_dir).expanduser() if config.output_dir else None
-    _, run_dir = run_overrides(overrides_for(config), output_dir)
+    _, run_dir = run_overrides(overrides_for(config), services, output_dir)
     return run_dir / "pairs.jsonl"
 
 
@@ -142,7 +142,7 @@ def run_dpo_training(config: TrainingConfig) -> Path:
     from charlab.compose import composed
     from charlab.runner import run_overrides
 
-    setup()
+    services = setup()
     overrides = config.to_overrides()
     output_dir = None
     if config.save_name and safe_path_part(config.save_name) != config.save_name:
@@ -155,5 +155,5 @@ def run_dpo_training(config: TrainingConfig) -> Path:
             raise ConfigError(f"save_name '{config.save_name}' has an adapter already ({output_dir}); use resume=True")
     elif config.resume:
         raise ConfigError("resume=True needs the save_name of the run to continue")
-    _, run_dir = run_overrides(overrides, output_dir)
+    _, run_dir = run_overrides(overrides, services, output_dir)
     return run_dir / "adapter"

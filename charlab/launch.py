@@ -28,18 +28,21 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from charlab import distributed, torchrun_logs
 from charlab.errors import CharlabError, ConfigError
+from charlab.registry import all_stages, get_stage
 from charlab.run import read_meta
 from charlab.settings import PACKAGE_DIR
 
+if TYPE_CHECKING:
+    from charlab.generation.vllm import ServerPool
+
 log = logging.getLogger("charlab")
-DATA_PARALLEL_STAGES = ("dpo", "sft")
 MULTI_NODE_PORT = 29500  # torchrun's own default: every node must name the same port
 TAIL_LINES = 400  # torchrun's stderr kept to find its failure summary
 
@@ -66,9 +69,12 @@ class Group:
 
 def group(cfg: DictConfig) -> Group:
     """`backend.{nproc_per_node,nnodes,node_rank,master_addr,master_port,torchrun_args}` checked (one line each);
-    one process of one node unless a local backend asks for more."""
+    one process of one node unless a backend that trains here (`local`) asks for more."""
+    from charlab.training.factory import BACKENDS
+
     backend = cfg.get("backend") or {}
-    if backend.get("kind") != "local":
+    kind = BACKENDS.get(str(backend.get("kind")))
+    if kind is None or not kind.local:
         return Group()
     nproc, nnodes, node_rank = (int(d if backend.get(k) is None else backend.get(k)) for k, d in
                                 (("nproc_per_node", 1), ("nnodes", 1), ("node_rank", 0)))  # fmt: skip
@@ -89,17 +95,21 @@ def group(cfg: DictConfig) -> Group:
 
 
 def check_world(cfg: DictConfig) -> None:
-    """Under torchrun only the training stages run (every rank would repeat any other stage)."""
-    if distributed.world().size > 1 and cfg.stage.name not in DATA_PARALLEL_STAGES:
+    """Under torchrun only the training stages (`data_parallel` in the registry) run: every rank would repeat any
+    other stage."""
+    if distributed.world().size > 1 and not get_stage(cfg.stage.name).data_parallel:
+        trains = " or ".join(spec.name for spec in all_stages() if spec.data_parallel)
         raise ConfigError(
-            f"stage={cfg.stage.name} does not run data-parallel; start only {' or '.join(DATA_PARALLEL_STAGES)} "
+            f"stage={cfg.stage.name} does not run data-parallel; start only {trains} "
             "with torchrun (a pipeline runs its training steps that way when backend.nproc_per_node > 1)"
         )
 
 
 def wants_launch(cfg: DictConfig) -> bool:
     """Whether this process should start a torchrun group for the stage instead of running it."""
-    return group(cfg).world_size > 1 and cfg.stage.name in DATA_PARALLEL_STAGES and distributed.world().size == 1
+    if group(cfg).world_size == 1 or distributed.world().size > 1:
+        return False
+    return get_stage(cfg.stage.name).data_parallel
 
 
 def worker_overrides() -> list[str]:
@@ -137,18 +147,18 @@ def run_group(command: list[str], env: dict[str, str]) -> tuple[int, str]:
     return proc.returncode, "".join(tail)
 
 
-def launch(cfg: DictConfig, output_dir: Path) -> Optional[float]:
-    """Run the stage in `output_dir` under torchrun with the config's group; its metric.
+def launch(cfg: DictConfig, output_dir: Path, pool: ServerPool) -> Optional[float]:
+    """Run the stage in `output_dir` under torchrun with the config's group; its metric. On a GPU the vLLM servers
+    of `pool` (this process's) are stopped first: they would hold the GPUs' memory.
 
     A failure names the rank that failed first and its error (from `<output_dir>/torchrun/`, every rank's log).
     """
-    from charlab.generation.vllm import POOL
     from charlab.generation.vllm_server import free_port
     from charlab.models import resolve_device
 
     g = group(cfg)
     if resolve_device(str(cfg.backend.device)).startswith("cuda"):
-        POOL.release_gpu()  # a vLLM server of this pipeline would hold the GPUs' memory
+        pool.release_gpu()  # a vLLM server of this pipeline would hold the GPUs' memory
     overrides = list(HydraConfig.get().overrides.task)
     here = str(PACKAGE_DIR.parent)  # the ranks import this very charlab
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}

@@ -47,23 +47,29 @@ class StageSpec:
     schema: Optional[type] = None
     description: str = ""
     schemas: dict[str, type] = field(default_factory=dict)  # further ConfigStore schemas: `schemas/<key>`
+    data_parallel: bool = False  # trains: runs under torchrun when `backend.nproc_per_node` > 1 (`charlab.launch`)
 
 
 _STAGES: dict[str, StageSpec] = {}
 
 
 def register_stage(
-    name: str, schema: Optional[type] = None, description: str = "", schemas: Optional[dict[str, type]] = None
+    name: str,
+    schema: Optional[type] = None,
+    description: str = "",
+    schemas: Optional[dict[str, type]] = None,
+    data_parallel: bool = False,
 ) -> Callable[[StageFn], StageFn]:
     """Decorator: register `fn` as stage `name` (its YAML is `configs/stage/<name>.yaml`); `schemas`: further
-    ConfigStore nodes its YAML uses (`{"pipeline": PipelineConfig}` is stored as `schemas/pipeline`)."""
+    ConfigStore nodes its YAML uses (`{"pipeline": PipelineConfig}` is stored as `schemas/pipeline`);
+    `data_parallel`: a training stage, which `backend.nproc_per_node` > 1 runs under torchrun."""
 
     def decorator(fn: StageFn) -> StageFn:
         existing = _STAGES.get(name)
         if existing is not None and _where(existing.run) != _where(fn):  # the same module loaded again is no clash
             raise ValueError(f"stage {name!r} is registered twice: by {_where(existing.run)} and by {_where(fn)}")
         summary = description or (fn.__doc__ or "").strip().split("\n")[0]
-        _STAGES[name] = StageSpec(name, fn, schema, summary, dict(schemas or {}))
+        _STAGES[name] = StageSpec(name, fn, schema, summary, dict(schemas or {}), data_parallel)
         return fn
 
     return decorator

@@ -18,13 +18,17 @@ import traceback
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import yaml
 
 from charlab.redact import env_secrets, redact, redact_file, secrets_in
 from charlab.settings import project_root
 from charlab.tracking import NullTracker, Tracker
+
+if TYPE_CHECKING:
+    from charlab.generation.vllm import ServerPool
+    from charlab.services import Services
 
 log = logging.getLogger("charlab")
 VERSIONED_PACKAGES = (
@@ -123,6 +127,7 @@ class Run:
         self.secrets = secrets
         self.tracker: Tracker = tracker or NullTracker()
         self.stage = stage
+        self._services: Optional[Services] = None  # the process's shared services (`runner.execute` sets them)
         self.parents: dict[str, str] = {}
         self.metrics_path = self.dir / "metrics.jsonl"
         self.metrics_path.touch()
@@ -149,6 +154,22 @@ class Run:
         for hydra_file in (directory / ".hydra").glob("*.yaml"):
             redact_file(hydra_file, secrets)
         return cls(directory, config, secrets, stage=stage)
+
+    @property
+    def services(self) -> Services:
+        """The process's shared services, handed in by `charlab.runner.execute(cfg, services)`."""
+        if self._services is None:
+            raise RuntimeError("this run has no services: run stages through charlab.runner.execute(cfg, services)")
+        return self._services
+
+    @services.setter
+    def services(self, services: Services) -> None:
+        self._services = services
+
+    @property
+    def pool(self) -> ServerPool:
+        """The vLLM server pool of this run's services: what a stage passes to whatever starts or stops servers."""
+        return self.services.vllm
 
     # ---- writing -------------------------------------------------------------------------------------
     def path(self, *parts: str) -> Path:

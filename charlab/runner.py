@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -20,12 +20,14 @@ from charlab import distributed, launch
 from charlab.compose import composed
 from charlab.config_checks import check_config
 from charlab.errors import CharlabError, ConfigError
-from charlab.generation import vllm
 from charlab.memory import memory_window
 from charlab.redact import redact_text
 from charlab.registry import get_stage
 from charlab.run import Run, peak_memory
 from charlab.tracking import make_tracker
+
+if TYPE_CHECKING:
+    from charlab.services import Services
 
 log = logging.getLogger("charlab")
 
@@ -47,25 +49,27 @@ def run_name(cfg: DictConfig, run_dir: Path) -> str:
     return f"{cfg.persona.name}-{cfg.stage.name}-{run_dir.name}"
 
 
-def execute(cfg: DictConfig, output_dir: Optional[Path] = None) -> Optional[float]:
-    """Run the stage `cfg.stage.name` in `output_dir` (default: Hydra's job directory); return its metric."""
+def execute(cfg: DictConfig, services: Services, output_dir: Optional[Path] = None) -> Optional[float]:
+    """Run the stage `cfg.stage.name` in `output_dir` (default: Hydra's job directory) with the process's `services`
+    (`charlab.app.setup()`'s; the stage finds them as `run.services`); return its metric."""
     spec = get_stage(cfg.stage.name)
     resolved = resolve_config(cfg)
     check_config(resolved)  # every group's values, whatever the stage
     output_dir = Path(output_dir or HydraConfig.get().runtime.output_dir)
     launch.check_world(cfg)
     if launch.wants_launch(cfg):  # backend.nproc_per_node > 1: rank 0 of a torchrun group makes this run
-        return launch.launch(cfg, output_dir)
+        return launch.launch(cfg, output_dir, services.vllm)
     run = Run.create(output_dir, resolved, stage=spec.name)
+    run.services = services
     # trackers record the command line (W&B's metadata reads sys.argv): never with a secret in it
     sys.argv[:] = [redact_text(arg, run.secrets) for arg in sys.argv]
     try:
         if distributed.is_main():  # under torchrun the other ranks log nothing
             run.tracker = make_tracker(resolved.get("logger", {}), run.dir, run.config, run_name(cfg, run.dir))
         # servers a stage starts are stopped when it ends (a pipeline's at its end); peaks are this stage's own
-        with vllm.POOL.scope(run.dir), memory_window() as peak:
+        with services.vllm.scope(run.dir), memory_window() as peak:
             result = spec.run(cfg, run)
-            measured = {**peak_memory(peak()), **vllm.POOL.memory()}  # + vLLM servers still up (servers.json: all)
+            measured = {**peak_memory(peak()), **services.vllm.memory()}  # + vLLM servers still up (servers.json: all)
         if result.summary:
             run.tracker.summary(result.summary)
         run.update_meta(
@@ -85,8 +89,10 @@ def execute(cfg: DictConfig, output_dir: Optional[Path] = None) -> Optional[floa
     return result.metric
 
 
-def run_overrides(overrides: list[str], output_dir: Optional[Path] = None) -> tuple[Optional[float], Path]:
-    """Run one stage exactly as the CLI would; returns (its headline metric, its run directory)."""
+def run_overrides(
+    overrides: list[str], services: Services, output_dir: Optional[Path] = None
+) -> tuple[Optional[float], Path]:
+    """Run one stage exactly as the CLI would, with `services`; returns (its headline metric, its run directory)."""
     with composed(overrides, output_dir) as cfg:
         run_dir = Path(cfg.hydra.runtime.output_dir)
-        return execute(cfg, run_dir), run_dir
+        return execute(cfg, services, run_dir), run_dir

@@ -61,9 +61,9 @@ def fail(err: CharlabError) -> NoReturn:
 @hydra.main(version_base="1.3", config_path=str(configs_dir()), config_name="train")
 def hydra_main(cfg: DictConfig) -> Optional[float]:
     """Hydra entry point: run the composed config's stage."""
-    setup()  # a no-op after main(); a joblib/submitit worker unpickles this task without running main()
+    services = setup()  # a no-op after main(); a joblib/submitit worker unpickles this task without running main()
     try:
-        metric = execute(cfg)
+        metric = execute(cfg, services)
     except CharlabError as err:
         fail(err)
     distributed.shutdown()

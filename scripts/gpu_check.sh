@@ -39,11 +39,11 @@ if [ "$MODE" = gpu ]; then
   fi
   "$PY" -c "import torch; assert torch.cuda.is_available(), 'charlab\'s torch sees no GPU: set TORCH_SPEC to a CUDA build'"
   MODEL=smollm2-135m PROMPTS=128 PERSONA_PROMPTS=64 REFLECTIONS=200 INTERACTIONS=20 NEW_TOKENS=256 STEPS=20 BATCH=16
-  BENCH_PROMPTS=256 BENCH_TOKENS=256 HF_BATCHES=64,256 BENCH_PAIRS=64 BENCH_MODEL=smollm2-135m DEVICE=cuda
+  BENCH_PROMPTS=256 BENCH_TOKENS=256 HF_BATCHES=64,256 BENCH_SIZE="--steps 8 --repeats 2" BENCH_MODEL=smollm2-135m DEVICE=cuda
 else
   GPUS=1
   MODEL=tiny PROMPTS=6 PERSONA_PROMPTS=4 REFLECTIONS=4 INTERACTIONS=2 NEW_TOKENS=16 STEPS=2 BATCH=4
-  BENCH_PROMPTS=8 BENCH_TOKENS=16 HF_BATCHES=8 BENCH_PAIRS=8 BENCH_MODEL=tiny DEVICE=cpu
+  BENCH_PROMPTS=8 BENCH_TOKENS=16 HF_BATCHES=8 BENCH_SIZE="--batch 4 --grad-accum 2 --steps 1 --repeats 1 --load-tolerance 99" BENCH_MODEL=tiny DEVICE=cpu
   if [ "$VLLM" = 1 ] && ! "$CHARLAB_VLLM_PYTHON" -c "import vllm" >/dev/null 2>&1; then
     echo "gpu_check --cpu: no vLLM at $CHARLAB_VLLM_PYTHON (bash scripts/setup_vllm.sh): vLLM rows skipped, hf samples"
     VLLM=0
@@ -72,9 +72,11 @@ VLLM_ROWS=$([ "$VLLM" = 1 ] && echo "--adapter $RUN/02_dpo/adapter" || echo --no
 "$PY" benchmarks/bench_vllm_sampling.py --model "$MODEL" --prompts "$BENCH_PROMPTS" --max-new-tokens "$BENCH_TOKENS" \
   --hf-batch-sizes "$HF_BATCHES" $VLLM_ROWS
 [ "$VLLM" = 1 ] || echo "vLLM rows skipped (--no-vllm or no vLLM environment)"
-# charlab vs TRL's default and best configuration, like for like (benchmarks/bench_dpo.py, bench_sft.py; README
+# charlab vs TRL's best and default configurations, like for like (benchmarks/bench_dpo.py, bench_sft.py; README
 # "Performance"): bf16 on a GPU, peak memory of the training phase. TRL comes with the `bench` extra.
 "$PY" -c "import trl" 2>/dev/null || "$PY" -m pip install -q -e ".[bench]"
 
-"$PY" benchmarks/bench_dpo.py --model "$BENCH_MODEL" --device "$DEVICE" --pairs "$BENCH_PAIRS" --rows charlab,trl-default,trl-best
-"$PY" benchmarks/bench_sft.py --model "$BENCH_MODEL" --device "$DEVICE" --conversations "$BENCH_PAIRS" --rows charlab,trl-default,trl-best
+# shellcheck disable=SC2086  # BENCH_SIZE is a list of options
+"$PY" benchmarks/bench_dpo.py --model "$BENCH_MODEL" --device "$DEVICE" $BENCH_SIZE --rows charlab,trl-best,trl-default
+# shellcheck disable=SC2086
+"$PY" benchmarks/bench_sft.py --model "$BENCH_MODEL" --device "$DEVICE" $BENCH_SIZE --rows charlab,trl-best,trl-packing,trl-default

@@ -32,7 +32,7 @@ from charlab.models import default_cache_dir  # noqa: E402
 from charlab.schemas import ModelConfig  # noqa: E402
 from charlab.settings import configs_dir, project_root  # noqa: E402
 
-setup()  # .env, resolvers, stages and schemas, as the CLI's main() does
+SERVICES = setup()  # .env, resolvers, stages, schemas and the process's services (vLLM pool), as the CLI's main()
 ROOT = project_root()
 
 
@@ -144,7 +144,7 @@ def run_stage(compose_cfg: Callable[..., DictConfig]) -> Callable[..., tuple[Opt
     def _run(overrides: list[str], name: str = "run") -> tuple[Optional[float], Path]:
         cfg = compose_cfg(overrides, name=name)
         out = Path(cfg.hydra.runtime.output_dir)
-        return execute(cfg, out), out
+        return execute(cfg, SERVICES, out), out
 
     return _run
 

@@ -271,3 +271,42 @@ def test_importing_any_module_has_no_side_effect(graph: ImportGraph) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     found = {name for name, _ in json.loads(result.stdout.strip().splitlines()[-1])}
     same_as_known(found, KNOWN_SIDE_EFFECTS, "modules with an import side effect")
+
+
+SHARED_SERVICES = ("ServerPool", "Services")  # classes whose instances a process shares: handed down, never global
+COMPOSITION_ROOT = "charlab/app.py"  # the one module that keeps the process's `Services` (what `setup()` returns)
+
+
+def module_level_services(tree: ast.Module) -> list[str]:
+    """Names a module binds to a new `ServerPool`/`Services` at module level, or through `global` in a function."""
+    made = {
+        id(node)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) in SHARED_SERVICES
+    }
+    globals_ = {name for node in ast.walk(tree) if isinstance(node, ast.Global) for name in node.names}
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.Assign, ast.AnnAssign)) or node.value is None:
+            continue
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        names = [t.id for t in targets if isinstance(t, ast.Name)]
+        at_top = node in tree.body
+        if any(id(n) in made for n in ast.walk(node.value)) and (at_top or set(names) & globals_):
+            found += names
+    return found
+
+
+def test_no_module_holds_a_server_pool_but_the_composition_root() -> None:
+    """The vLLM server pool is an object handed to whoever needs it (`run.pool`), not a module global: only
+    `charlab/app.py` keeps the process's `Services`. Injected bug this catches: `POOL = ServerPool()` back in
+    `charlab/generation/vllm.py` (or any module)."""
+    found = {
+        f"{path.relative_to(ROOT)}:{name}"
+        for path in python_files()
+        if str(path.relative_to(ROOT)) != COMPOSITION_ROOT
+        for name in module_level_services(ast.parse(path.read_text(encoding="utf-8")))
+    }
+    assert not found, f"module-level shared services (hand them down instead): {sorted(found)}"
+    root = module_level_services(ast.parse((ROOT / COMPOSITION_ROOT).read_text(encoding="utf-8")))
+    assert root == ["_services"], root  # the check itself sees what it looks for

@@ -249,7 +249,7 @@ def test_workers_get_a_private_run_directory_and_only_training_stages_run_distri
     assert private[0].startswith("hydra.run.dir=") and folder.is_dir() and "hydra.output_subdir=null" in private
     folder.rmdir()
     cfg = compose_cfg(["stage=distill"])
-    with pytest.raises(ConfigError, match="stage=distill does not run data-parallel"):
+    with pytest.raises(ConfigError, match="stage=distill does not run data-parallel; start only dpo or sft with"):
         launch.check_world(cfg)
     assert not launch.wants_launch(compose_cfg(["stage=dpo", "stage.pairs=x", "backend.nproc_per_node=2"]))
     monkeypatch.setenv("WORLD_SIZE", "1")

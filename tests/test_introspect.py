@@ -23,6 +23,7 @@ from charlab.data.introspection import (
 from charlab.data.jsonl import read_jsonl
 from charlab.data.records import IntrospectionExample
 from charlab.errors import ConfigError, EmptyOutputError, ProviderError
+from tests.conftest import SERVICES
 
 JOB = InteractionJob("interaction-free", 0, "free", opener="Hello, me.", prelude="Hi there.")
 NO_FILTERS = [f"stage.filters.{k}=false" for k in ("empty", "truncated", "repetition", "identity_leak", "too_long")]
@@ -225,7 +226,7 @@ def test_introspect_keeping_nothing_stops_with_the_counts_and_never_overwrites(r
     cfg = compose_cfg(["stage=introspect", "model=tiny", "stage.adapter=null"], name="run")
     (out / "introspection.jsonl").write_text('{"prompt": "x", "reflection": "y"}\n')
     with pytest.raises(ConfigError, match="already exists; set stage.resume=true"):
-        execute(cfg, out)
+        execute(cfg, SERVICES, out)
 
 
 @pytest.mark.integration

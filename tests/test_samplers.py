@@ -73,8 +73,13 @@ def test_sampling_params_from_provider_and_bad_values():
 @pytest.mark.unit
 def test_factory_rejects_unknown_kind_and_remote_adapters(tmp_path: Path):
     model = ModelConfig(name="m", name_or_path="org/m")
-    with pytest.raises(ConfigError, match="provider kind 'vllm2' is not supported"):
+    unknown = r"^provider kind 'vllm2' is not supported; allowed: hf, openai, tinker, vllm$"
+    with pytest.raises(ConfigError, match=unknown):
         make_sampler({"kind": "vllm2"}, model, tmp_path)
+    # the vLLM server pool is handed in, never a module's: without one a vllm provider says so in one line
+    vllm_provider = {"kind": "vllm", "max_concurrency": 2, "timeout_s": 1.0, "max_retries": 0, "server": {}}
+    with pytest.raises(ConfigError, match=r"^provider 'vllm' needs the run's vLLM server pool: .*pool=run.pool$"):
+        make_sampler(vllm_provider, model, tmp_path)
     openai_provider = {"kind": "openai", "base_url": "http://127.0.0.1:1/v1", "api_key_env": "X"}
     with pytest.raises(ProviderError, match="cannot apply adapter"):
         make_sampler(openai_provider, model, tmp_path, adapter="/some/adapter")
@@ -374,7 +379,7 @@ def test_sampler_for_role_resolves_a_named_model_config(compose_cfg):
     from charlab.stages._common import sampler_for_role
 
     cfg = compose_cfg(["stage=show", "model=smollm2-135m", "teacher.model=tiny"])
-    sampler = sampler_for_role(cfg, "teacher")
+    sampler = sampler_for_role(cfg, "teacher", pool=None)  # an hf teacher needs no vLLM pool
     try:
         assert sampler.model_name == "tiny"
     finally:
@@ -475,3 +480,19 @@ def test_tinker_sampler_against_the_real_service():
     sampler = TinkerSampler.create(base_model="meta-llama/Llama-3.2-1B")
     out = sampler.sample([user("Say hello in one short sentence.")], SamplingParams(max_new_tokens=24, seed=0))
     assert out[0].completion_tokens > 0 and out[0].text.strip()
+
+
+@pytest.mark.unit
+def test_every_provider_option_is_a_providers_entry_and_back() -> None:
+    """The Studio and Hydra offer the YAML files of `configs/provider/`; the factory builds `PROVIDERS` entries: the
+    two lists are the same, each file's `kind` its own name. Injected bug this catches: a provider YAML added
+    (or a table entry dropped) without the other, which composes and then fails when the sampler is built."""
+    import yaml
+
+    from charlab.generation.factory import PROVIDERS
+    from charlab.settings import configs_dir
+
+    folder = configs_dir() / "provider"
+    files = {p.stem: yaml.safe_load(p.read_text(encoding="utf-8")) for p in folder.glob("*.yaml")}
+    assert set(files) == set(PROVIDERS)
+    assert all(data["kind"] == name for name, data in files.items())

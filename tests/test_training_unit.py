@@ -288,3 +288,82 @@ def test_cosine_and_linear_decay_stop_at_the_floor() -> None:
     lin = [learning_rate_at(s, 10, 2.0, 0, "linear", min_ratio=0.25) for s in range(10)]
     assert lin[0] == 2.0 and lin[-1] == pytest.approx(2.0 * (0.25 + 0.75 * 0.1))
     assert learning_rate_at(9, 10, 1.0, 0, "linear") == pytest.approx(0.1)  # no floor: as before
+
+
+def test_backend_kinds_are_a_table_and_an_unknown_one_is_one_line() -> None:
+    """`backend.kind` picks a `BACKENDS` entry (schema, maker, identity, SFT's start weights); nothing else branches
+    on it. Injected bug this catches: a backend_config that builds a local config for any kind."""
+    from charlab.schemas import LocalBackendConfig, ModelConfig, TinkerBackendConfig
+    from charlab.training.factory import BACKENDS, backend_config, model_identity, start_weights
+
+    assert set(BACKENDS) == {"local", "tinker"}
+    assert type(backend_config({"kind": "tinker"})) is TinkerBackendConfig
+    assert type(backend_config({"kind": "local"})) is LocalBackendConfig
+    with pytest.raises(ConfigError, match=r"^backend.kind='tinkr' is not allowed; use local or tinker$"):
+        backend_config({"kind": "tinkr"})
+    model = ModelConfig(name="m", name_or_path="org/m", tinker_name="Org/M")
+    assert model_identity(TinkerBackendConfig(kind="tinker"), model) == "tinker|m|org/m|||Org/M"
+    assert start_weights(LocalBackendConfig(kind="local"), "/runs/dpo/adapter") == "/runs/dpo/adapter"
+    assert start_weights(TinkerBackendConfig(kind="tinker"), "tinker://run/state") == "tinker://run/state"
+    assert start_weights(TinkerBackendConfig(kind="tinker"), "/no/such/dpo/adapter") is None  # no Tinker state
+    assert BACKENDS["local"].local and not BACKENDS["tinker"].local
+
+
+def test_both_backends_offer_the_whole_protocol_so_nobody_needs_getattr() -> None:
+    """Every `TrainingBackend` member exists on both backends (Tinker's made without a connection; the local
+    backend's members are its class's or set in its `__init__`), and no stage or the loop reaches a backend
+    extra with `getattr`. Injected bug this catches: a protocol member one backend lacks (removed
+    `TinkerBackend.sync_from_main`: the loop's call fails on Tinker)."""
+    import ast
+    import inspect
+
+    from charlab.settings import PACKAGE_DIR
+    from charlab.training.backend import TrainingBackend
+    from charlab.training.local import LocalBackend
+    from charlab.training.tinker_backend import TinkerBackend
+
+    members = {m for m in dir(TrainingBackend) if not m.startswith("_")} | set(TrainingBackend.__annotations__)
+    assert {"supports_packing", "last_export", "remote_artifacts", "no_sync", "sync_from_main"} <= members
+    assert isinstance(TinkerBackend(None, None, None, "m", "base"), TrainingBackend)
+    init = ast.parse(inspect.getsource(LocalBackend.__init__).strip())
+    set_in_init = {t.attr for node in ast.walk(init) if isinstance(node, ast.Assign) for t in node.targets
+                   if isinstance(t, ast.Attribute)}  # fmt: skip
+    assert not {m for m in members if not hasattr(LocalBackend, m) and m not in set_in_init}
+    reaches = [
+        f"{path.relative_to(PACKAGE_DIR)}:{n}"
+        for path in [*(PACKAGE_DIR / "stages").glob("*.py"), PACKAGE_DIR / "training" / "loop.py"]
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if "getattr(backend" in line or "getattr(self.backend" in line
+    ]
+    assert not reaches, reaches
+
+
+def test_every_backend_option_is_a_backends_entry_and_back() -> None:
+    """`configs/backend/*.yaml` (what the Studio and Hydra offer) and `BACKENDS` name the same kinds."""
+    import yaml
+
+    from charlab.settings import configs_dir
+    from charlab.training.factory import BACKENDS
+
+    files = {p.stem: yaml.safe_load(p.read_text(encoding="utf-8")) for p in (configs_dir() / "backend").glob("*.yaml")}
+    assert set(files) == set(BACKENDS)
+    assert all(data["kind"] == name for name, data in files.items())
+
+
+@pytest.mark.parametrize("head_trains", [False, True])
+def test_the_fused_head_gives_log_softmax_and_its_gradients(head_trains: bool) -> None:
+    """Frozen head: the gradient comes from the direction kept in forward; a training head: logits recomputed."""
+    from charlab.training.kernels import head_logprobs
+
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(37, 16, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(101, 16, generator=gen, dtype=torch.float64, requires_grad=head_trains)
+    targets = torch.randint(0, 101, (37,), generator=gen)
+    upstream = torch.randn(37, generator=gen, dtype=torch.float64)
+    expected = torch.log_softmax(hidden @ weight.t(), -1).gather(-1, targets[:, None]).squeeze(-1)
+    want = torch.autograd.grad((expected * upstream).sum(), [hidden, weight] if head_trains else [hidden])
+    got_value = head_logprobs(hidden, weight, targets)
+    got = torch.autograd.grad((got_value * upstream).sum(), [hidden, weight] if head_trains else [hidden])
+    assert torch.allclose(got_value.double(), expected, atol=1e-6)
+    for g, w in zip(got, want):
+        assert torch.allclose(g.double(), w, atol=1e-6)

@@ -24,7 +24,7 @@ import pytest
 from charlab.eval.judging import TOP_LOGPROBS
 from charlab.generation import vllm
 from charlab.generation.vllm_server import adapter_name, lora_rank_slot
-from tests.conftest import ROOT, cli_env, random_adapter, run_cli
+from tests.conftest import ROOT, SERVICES, cli_env, random_adapter, run_cli
 from tests.test_dpo_stage import write_pairs
 
 VLLM_PYTHON = Path(os.environ.get("CHARLAB_VLLM_PYTHON") or ROOT / ".venv-vllm" / "bin" / "python")
@@ -88,7 +88,7 @@ def test_introspection_and_elo_on_vllm_serve_the_dpo_adapter_and_one_server_live
     _, run_dir = run_stage(overrides, name="pipe")
     assert run_dir == root
     check_vllm_pipeline(root)
-    assert vllm.POOL.running() == []
+    assert SERVICES.vllm.running() == []
 
 
 def check_vllm_pipeline(root: Path) -> None:
@@ -151,7 +151,7 @@ def test_elo_alone_on_vllm_with_a_tuned_adapter_gets_replies_from_base_and_tuned
     assert sum(replies[("tuned", q)] != replies[("base", q)] for q in prompts) >= 2, replies  # the adapter applied
     servers = json.loads((run_dir / "vllm" / "servers.json").read_text())
     assert len(servers) == 1 and "--enable-lora" in servers[0]["command"], servers
-    assert vllm.POOL.running() == []
+    assert SERVICES.vllm.running() == []
 
 
 # ------------------------------------------------------------------------------------------------ lifecycle
@@ -205,11 +205,12 @@ def test_a_sampler_follows_the_server_the_pool_restarted_for_a_larger_adapter(co
         async with sampler.session() as complete:
             return (await complete(hello[0], params)).text
 
-    with vllm.POOL.scope(tmp_path / "run"):
-        base = make_sampler(provider, model, cache)
+    pool = vllm.ServerPool()
+    with pool.scope(tmp_path / "run"):
+        base = make_sampler(provider, model, cache, pool=pool)
         first = port.search(base.sample(hello, params)[0].text).group(1)
         assert base.context_length == 4000  # what the server's /v1/models said
-        tuned = make_sampler(provider, model, cache, adapter=str(fake_adapter(tmp_path / "adapter", rank=8)))
+        tuned = make_sampler(provider, model, cache, str(fake_adapter(tmp_path / "adapter", rank=8)), pool=pool)
         second = port.search(tuned.sample(hello, params)[0].text).group(1)
         assert second != first  # restarted with LoRA capacity
         assert port.search(base.sample(hello, params)[0].text).group(1) == second

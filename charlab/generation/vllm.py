@@ -9,11 +9,12 @@ between a pipeline's steps without reloading, serves the base model and every tr
 loaded at run time) from one set of weights, and is driven by the same streaming, retrying `OpenAISampler`
 as any OpenAI-compatible API (judges get log-probabilities from it the same way).
 
-Servers live in a `ServerPool`: `with POOL.scope(run_dir):` (opened by `charlab.train.execute` around every
-stage; the pipeline's own scope spans its steps) starts nothing by itself; the first sampler that needs a server
-starts it (log and `servers.json` in `<run dir>/vllm/`), later samplers with the same server settings reuse it,
-and the outermost scope's end stops them all. Training on a GPU stops them first (`release_gpu`): their memory
-is the training's.
+Servers live in a `ServerPool`, an object handed to whoever needs it (no module holds one: `charlab.app.setup()`
+makes the process's, in its `Services`, and stages reach it as `run.pool`). `with pool.scope(run_dir):` (opened by
+`charlab.runner.execute` around every stage; the pipeline's own scope spans its steps) starts nothing by itself;
+the first sampler that needs a server starts it (log and `servers.json` in `<run dir>/vllm/`), later samplers with
+the same server settings reuse it, and the outermost scope's end stops them all. Training on a GPU stops them
+first (`release_gpu`): their memory is the training's.
 
 A `VllmSampler` never holds an endpoint: each call asks the pool for the live server (started, or restarted with
 more LoRA capacity, as needed) and the name its adapter is served under there. So a server the pool restarted
@@ -143,8 +144,6 @@ class ServerPool:
         tmp.replace(self._log_dir / "servers.json")
 
 
-POOL = ServerPool()
-
 
 class VllmSampler:
     """A `StreamingSampler` over the pool's server for one model (and adapter); see the module docstring."""
@@ -221,13 +220,13 @@ def _served_spec(provider: dict[str, Any], model: ModelConfig, cache_dir: Path, 
 
 
 def vllm_endpoint(
-    provider: dict[str, Any], model: ModelConfig, cache_dir: Path, adapter: Optional[str]
+    provider: dict[str, Any], model: ModelConfig, cache_dir: Path, adapter: Optional[str], pool: ServerPool
 ) -> tuple[str, str]:
-    """`(base_url, model name)` of the pool's server for `model`, the name addressing `adapter` (a PEFT folder,
+    """`(base_url, model name)` of `pool`'s server for `model`, the name addressing `adapter` (a PEFT folder,
     served as a LoRA module) when given: what any OpenAI-compatible client (charlab's, lm-eval's) sends."""
     spec = _served_spec(provider, model, cache_dir, [adapter])
     folder = Path(str(adapter)).expanduser() if adapter else None
-    server = POOL.acquire(spec, lora_rank=adapter_rank(folder) if folder else 0)
+    server = pool.acquire(spec, lora_rank=adapter_rank(folder) if folder else 0)
     return server.base_url, server.load_adapter(folder) if folder else spec.served_name
 
 
@@ -236,9 +235,10 @@ def vllm_sampler(
     model: ModelConfig,
     cache_dir: Path,
     adapter: Optional[str],
-    serve_also: Sequence[str] = (),
+    serve_also: Sequence[str],
+    pool: ServerPool,
 ) -> VllmSampler:
-    """A sampler on the pool's server for `model`, addressing `adapter` (a PEFT folder) when given; the server's
+    """A sampler on `pool`'s server for `model`, addressing `adapter` (a PEFT folder) when given; the server's
     LoRA capacity also holds the adapters in `serve_also` (others the stage will sample on the same server)."""
     spec = _served_spec(provider, model, cache_dir, [adapter, *serve_also])
     folder = Path(str(adapter)).expanduser() if adapter else None
@@ -250,4 +250,4 @@ def vllm_sampler(
         "over_length": str(provider.get("over_length") or "fail"),
         **{k: float(provider[k]) for k in ("retry_backoff_s", "retry_backoff_max_s") if provider.get(k) is not None},
     }
-    return VllmSampler(POOL, spec, folder, max(ranks, default=0), client)
+    return VllmSampler(pool, spec, folder, max(ranks, default=0), client)

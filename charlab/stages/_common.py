@@ -13,6 +13,7 @@ from charlab.schemas import LoraConfig, ModelConfig
 
 if TYPE_CHECKING:
     from charlab.generation.base import Sampler
+    from charlab.generation.vllm import ServerPool
 
 
 def to_plain(node: Any) -> Any:
@@ -71,10 +72,16 @@ def cache_dir(cfg: DictConfig) -> Path:
 
 
 def sampler_for_role(
-    cfg: DictConfig, role: str, adapter: str | None = None, serve_also: list[str] | None = None
+    cfg: DictConfig,
+    role: str,
+    adapter: str | None = None,
+    serve_also: list[str] | None = None,
+    *,
+    pool: ServerPool | None,
 ) -> Sampler:
     """The `Sampler` of a provider role (`teacher`, `student`, `judge`): `cfg[role]` over the run's model;
-    `serve_also`: other adapters the stage will sample through the same provider (see `make_sampler`).
+    `serve_also`: other adapters the stage will sample through the same provider (see `make_sampler`); `pool`: the
+    run's vLLM server pool (`run.pool`; a `vllm` provider needs it).
 
     For local (hf, vllm) and tinker providers, `<role>.model` may name a model config (`teacher.model=smollm2-135m`),
     so offline models work as teacher or judge beside another run model; any other value is a hub id/path.
@@ -82,7 +89,7 @@ def sampler_for_role(
     from charlab.generation.factory import make_sampler
 
     provider, model = role_provider(cfg, role)
-    return make_sampler(provider, model, cache_dir(cfg), adapter, serve_also or ())
+    return make_sampler(provider, model, cache_dir(cfg), adapter, serve_also or (), pool)
 
 
 def role_provider(cfg: DictConfig, role: str) -> tuple[dict[str, Any], ModelConfig]:
@@ -90,9 +97,12 @@ def role_provider(cfg: DictConfig, role: str) -> tuple[dict[str, Any], ModelConf
     (`teacher.model=smollm2-135m`) becomes that `ModelConfig` (for hf, tinker, vllm), else the run's model."""
     if role not in cfg:
         raise ConfigError(f"no provider config '{role}'; use teacher, student or judge")
+    from charlab.generation.factory import PROVIDERS
+
     provider = to_plain(cfg[role])
     model = model_config(cfg.model)
-    named = _named_model(cfg, provider.get("model")) if provider.get("kind") in ("hf", "tinker", "vllm") else None
+    entry = PROVIDERS.get(str(provider.get("kind")))
+    named = _named_model(cfg, provider.get("model")) if entry is not None and entry.named_models else None
     if named is not None:
         model, provider = named, {**provider, "model": None}
     return provider, model

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -28,10 +28,13 @@ from charlab.eval.players import (
 from charlab.eval.prompts import held_out_prompts, normalise_prompt, training_prompts
 from charlab.eval.ratings import RatingSettings
 from charlab.eval.sampling import fresh_file
-from charlab.generation.factory import sampling_params
+from charlab.generation.factory import sampling_params, scores_text
 from charlab.run import Run
 from charlab.stages._common import sampler_for_role, to_plain
 from charlab.stages._judge_formats import JUDGE_FORMATS
+
+if TYPE_CHECKING:
+    from charlab.generation.vllm import ServerPool
 
 
 def rating_settings(cfg: DictConfig) -> RatingSettings:
@@ -95,11 +98,11 @@ def player_config(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def player_sampler_factory(cfg: DictConfig) -> MakeSampler:
+def player_sampler_factory(cfg: DictConfig, pool: ServerPool) -> MakeSampler:
     """`make(adapter_or_None, serve_also)`: the models under test are the student provider on `eval.base_model`
-    (default: the student's own model); the tuned model is that same base with the adapter."""
+    (default: the student's own model); the tuned model is that same base with the adapter. `pool`: `run.pool`."""
     cfg = player_config(cfg)
-    return lambda adapter, serve_also=(): sampler_for_role(cfg, "student", adapter, serve_also=list(serve_also))
+    return lambda adapter, serve_also=(): sampler_for_role(cfg, "student", adapter, list(serve_also), pool=pool)
 
 
 def eval_replies(
@@ -124,7 +127,7 @@ def eval_replies(
             f"stage.players: tuned has no reply to {absent} of {len(prompts)} prompts in stage.replies and no "
             "stage.adapter to generate them; pass stage.adapter=<adapter folder> or leave tuned out of stage.players"
         )
-    players = build_players(missing, player_sampler_factory(cfg), stage.adapter, persona_prompt)
+    players = build_players(missing, player_sampler_factory(cfg, run.pool), stage.adapter, persona_prompt)
     try:
         player_replies(
             players, prompts, sampling_params(to_plain(cfg.student)), path, int(ev.batch_size),
@@ -137,15 +140,17 @@ def eval_replies(
 
 def check_judge_format(cfg: DictConfig) -> str:
     """`eval.judge_format` (a `JUDGE_FORMATS` entry), checked before anything is generated (likelihood needs a
-    local `hf` judge); `auto` resolves to likelihood for an `hf` judge of the persona, else to pairwise."""
+    judge whose provider scores text, `hf`); `auto` resolves to likelihood for such a judge of the persona, else to
+    pairwise."""
     judge_format = str(cfg.eval.judge_format)
+    local_scorer = scores_text(cfg.judge.kind)
     if judge_format == "auto":
         persona = str(cfg.stage.get("criterion", "persona")) == "persona"
-        return "likelihood" if cfg.judge.kind == "hf" and persona else "pairwise"
+        return "likelihood" if local_scorer and persona else "pairwise"
     if judge_format not in JUDGE_FORMATS:
         allowed = ", ".join([*JUDGE_FORMATS, "auto"])
         raise ConfigError(f"eval.judge_format={judge_format!r} is not allowed; use one of {allowed}")
-    if JUDGE_FORMATS[judge_format].scores_text and cfg.judge.kind != "hf":
+    if JUDGE_FORMATS[judge_format].scores_text and not local_scorer:
         raise ConfigError(
             f"eval.judge_format={judge_format} needs a judge that scores text (provider@judge=hf, not "
             f"{cfg.judge.kind}); use eval.judge_format=pairwise"
@@ -153,9 +158,10 @@ def check_judge_format(cfg: DictConfig) -> str:
     return judge_format
 
 
-def make_judge(cfg: DictConfig) -> Judge:
-    """The judge provider as a `Judge` in `eval.judge_mode` (auto: log-probabilities where available)."""
-    sampler = sampler_for_role(cfg, "judge")
+def make_judge(cfg: DictConfig, pool: ServerPool) -> Judge:
+    """The judge provider as a `Judge` in `eval.judge_mode` (auto: log-probabilities where available); `pool`:
+    `run.pool`."""
+    sampler = sampler_for_role(cfg, "judge", pool=pool)
     try:
         judge = Judge(
             sampler, sampling_params(to_plain(cfg.judge)), str(cfg.eval.judge_mode), int(cfg.eval.judge_top_logprobs)

@@ -25,7 +25,8 @@ def trial_replies(
 ) -> dict[str, dict[str, Any]]:
     """Every player's reply to every trial (`replies.jsonl`, appended as they come)."""
     stage, ev = cfg.stage, cfg.eval
-    players = build_players(names, player_sampler_factory(cfg), stage.adapter, persona_prompt(cfg, persona=persona))
+    system = persona_prompt(cfg, persona=persona)
+    players = build_players(names, player_sampler_factory(cfg, run.pool), stage.adapter, system)
     replies_path = fresh_file(run.path("replies.jsonl"), stage.resume)
     replies: dict[str, dict[str, Any]] = {}
     try:
@@ -49,7 +50,7 @@ def trial_verdicts(
     """The judge's verdict rows (`judgments.jsonl`), whether they are calibrated, and how the judge judged."""
     stage, ev = cfg.stage, cfg.eval
     judgments_path = fresh_file(run.path("judgments.jsonl"), stage.resume)
-    judge = make_judge(cfg)
+    judge = make_judge(cfg, run.pool)
     judged_rows: list[dict[str, Any]] = []
     calibrate = False
     try:

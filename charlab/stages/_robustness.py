@@ -55,7 +55,7 @@ def _run_attacks(
     persona = load_persona(cfg)
     name = "tuned" if stage.adapter else "base_persona"
     system = persona_prompt(cfg, persona=persona)
-    (player,) = build_players([name], player_sampler_factory(cfg), stage.adapter, system)
+    (player,) = build_players([name], player_sampler_factory(cfg, run.pool), stage.adapter, system)
     try:
         rows = run_attacks(
             player.sampler, prompts, suffixes[: int(stage.num_suffixes)], sampling_params(to_plain(cfg.student)),

@@ -19,6 +19,7 @@ from charlab.registry import StageResult
 from charlab.run import Run
 from charlab.schemas import LoraConfig, ModelConfig, StageConfig
 from charlab.stages._common import lora_config, model_config, to_plain
+from charlab.training.backend import TrainingBackend
 from charlab.training.loop import LoopConfig, Trainer, TrainSummary
 
 GAP_FILE = "gap_conversations.jsonl"  # sft writes it beside the adapter; export measures the gap on it
@@ -73,11 +74,10 @@ def loop_config(stage: DictConfig) -> LoopConfig:
     )
 
 
-def remote_forms(backend: Any, artifact: str = "adapter") -> dict[str, str]:
+def remote_forms(backend: TrainingBackend, artifact: str = "adapter") -> dict[str, str]:
     """The trained adapter's remote forms as artifacts (`adapter_tinker_state`, `adapter_tinker_sampler` on
     Tinker; none locally), which the pipeline's handoffs pass on to later steps."""
-    remote = getattr(backend, "remote_artifacts", None)
-    return {f"{artifact}_{form}": path for form, path in (remote() if remote else {}).items()}
+    return {f"{artifact}_{form}": path for form, path in backend.remote_artifacts().items()}
 
 
 def read_pairs(path: Path) -> tuple[Path, list[DpoExample]]:

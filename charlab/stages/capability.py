@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from omegaconf import MISSING, DictConfig
 
@@ -45,6 +45,9 @@ from charlab.run import Run, write_json
 from charlab.schemas import ModelConfig, StageConfig
 from charlab.stages._common import adapter_location, cache_dir, role_provider, to_plain
 from charlab.stages._eval import player_config
+
+if TYPE_CHECKING:
+    from charlab.generation.vllm import ServerPool
 
 
 @dataclass
@@ -68,6 +71,7 @@ class Harness:
     model_path: str
     cache_dir: Path
     batch_size: int
+    pool: ServerPool  # the run's vLLM server pool (`run.pool`): a `vllm` student's server comes from it
 
 
 def hf_model(h: Harness, adapter: Optional[str]) -> tuple[str, dict[str, Any]]:
@@ -101,7 +105,7 @@ def vllm_model(h: Harness, adapter: Optional[str]) -> tuple[str, dict[str, Any]]
     """charlab's managed vLLM server (started here if need be); the base model only (see `ADAPTER_KINDS`)."""
     from charlab.generation.vllm import vllm_endpoint
 
-    return _completions(h, *vllm_endpoint(h.provider, h.model, h.cache_dir, adapter))
+    return _completions(h, *vllm_endpoint(h.provider, h.model, h.cache_dir, adapter, h.pool))
 
 
 def openai_model(h: Harness, adapter: Optional[str]) -> tuple[str, dict[str, Any]]:
@@ -140,7 +144,7 @@ def check_provider(kind: str, adapter: Optional[str]) -> None:
         )
 
 
-def harness_for(cfg: DictConfig, batch_size: int) -> tuple[Harness, Callable]:
+def harness_for(cfg: DictConfig, batch_size: int, pool: ServerPool) -> tuple[Harness, Callable]:
     """The models under test (the student provider on `eval.base_model`) and how lm-eval reaches them."""
     from charlab.generation.factory import provider_model
     from charlab.models import resolve_model_path
@@ -150,7 +154,7 @@ def harness_for(cfg: DictConfig, batch_size: int) -> tuple[Harness, Callable]:
     if kind != "openai":
         model = provider_model(provider, model)
     path = resolve_model_path(model, cache_dir(cfg))
-    return Harness(provider, model, path, cache_dir(cfg), batch_size), HARNESS_MODELS[kind]
+    return Harness(provider, model, path, cache_dir(cfg), batch_size, pool), HARNESS_MODELS[kind]
 
 
 def player_scores(
@@ -202,7 +206,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
 
     def harness() -> tuple[Harness, Callable]:
         if not cached:
-            cached.append(harness_for(cfg, int(stage.batch_size)))
+            cached.append(harness_for(cfg, int(stage.batch_size), run.pool))
         return cached[0]
 
     players = {"base": None} | ({"tuned": adapter} if adapter else {})

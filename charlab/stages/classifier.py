@@ -141,7 +141,7 @@ def generated_texts(cfg: DictConfig, run: Run, rows: list[LabelledText]) -> list
         systems.setdefault(name, other.render_system_prompt("teacher", assistant_name=who, style=style))  # type: ignore[arg-type]
     prompts = list(dict.fromkeys(r.prompt for r in rows if r.prompt))
     jobs = persona_text_jobs([(f"c{i}", p) for i, p in enumerate(prompts)], systems, str(stage.out_label))
-    sampler = player_sampler_factory(cfg)(None)
+    sampler = player_sampler_factory(cfg, run.pool)(None)
     try:
         done = sample_to_jsonl(
             sampler, jobs, sampling_params(to_plain(cfg.student)), fresh_file(run.path("texts.jsonl"), stage.resume),

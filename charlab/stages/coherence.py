@@ -21,7 +21,7 @@ coherent wins; both or neither: a tie).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from omegaconf import MISSING, DictConfig
 from rich.console import Console
@@ -39,6 +39,7 @@ from charlab.eval.ratings import bootstrap_win_rate
 from charlab.eval.relevance import ReplyItem, distractors, embedding_relevance, lm_identification
 from charlab.eval.sampling import fresh_file
 from charlab.generation.base import ChoiceScorer
+from charlab.generation.factory import scores_text
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run
 from charlab.schemas import StageConfig
@@ -52,6 +53,9 @@ from charlab.stages._eval import (
     stage_prompts,
 )
 from charlab.stages._judge_formats import JUDGE_FORMATS, FormatJob
+
+if TYPE_CHECKING:
+    from charlab.generation.vllm import ServerPool
 
 HEAD_TO_HEAD = ("auto", "true", "false")
 MEASURED = ("loop", "distinct_2", "relevance", "minilm_relevance", "minilm_cosine", "in_character",
@@ -76,13 +80,14 @@ class CoherenceStageConfig(StageConfig):
     head_to_head: str = MISSING  # auto | true | false: the paper's coherence judge format
 
 
-def _scorer(cfg: DictConfig) -> tuple[Optional[Any], str]:
+def _scorer(cfg: DictConfig, pool: ServerPool) -> tuple[Optional[Any], str]:
     """The language model that reads each reply after each prompt: the judge if local, else the base model under
     test if local, else none (with the reason)."""
-    if cfg.judge.kind == "hf":
-        sampler, who = sampler_for_role(cfg, "judge"), f"the judge ({cfg.judge.model or cfg.model.name})"
-    elif cfg.student.kind == "hf":
-        sampler, who = player_sampler_factory(cfg)(None), f"the base model ({cfg.student.model or cfg.model.name})"
+    if scores_text(cfg.judge.kind):
+        sampler, who = sampler_for_role(cfg, "judge", pool=pool), f"the judge ({cfg.judge.model or cfg.model.name})"
+    elif scores_text(cfg.student.kind):
+        who = f"the base model ({cfg.student.model or cfg.model.name})"
+        sampler = player_sampler_factory(cfg, pool)(None)
     else:
         return None, "not measured: no local model scores text (judge and student are not hf); MiniLM only"
     if not isinstance(sampler, ChoiceScorer):
@@ -109,7 +114,9 @@ def _in_persona(cfg: DictConfig, replies: dict, ids: list[str]) -> tuple[dict[st
     return flags, f"persona classifier {folder} (class {label!r})"
 
 
-def measure(cfg: DictConfig, replies: dict, names: list[str], prompts: list) -> tuple[list[dict], dict[str, str]]:
+def measure(
+    cfg: DictConfig, replies: dict, names: list[str], prompts: list, pool: ServerPool
+) -> tuple[list[dict], dict[str, str]]:
     """Every reply's measurements, and how each instrument was run (for the report)."""
     stage, persona = cfg.stage, load_persona(cfg)
     if int(stage.distractors) < 1:
@@ -119,7 +126,7 @@ def measure(cfg: DictConfig, replies: dict, names: list[str], prompts: list) -> 
     ids = [(reply_id(n, pid), pid) for n in names for pid, _ in prompts]
     items = [ReplyItem(rid, pid, str(replies[rid].get("text", ""))) for rid, pid in ids if rid in replies]
     texts, others = dict(prompts), distractors([pid for pid, _ in prompts], int(stage.distractors), int(cfg.seed))
-    scorer, scored_by = _scorer(cfg)
+    scorer, scored_by = _scorer(cfg, pool)
     lm = None
     if scorer is not None:
         try:
@@ -147,9 +154,9 @@ def judged_coherence(cfg: DictConfig, run: Run, prompts: list, replies: dict, na
     wanted = str(cfg.stage.head_to_head).lower()
     if wanted not in HEAD_TO_HEAD:
         raise ConfigError(f"stage.head_to_head={wanted!r} is not allowed; use one of {', '.join(HEAD_TO_HEAD)}")
-    if wanted == "false" or (wanted == "auto" and cfg.judge.kind == "hf") or len(names) < 2:
+    if wanted == "false" or (wanted == "auto" and scores_text(cfg.judge.kind)) or len(names) < 2:
         return None
-    judge = make_judge(cfg)
+    judge = make_judge(cfg, run.pool)
     try:
         path = fresh_file(run.path("judgments.jsonl"), cfg.stage.resume)
         job = FormatJob(cfg, run, judge, prompts, replies, names, path, "", metric_prefix="coherence")
@@ -194,7 +201,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     if stage.classifier:
         run.add_parent("classifier", stage.classifier)
     replies_path, replies = eval_replies(cfg, run, names, prompts, persona_prompt(cfg, persona=persona), "coherence")
-    rows, how = measure(cfg, replies, names, prompts)
+    rows, how = measure(cfg, replies, names, prompts, run.pool)
     with JsonlWriter(fresh_file(run.path("coherence.jsonl"), resume=False)) as writer:
         for row in rows:
             writer.write(row)

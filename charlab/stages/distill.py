@@ -16,7 +16,7 @@ import shutil
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from omegaconf import MISSING, DictConfig
 
@@ -43,6 +43,9 @@ from charlab.stages._common import (
     to_plain,
 )
 from charlab.stages._generating import DistillFilters
+
+if TYPE_CHECKING:
+    from charlab.generation.vllm import ServerPool
 
 log = logging.getLogger("charlab")
 OUTPUTS = ("pairs.jsonl", "dropped.jsonl", "prompts.jsonl")
@@ -80,15 +83,15 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     _check(stage)
     persona = load_persona(cfg)
     _prepare_resume(stage, run)
-    teacher = sampler_for_role(cfg, "teacher")
+    teacher = sampler_for_role(cfg, "teacher", pool=run.pool)
     student: Optional[Sampler] = None
     judge: Optional[Sampler] = None
     try:
-        student = teacher if _same_sampler(cfg, "student") else sampler_for_role(cfg, "student")
+        student = teacher if _same_sampler(cfg, "student") else sampler_for_role(cfg, "student", pool=run.pool)
         prompts = _prompts(cfg, run, persona, teacher if stage.expansion_provider == "teacher" else student)
         job = _job(cfg, persona, prompts, teacher, student)
         if stage.best_of > 1:
-            chooser, judge = _best_of(cfg, persona, teacher)
+            chooser, judge = _best_of(cfg, persona, teacher, run.pool)
             chooser.eligible = partial(teacher_reply_kept, job)  # pick among replies the filters will keep
             job = replace(job, teacher=chooser)
         table: list[DpoExample] = []
@@ -167,9 +170,11 @@ def _same_sampler(cfg: DictConfig, role: str) -> bool:
     return key is not None and key == sampler_key(to_plain(cfg[role]), model)
 
 
-def _best_of(cfg: DictConfig, persona: Constitution, teacher: Sampler) -> tuple[BestOfSampler, Optional[Sampler]]:
+def _best_of(
+    cfg: DictConfig, persona: Constitution, teacher: Sampler, pool: ServerPool
+) -> tuple[BestOfSampler, Optional[Sampler]]:
     """The teacher drawing `stage.best_of` replies per prompt, returning the one `stage.best_of_scorer` ranks first;
-    and the judge's sampler if one was loaded for it (the caller closes it)."""
+    and the judge's sampler if one was loaded for it (the caller closes it). `pool`: `run.pool`."""
     from charlab.eval.judging import Judge
     from charlab.eval.persona_score import JudgePersonaScorer, persona_description
 
@@ -181,7 +186,7 @@ def _best_of(cfg: DictConfig, persona: Constitution, teacher: Sampler) -> tuple[
                 f"{type(teacher).__name__} teacher cannot: use stage.best_of_scorer=judge"
             )
         return BestOfSampler(teacher, n, persona_contrast(teacher), scorer_name=f"contrast:{teacher.model_name}"), None
-    judge_sampler = teacher if _same_sampler(cfg, "judge") else sampler_for_role(cfg, "judge")
+    judge_sampler = teacher if _same_sampler(cfg, "judge") else sampler_for_role(cfg, "judge", pool=pool)
     ev = cfg.eval
     judge = Judge(judge_sampler, sampling_params(to_plain(cfg.judge)), str(ev.judge_mode), int(ev.judge_top_logprobs))
     scorer = JudgePersonaScorer(judge, persona_description(persona, cfg.persona.assistant_name))

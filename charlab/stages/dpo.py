@@ -68,7 +68,9 @@ def validate(stage: DictConfig) -> None:
             raise ConfigError(f"stage.{key}={stage[key]} is not allowed; use {allowed}")
 
 
-@register_stage("dpo", schema=DpoStageConfig, description="train a DPO LoRA adapter on a pairs file")
+@register_stage(
+    "dpo", schema=DpoStageConfig, description="train a DPO LoRA adapter on a pairs file", data_parallel=True
+)
 def run(cfg: DictConfig, run: Run) -> StageResult:
     """Train, export the adapter, report held-out accuracy."""
     from charlab.chat_format import ChatFormat
@@ -80,7 +82,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     run.add_parent("pairs", pairs_path)
     resume_root = resume_root_of(stage, run, "a dpo run directory")
 
-    backend = create_backend(backend_cfg, model, lora, cache_dir(cfg), seed=int(stage.seed))
+    backend = create_backend(backend_cfg, model, lora, cache_dir(cfg), seed=int(stage.seed), gpu_users=[run.pool])
     with closing(backend):  # Tinker's session learns whether the stage succeeded
         items, stats = encode_pairs(ChatFormat(backend.tokenizer), pairs, int(stage.max_length))
         if not items:
@@ -132,7 +134,7 @@ def _write_adapter_meta(
         eval=summary.eval,
         reference_cache=str(algorithm.cache_path) if algorithm.cache_path else None,
         reference_pass_s=round(summary.prepare_s, 3),  # 0 when the cache was reused
-        **({"tinker_export": backend.last_export} if getattr(backend, "last_export", None) else {}),
+        **({"tinker_export": backend.last_export} if backend.last_export else {}),
         **trained.remote,
     )
 

@@ -68,7 +68,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
             "persona=custom persona.name=<new_name>"
         )
 
-    sampler = sampler_for_role(cfg, stage.role)
+    sampler = sampler_for_role(cfg, stage.role, pool=run.pool)
     options = DraftOptions(**{k: stage[k] for k in DraftOptions.__dataclass_fields__})
     top_p = float(cfg[stage.role].get("top_p", 1.0))
     attempts_path = run.path("attempts.jsonl")

@@ -143,7 +143,7 @@ def _judge_matches(
         persona_criterion(persona, cfg.persona.assistant_name) if stage.criterion == "persona" else HELPFUL_CRITERION
     )
     judgments_path = fresh_file(run.path("judgments.jsonl"), stage.resume)
-    judge = make_judge(cfg)
+    judge = make_judge(cfg, run.pool)
     try:
         result = JUDGE_FORMATS[judge_format].run(
             FormatJob(cfg, run, judge, prompts, replies, names, judgments_path, criterion)

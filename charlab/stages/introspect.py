@@ -294,7 +294,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     if adapter:
         run.add_parent("adapter", adapter)
     table: list[IntrospectionExample] = []
-    sampler = sampler_for_role(cfg, "student", adapter=adapter)
+    sampler = sampler_for_role(cfg, "student", adapter=adapter, pool=run.pool)
     start = time.time()
     try:
         job = _introspection_run(cfg, sampler)

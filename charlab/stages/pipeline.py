@@ -103,8 +103,11 @@ def consumer_kinds(overrides: list[str]) -> Callable[[str], str]:
 
 def _print_estimate(cfg: DictConfig) -> None:
     """Before a run that costs money (remote generation or training), say how much it will generate and train."""
-    paid = {cfg.teacher.kind, cfg.student.kind, cfg.judge.kind} - {"hf", "vllm"} or cfg.backend.kind != "local"
-    if not paid:
+    from charlab.generation.factory import PROVIDERS
+    from charlab.training.factory import BACKENDS
+
+    kinds = [(PROVIDERS, cfg[role].kind) for role in ("teacher", "student", "judge")] + [(BACKENDS, cfg.backend.kind)]
+    if all(kind in table and table[kind].local for table, kind in kinds):  # nothing runs remotely
         return
     from charlab.estimate import estimate_tokens
 
@@ -162,7 +165,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
             try:
                 kind_of = consumer_kinds(head + tail)
                 wired = handoff_overrides(step, wiring.get(step) or {}, artifacts, kind_of, persona=cfg.persona.name)
-                run_overrides(head + wired + tail, step_dir)
+                run_overrides(head + wired + tail, run.services, step_dir)
             except (CharlabError, Exception) as err:
                 state["steps"][step_dir.name] = {"step": step, "status": "failed", "error": str(err)}
                 write_json(root / "pipeline.json", state)

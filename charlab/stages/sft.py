@@ -32,7 +32,7 @@ from charlab.data.jsonl import read_jsonl
 from charlab.data.records import IntrospectionExample
 from charlab.errors import ConfigError, DataError
 from charlab.registry import StageResult, register_stage
-from charlab.run import Run, read_meta, write_meta
+from charlab.run import Run, write_meta
 from charlab.stages._common import (
     adapter_location,
     cache_dir,
@@ -52,6 +52,7 @@ from charlab.stages._training import (
     training_setup,
 )
 from charlab.training.backend import closing
+from charlab.training.factory import BackendConfig, create_backend, model_identity, start_weights
 from charlab.training.loop import validate_loop_config
 
 log = logging.getLogger("charlab")
@@ -96,19 +97,6 @@ def read_examples(path: Path) -> list[IntrospectionExample]:
         return read_jsonl(path, IntrospectionExample)
     except DataError as err:
         raise DataError(f"stage.data: {err}") from None
-
-
-def start_weights(backend_kind: str, dpo_adapter: Optional[str]) -> Optional[str]:
-    """What SFT starts from: locally the DPO folder (merged); on Tinker the DPO's `tinker://` training state
-    (given directly, or named by a Tinker-trained DPO folder's meta.json); None: the base model."""
-    if not dpo_adapter:
-        return None
-    if backend_kind == "local":
-        return dpo_adapter
-    if dpo_adapter.startswith("tinker://"):
-        return dpo_adapter
-    state = read_meta(Path(dpo_adapter)).get("adapter_tinker_state")
-    return str(state) if state else None
 
 
 def gap_conversations(stage: DictConfig, held_out: list[IntrospectionExample]) -> list[list[dict[str, str]]]:
@@ -185,13 +173,13 @@ MERGED_NOTE = (
 )
 
 
-def _start_weights(stage: DictConfig, run: Run, backend_kind: str) -> tuple[Optional[str], list[str]]:
+def _start_weights(stage: DictConfig, run: Run, backend: BackendConfig) -> tuple[Optional[str], list[str]]:
     """What SFT starts from (the DPO adapter merged, its Tinker state, or the base) and a note when the DPO adapter
     cannot be used (Tinker cannot upload a merged model)."""
     dpo_adapter = adapter_location(stage.dpo_adapter)
     if dpo_adapter:
         run.add_parent("dpo_adapter", dpo_adapter)
-    init_adapter = start_weights(backend_kind, dpo_adapter)
+    init_adapter = start_weights(backend, dpo_adapter)
     notes = []
     if dpo_adapter and not init_adapter:
         notes.append(
@@ -273,14 +261,18 @@ def _summary(
     }
 
 
-@register_stage("sft", schema=SftStageConfig, description="introspective SFT (no system prompt) + distillation gap")
+@register_stage(
+    "sft",
+    schema=SftStageConfig,
+    description="introspective SFT (no system prompt) + distillation gap",
+    data_parallel=True,
+)
 def run(cfg: DictConfig, run: Run) -> StageResult:
     """Train the SFT adapter, report held-out loss and the prompt-distillation gap."""
     from charlab.chat_format import ChatFormat
     from charlab.eval.distillation_gap import distillation_gap
     from charlab.models import load_tokenizer
     from charlab.training.dpo import split_eval
-    from charlab.training.factory import create_backend, model_identity
 
     stage, model, lora, backend_cfg = training_setup(cfg, validate)
     persona = load_persona(cfg)
@@ -288,7 +280,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     data_path = Path(stage.data).expanduser()
     examples = read_examples(data_path)
     run.add_parent("data", data_path)
-    init_adapter, notes = _start_weights(stage, run, backend_cfg.kind)
+    init_adapter, notes = _start_weights(stage, run, backend_cfg)
     continued = init_adapter is not None and init_adapter.startswith("tinker://")
     resume_root = resume_root_of(stage, run, "an sft run directory")
 
@@ -300,12 +292,14 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     gaps: dict[str, Any] = {}
     if conversations and init_adapter and not continued:  # otherwise the backend's reference weights are the base
         gaps["base"] = base_gap(cfg, chat, conversations, system_prompt)
-    backend = create_backend(backend_cfg, model, lora, cache_dir(cfg), seed=int(stage.seed), init_adapter=init_adapter)
+    backend = create_backend(
+        backend_cfg, model, lora, cache_dir(cfg), int(stage.seed), init_adapter, gpu_users=[run.pool]
+    )
     with closing(backend):  # Tinker's session learns whether the stage succeeded
         if conversations:
             before = distillation_gap(backend_scorer(backend, True), chat, conversations, system_prompt)
             gaps["dpo" if init_adapter else "base"] = before
-        packing = bool(stage.packing) and getattr(backend, "supports_packing", False)  # Tinker: no position resets
+        packing = bool(stage.packing) and backend.supports_packing  # Tinker: no position resets
         pack_length = max_length if packing else None
         identity = model_identity(backend_cfg, model, init_adapter)
         trainer = _trainer(backend, stage, run, identity, pack_length, (items, train_items, eval_items), stats)

@@ -33,7 +33,12 @@ def build_sampler(key: SamplerKey, build: Callable[[], Sampler]) -> Sampler:
 
 def role_sampler(cfg: DictConfig, role: str, get_sampler: GetSampler, adapter: Optional[str] = None) -> Sampler:
     """The sampler a stage would use for `role` (`sampler_for_role`), through the caller's cache."""
-    return get_sampler(sampler_key(cfg, role, adapter), lambda: sampler_for_role(cfg, role, adapter=adapter))
+    def build() -> Sampler:
+        from charlab.app import setup
+
+        return sampler_for_role(cfg, role, adapter=adapter, pool=setup().vllm)  # the process's pool (no run scope)
+
+    return get_sampler(sampler_key(cfg, role, adapter), build)
 
 
 def sampler_key(cfg: DictConfig, role: str, adapter: Optional[str] = None) -> SamplerKey:

@@ -273,18 +273,19 @@ def provider_overrides(
     )
     if model.strip():
         overrides.append(configs.override(f"{role}.model", model.strip()))
-    if kind == "openai":
-        url = slots[2].text_input(
-            f"{role} base URL",
-            key=f"{key}{role}url",
-            placeholder="$OPENAI_BASE_URL or api.openai.com",
-            help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 for vLLM",
-        )
-        if url.strip():
-            overrides.append(configs.override(f"{role}.base_url", url.strip()))
-    if kind == "vllm":
-        vllm_server_note(role, slots[2])
-    return overrides
+    extra = PROVIDER_FIELDS.get(str(kind))  # a kind's own field in the third column, if it has one
+    return overrides + (extra(role, key, slots[2]) if extra else [])
+
+
+def base_url_field(role: str, key: str, slot: Any) -> list[str]:
+    """An OpenAI-compatible provider's base URL (an override when given)."""
+    url = slot.text_input(
+        f"{role} base URL",
+        key=f"{key}{role}url",
+        placeholder="$OPENAI_BASE_URL or api.openai.com",
+        help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 for vLLM",
+    )
+    return [configs.override(f"{role}.base_url", url.strip())] if url.strip() else []
 
 
 def vllm_server_note(role: str, slot: Any) -> None:
@@ -298,6 +299,18 @@ def vllm_server_note(role: str, slot: Any) -> None:
     else:
         slot.warning(f"No vLLM at `{python}`: run `bash scripts/setup_vllm.sh` or set {role}.server.python "
                      "(CHARLAB_VLLM_PYTHON)", icon=":material/warning:")  # fmt: skip
+
+
+def _vllm_server_field(role: str, key: str, slot: Any) -> list[str]:
+    vllm_server_note(role, slot)
+    return []
+
+
+# the third column of `provider_overrides` by provider kind: (role, widget key, slot) -> overrides
+PROVIDER_FIELDS: dict[str, Callable[[str, str, Any], list[str]]] = {
+    "openai": base_url_field,
+    "vllm": _vllm_server_field,
+}
 
 
 def small_markdown(text: str, levels: int = 3) -> None:

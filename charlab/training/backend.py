@@ -12,6 +12,10 @@ A backend owns a base model with a trainable LoRA adapter and offers six things:
 * `save_adapter(folder)` -- a standard PEFT folder (`adapter_config.json` + `adapter_model.safetensors`);
 * `sampler()` -- a `charlab.generation.base.Sampler` over the current weights.
 
+Stages and the loop also ask, through the same protocol and never by `getattr`: `supports_packing` (packed rows),
+`remote_artifacts()` and `last_export` (a remote backend's own forms of the weights), `no_sync()` and
+`sync_from_main()` (data-parallel ranks; no-ops where there is one process).
+
 `forward_backward` and `optim_step` return futures (`.result()`), so a remote backend can keep several
 requests in flight; the local backend returns futures that are already done. Algorithms (DPO, SFT) and the
 generic loop in `charlab.training.loop` never look behind this interface.
@@ -129,12 +133,20 @@ class MappedFuture:
         return self._value
 
 
+class ReleasesGpu(Protocol):
+    """Something that holds GPU memory a local backend needs and gives it up on request (a vLLM server pool)."""
+
+    def release_gpu(self) -> None: ...
+
+
 @runtime_checkable
 class TrainingBackend(Protocol):
     """A base model with a trainable LoRA adapter (see the module docstring)."""
 
     model_name: str
     tokenizer: Any
+    supports_packing: bool  # accepts `TokenSequence.positions` (packed rows)
+    last_export: Optional[str]  # where the last `save_adapter` exported the weights remotely (`tinker://`); None
 
     def logprobs(self, batch: Sequence[TokenSequence], reference: bool = False) -> list[torch.Tensor]:
         """Per-target log-probabilities of each sequence, without gradient."""
@@ -166,6 +178,18 @@ class TrainingBackend(Protocol):
 
     def close(self, status: str = "success") -> None:
         """Release the model / connections; `status` says how the work ended: success | errored | interrupted."""
+        ...
+
+    def remote_artifacts(self) -> dict[str, str]:
+        """The newest saved weights in the backend's own remote forms (`{"tinker_state": ...}`); {} locally."""
+        ...
+
+    def no_sync(self) -> contextlib.AbstractContextManager[Any]:
+        """A context in which `forward_backward` skips the data-parallel gradient all-reduce (a no-op elsewhere)."""
+        ...
+
+    def sync_from_main(self) -> None:
+        """Data-parallel ranks take rank 0's weights, optimizer state and step after it resumed (a no-op elsewhere)."""
         ...
 
 

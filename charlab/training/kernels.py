@@ -21,6 +21,7 @@ Both compute exactly what the plain modules compute, with fewer passes over larg
 
 from __future__ import annotations
 
+import functools
 import types
 from typing import Any, Optional
 
@@ -100,18 +101,33 @@ def unfuse_lora(model: torch.nn.Module) -> None:
 
 
 class _HeadLogprobs(torch.autograd.Function):
-    """`log softmax(hidden W^T)[targets]` in float32; the logits are recomputed in backward, not kept."""
+    """`log softmax(hidden W^T)[targets]` in float32, never keeping a [rows, vocabulary] tensor for backward.
+
+    With a frozen head (LoRA never trains it) the gradient for `hidden` is `grad * (W[target] - softmax @ W)`,
+    and `softmax @ W` does not depend on `grad`: the forward computes it from the logits it already has (one
+    [rows, vocabulary] x [vocabulary, hidden] product, which a backward would need anyway) and keeps only that
+    [rows, hidden] direction, so backward is one multiply and the logits are never computed twice. A head that
+    trains keeps the other way: the logits are recomputed in backward.
+    """
 
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits = (hidden @ weight.t()).float()
         lse = torch.logsumexp(logits, dim=-1)
         picked = logits.gather(-1, targets[:, None]).squeeze(-1)
-        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.frozen_head, ctx.hidden_dtype = not weight.requires_grad, hidden.dtype
+        if ctx.frozen_head:
+            expected = logits.sub_(lse[:, None]).exp_().to(weight.dtype) @ weight  # softmax @ W
+            ctx.save_for_backward(weight[targets].float().sub_(expected.float()))
+        else:
+            ctx.save_for_backward(hidden, weight, targets, lse)
         return picked - lse
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
+        if ctx.frozen_head:
+            (direction,) = ctx.saved_tensors
+            return (grad[:, None] * direction).to(ctx.hidden_dtype), None, None
         hidden, weight, targets, lse = ctx.saved_tensors
         # d(picked - lse)/dlogits = onehot(target) - softmax; times the incoming gradient, built in place
         dlogits = (hidden @ weight.t()).float().sub_(lse[:, None]).exp_().mul_(-grad[:, None])
@@ -131,40 +147,47 @@ BRANCHES = "charlab_branches"  # the forward keyword that carries `Layout.spans`
 ATTENTION = "charlab_sdpa"
 
 
-def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
-    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+@functools.lru_cache(maxsize=64)
+def _reply_mask(prefix: int, length: int, device: str) -> torch.Tensor:
+    """A further reply's attention mask: every prompt position, then itself causally (the same for every layer)."""
+    own = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    return torch.cat([own.new_ones(length, prefix), own], dim=1)
 
 
 def branched_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                        attention_mask: Optional[torch.Tensor], dropout: float = 0.0, scaling: Optional[float] = None,
                        **kwargs: Any) -> tuple[torch.Tensor, None]:  # fmt: skip
-    """Transformers' attention-function signature; rows as `kwargs[BRANCHES]` describes (see the docstring)."""
+    """Transformers' attention-function signature; rows as `kwargs[BRANCHES]` describes (see the docstring).
+
+    Each part's output goes straight into the [positions, heads, dim] layout the layer expects and is joined once
+    per row (no concatenation along a strided axis and no transposed copy of the whole result at the end);
+    grouped-query heads are shared inside SDPA (`enable_gqa`: keys and values are not repeated); the reply masks
+    are built once for all layers.
+    """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     spans = kwargs.pop(BRANCHES, None)
     if spans is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-    groups = int(getattr(module, "num_key_value_groups", 1))
-    key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
-    width, rows = query.shape[2], []
+    sdpa = functools.partial(torch.nn.functional.scaled_dot_product_attention, dropout_p=dropout, scale=scaling,
+                             enable_gqa=key.shape[1] != query.shape[1])  # fmt: skip
+    _, heads, width, dim = query.shape
+    rows = []
     for r, row in enumerate(spans):
         q, k, v = query[r : r + 1], key[r : r + 1], value[r : r + 1]
         first = row[1][1] if len(row) > 1 else row[0][1]  # the prompt and the first reply: plain causal
-        parts = [sdpa(q[:, :, :first], k[:, :, :first], v[:, :, :first], dropout_p=dropout, scale=scaling,
-                      is_causal=True)]  # fmt: skip
+        parts = [sdpa(q[:, :, :first], k[:, :, :first], v[:, :, :first], is_causal=True)[0].transpose(0, 1)]
         prefix = row[0][1]
         for start, end in row[2:]:  # a further reply: the prompt, then itself causally
             keys = torch.cat([k[:, :, :prefix], k[:, :, start:end]], dim=2)
             values = torch.cat([v[:, :, :prefix], v[:, :, start:end]], dim=2)
-            own = torch.ones(end - start, end - start, dtype=torch.bool, device=q.device).tril()
-            allowed = torch.cat([own.new_ones(end - start, prefix), own], dim=1)
-            parts.append(sdpa(q[:, :, start:end], keys, values, attn_mask=allowed, dropout_p=dropout, scale=scaling))
+            allowed = _reply_mask(prefix, end - start, str(q.device))
+            parts.append(sdpa(q[:, :, start:end], keys, values, attn_mask=allowed)[0].transpose(0, 1))
         end = row[-1][1]
         if end < width:  # padding: never read by a real token
-            parts.append(q.new_zeros(1, q.shape[1], width - end, q.shape[3]))
-        rows.append(torch.cat(parts, dim=2))
-    return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
+            parts.append(q.new_zeros(width - end, heads, dim))
+        rows.append(torch.cat(parts, dim=0))
+    return torch.stack(rows), None
 
 
 def use_branched_attention(model: torch.nn.Module) -> bool:

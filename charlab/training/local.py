@@ -59,6 +59,7 @@ class LocalBackend:
     """A PEFT LoRA model, its AdamW optimizer and the Tinker-shaped training calls (see module docstring)."""
 
     supports_packing = True  # honours TokenSequence.positions (packed rows)
+    last_export: Optional[str] = None  # nothing is exported remotely
 
     def __init__(
         self,
@@ -273,6 +274,10 @@ class LocalBackend:
         loss, metrics = loss_fn(batch, logprobs)
         loss.backward()
         return done({k: float(v) for k, v in metrics.items()})
+
+    def remote_artifacts(self) -> dict[str, str]:
+        """None: the weights are the local folders `save_state` / `save_adapter` write."""
+        return {}
 
     def no_sync(self) -> Any:
         """A context in which `forward_backward` accumulates gradients without DDP's all-reduce (all but the last

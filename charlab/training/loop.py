@@ -278,9 +278,8 @@ class Trainer:
         """
         step = self._load_checkpoint(source) if distributed.is_main() else 0
         step = distributed.broadcast_object(step)
-        sync = getattr(self.backend, "sync_from_main", None)
-        if step and sync is not None and distributed.active():
-            sync()
+        if step and distributed.active():
+            self.backend.sync_from_main()
         return step
 
     def _load_checkpoint(self, source: Path) -> int:
@@ -312,14 +311,13 @@ class Trainer:
         total = sum(self.algorithm.item_weight(item) for item in items) or 1.0
         w = distributed.world() if distributed.active() else distributed.World()
         parts = micro_batches(len(items), w.size, w.rank, self.config.grad_accum)
-        no_sync = getattr(self.backend, "no_sync", None)
         futures = []
         for k, indices in enumerate(parts):
             part = [items[i] for i in indices]
             share = sum(self.algorithm.item_weight(item) for item in part) / total
             sequences, loss_fn = self.algorithm.micro_batch(part or items[:1], share * w.size)
             last = k == len(parts) - 1
-            with no_sync() if no_sync is not None and not last else contextlib.nullcontext():
+            with self.backend.no_sync() if not last else contextlib.nullcontext():
                 futures.append((share, self.backend.forward_backward(sequences, loss_fn)))
         tokens = sum(self.algorithm.item_length(item) for item in items)
         return futures, self.backend.optim_step(self.params(step)), tokens

@@ -20,6 +20,7 @@ The `tinker` package is an optional extra, imported only here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -264,6 +265,13 @@ class TinkerBackend:
         if not self.last_saved:
             return {}
         return {"tinker_state": self.last_saved["state_path"], "tinker_sampler": self.last_saved["sampler_path"]}
+
+    def no_sync(self) -> contextlib.AbstractContextManager[Any]:
+        """Nothing to hold back: one client, no data-parallel ranks."""
+        return contextlib.nullcontext()
+
+    def sync_from_main(self) -> None:
+        """Nothing to share: one client, no data-parallel ranks."""
 
     def load_state(self, folder: Path) -> None:
         """A new training client from the saved weights and optimizer state."""
