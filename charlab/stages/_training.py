@@ -118,8 +118,8 @@ def training_setup(
 
 
 def start_trainer(
-    backend: Any, algorithm: Any, split: tuple[list, list], stage: DictConfig, run: Run, *, fingerprint: str,
-    data: dict[str, Any], unit: str,
+    backend: TrainingBackend, algorithm: Any, split: tuple[list, list], stage: DictConfig, run: Run, *,
+    fingerprint: str, data: dict[str, Any], unit: str,
 ) -> Trainer:
     """The training loop over the (train, eval) items, checkpointing into the run and fingerprinted for resume; the
     run's `meta.json` learns the data counts, the split (`train_<unit>`, `eval_<unit>`) and the steps."""
@@ -154,7 +154,7 @@ def other_rank() -> StageResult:
 
 
 def train_and_save(
-    trainer: Trainer, backend: Any, stage: DictConfig, run: Run, resume_root: Path
+    trainer: Trainer, backend: TrainingBackend, stage: DictConfig, run: Run, resume_root: Path
 ) -> Optional[Trained]:
     """Train (continuing `resume_root`'s newest checkpoint when `stage.resume`), then on rank 0 save the adapter into
     the run; None on the other ranks of a torchrun group."""
