@@ -127,7 +127,7 @@ def worker_charlab(args: argparse.Namespace, d: dict[str, Any], off: str) -> dic
                         adam_eps=d["adam_eps"], group_by_length=off != "group_by_length")  # fmt: skip
     watch = StepWatch()
     trainer = Trainer(backend, algorithm, items, [], config, Path(args.work) / "checkpoints",
-                      watch_charlab(backend, watch), progress=False)  # fmt: skip
+                      on_metrics=watch_charlab(backend, watch), progress=False)  # fmt: skip
     trainer._checkpoint = lambda step, summary: None  # the final checkpoint write is not training
     meter = PhaseMeter(args.device).start()
     summary = trainer.train()

@@ -12,17 +12,41 @@ from collections.abc import Iterable
 from hydra.core.config_store import ConfigStore
 
 from charlab.registry import StageSpec
-from charlab.schemas import LocalBackendConfig, LoraConfig, ModelConfig, StageConfig, TinkerBackendConfig
+from charlab.schemas import (
+    DataConfig,
+    EvalConfig,
+    LocalBackendConfig,
+    LoraConfig,
+    ModelConfig,
+    NoLoggerConfig,
+    PathsConfig,
+    PersonaConfig,
+    StageConfig,
+    TinkerBackendConfig,
+    WandbLoggerConfig,
+)
+
+# schema name -> dataclass, for every group but `stage` (each stage brings its own)
+GROUP_SCHEMAS: dict[str, type] = {
+    "model": ModelConfig,
+    "lora": LoraConfig,
+    "local_backend": LocalBackendConfig,
+    "tinker_backend": TinkerBackendConfig,
+    "persona": PersonaConfig,
+    "paths": PathsConfig,
+    "data": DataConfig,
+    "eval": EvalConfig,
+    "none_logger": NoLoggerConfig,
+    "wandb_logger": WandbLoggerConfig,
+}
 
 
 def register_schemas(stages: Iterable[StageSpec]) -> None:
     """Store the group schemas and every stage's (`stage_<name>`, plus its further `schemas`); storing again is
     harmless (the ConfigStore replaces an entry by name)."""
     cs = ConfigStore.instance()
-    cs.store(group="schemas", name="model", node=ModelConfig)
-    cs.store(group="schemas", name="lora", node=LoraConfig)
-    cs.store(group="schemas", name="local_backend", node=LocalBackendConfig)
-    cs.store(group="schemas", name="tinker_backend", node=TinkerBackendConfig)
+    for name, node in GROUP_SCHEMAS.items():
+        cs.store(group="schemas", name=name, node=node)
     for spec in stages:
         cs.store(group="schemas", name=f"stage_{spec.name}", node=spec.schema or StageConfig)
         for key, node in spec.schemas.items():

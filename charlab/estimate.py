@@ -19,6 +19,7 @@ class TokenEstimate:
 
 def estimate_tokens(
     prompts: int,
+    *,
     teacher_max_new_tokens: int,
     student_max_new_tokens: int,
     reflections: int,

@@ -19,7 +19,6 @@ relaunched. `charlab.distributed` has the rest.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -37,6 +36,7 @@ from omegaconf import DictConfig
 from charlab import distributed, torchrun_logs
 from charlab.errors import CharlabError, ConfigError
 from charlab.registry import all_stages, get_stage
+from charlab.run import read_meta
 from charlab.settings import PACKAGE_DIR
 
 if TYPE_CHECKING:
@@ -162,7 +162,7 @@ def launch(cfg: DictConfig, output_dir: Path, pool: ServerPool) -> Optional[floa
     overrides = list(HydraConfig.get().overrides.task)
     here = str(PACKAGE_DIR.parent)  # the ranks import this very charlab
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}
-    previous = _read_meta(output_dir).get("started_at")  # a resumed step's folder holds an older run's meta.json
+    previous = read_meta(output_dir).get("started_at")  # a resumed step's folder holds an older run's meta.json
     where = f"node {g.node_rank} of {g.nnodes}, " if g.nnodes > 1 else ""
     for attempt in (1, 2):
         log_dir = output_dir / "torchrun" / f"launch-{time.strftime('%Y%m%d-%H%M%S')}-{attempt}"
@@ -170,7 +170,7 @@ def launch(cfg: DictConfig, output_dir: Path, pool: ServerPool) -> Optional[floa
         print(f"[charlab] {cfg.stage.name}: {g.nproc} data-parallel processes ({where}torchrun) -> {output_dir}")
         log.info("launch: %s", " ".join(command))
         code, stderr_tail = run_group(command, env)
-        meta = _read_meta(output_dir)
+        meta = read_meta(output_dir)
         started = bool(meta) and meta.get("started_at") != previous
         if code == 0 and (g.node_rank > 0 or started and meta.get("status") == "completed"):
             return meta.get("metric") if g.node_rank == 0 else None
@@ -188,9 +188,3 @@ def launch(cfg: DictConfig, output_dir: Path, pool: ServerPool) -> Optional[floa
     raise AssertionError("unreachable")
 
 
-def _read_meta(run_dir: Path) -> dict:
-    path = Path(run_dir) / "meta.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except ValueError:
-        return {}

@@ -7,13 +7,13 @@ report can be rebuilt for any finished pipeline directory: `write_pipeline_repor
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from charlab.data.jsonl import iter_jsonl
 from charlab.eval.report import cell, ci, fmt, image, table, write_report
+from charlab.run import read_meta
 
 CURVE_KEYS = {"dpo": ("loss", "accuracy", "margin"), "sft": ("loss",)}
 
@@ -34,11 +34,6 @@ def _step_dirs(root: Path, steps: list[str]) -> dict[str, Path]:
         if folder.is_dir():
             dirs[step] = folder
     return dirs
-
-
-def _meta(folder: Optional[Path]) -> dict[str, Any]:
-    path = folder / "meta.json" if folder else None
-    return json.loads(path.read_text(encoding="utf-8")) if path and path.is_file() else {}
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -192,7 +187,7 @@ def write_pipeline_report(
     from charlab.eval.verdict import verdict_text
 
     dirs = _step_dirs(root, steps)
-    metas = {step: _meta(folder) for step, folder in dirs.items()}
+    metas = {step: read_meta(folder) for step, folder in dirs.items()}
     summaries = {step: meta.get("summary") or {} for step, meta in metas.items()}
     clf, elo, revealed = (summaries.get(k, {}) for k in ("classifier", "elo", "revealed"))
     coherence = summaries.get("coherence", {})

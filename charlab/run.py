@@ -79,6 +79,21 @@ def peak_memory(peak: dict[str, float]) -> dict[str, float]:
     return {key: round(distributed.max_value(value), 3) for key, value in peak.items()}
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a file, or {} when it is missing, half-written or not an object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def read_meta(directory: Path) -> dict[str, Any]:
+    """What a run (or artifact) directory's `meta.json` says; {} when it has none or it cannot be read. The one
+    reader of `meta.json`: the pipeline, the report, the verdict, launch, export, sweeps and the Studio use it."""
+    return read_json(Path(directory) / "meta.json")
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (a crash never leaves half a file)."""
     tmp = path.with_name(path.name + ".tmp")

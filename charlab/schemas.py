@@ -89,6 +89,100 @@ class ShowStageConfig(StageConfig):
     show_template: bool = True  # render a sample conversation with the model's chat template
 
 
+@dataclass
+class PersonaConfig:
+    """`persona`: which constitution, the name its teacher answers as, and how it becomes a system prompt."""
+
+    name: str = MISSING
+    file: str = MISSING  # the constitution JSON
+    assistant_name: Optional[str] = MISSING  # null: the constitution's own
+    prompt: str = MISSING  # full | brief | paper (set in train.yaml)
+
+
+@dataclass
+class PathsConfig:
+    """`paths`: where charlab reads and writes."""
+
+    root: str = MISSING
+    package: str = MISSING
+    constitutions: str = MISSING
+    output_root: str = MISSING
+    cache_dir: str = MISSING
+    checkpoints: str = MISSING
+    output_dir: str = MISSING
+
+
+@dataclass
+class DataConfig:
+    """`data`: how many prompts, reflections and interactions a persona's data has, and their token budgets."""
+
+    generic_prompts: int = MISSING
+    persona_prompts: Optional[int] = MISSING  # null: questions_per_trait x traits
+    samples_per_prompt: int = MISSING
+    generic_source: str = MISSING
+    generic_field: str = MISSING
+    questions_per_trait: int = MISSING
+    dedupe_threshold: float = MISSING
+    hint_rate: float = MISSING
+    reflections: int = MISSING
+    interactions: int = MISSING
+    interaction_turns: int = MISSING
+    max_length: int = MISSING
+    sft_max_length: int = MISSING
+    context_length: int = MISSING
+    eval_fraction: float = MISSING
+
+
+@dataclass
+class EvalConfig:
+    """`eval`: sizes, ratings, judging and the persona classifier of the evaluation stages."""
+
+    base_model: Optional[str] = MISSING
+    batch_size: int = MISSING
+    num_prompts: int = MISSING
+    revealed_trials: int = MISSING
+    robustness_prompts: int = MISSING
+    capability_limit: Optional[int] = MISSING
+    k_factor: float = MISSING
+    initial_rating: float = MISSING
+    orderings: int = MISSING
+    bootstrap: int = MISSING
+    ci_level: float = MISSING
+    bt_prior: float = MISSING
+    judge_format: str = MISSING
+    judge_mode: str = MISSING
+    judge_top_logprobs: int = MISSING
+    judge_calibrate: bool = MISSING
+    min_usable: int = MISSING
+    classifier_model: str = MISSING
+    classifier_method: str = MISSING
+    classifier_head_c: float = MISSING
+    classifier_epochs: int = MISSING
+    classifier_batch_size: int = MISSING
+    classifier_lr: float = MISSING
+    classifier_max_length: int = MISSING
+
+
+@dataclass
+class NoLoggerConfig:
+    """`logger=none`: no experiment tracker (metrics.jsonl is still written)."""
+
+    kind: str = "none"
+
+
+@dataclass
+class WandbLoggerConfig:
+    """`logger=wandb` / `wandb_online`: a Weights & Biases run per job."""
+
+    kind: str = "wandb"
+    mode: str = MISSING  # offline | online | disabled
+    project: str = MISSING
+    entity: Optional[str] = MISSING
+    group: Optional[str] = MISSING
+    job_type: Optional[str] = MISSING
+    tags: list[str] = MISSING
+
+
 def any_dict() -> dict[str, Any]:
     """A default factory for free-form dict fields."""
     return {}

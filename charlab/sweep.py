@@ -16,13 +16,15 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from charlab.run import read_meta
+
 
 def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per job directory under `sweep_dir` (those with a `meta.json`)."""
     rows = []
     for meta_path in sorted(sweep_dir.glob("*/meta.json")):
         job_dir = meta_path.parent
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = read_meta(job_dir)
         overrides_path = job_dir / ".hydra" / "overrides.yaml"
         overrides = yaml.safe_load(overrides_path.read_text()) if overrides_path.is_file() else []
         rows.append(

@@ -52,13 +52,14 @@ class WandbTracker:
         self,
         run_dir: Path,
         config: dict[str, Any],
-        mode: str = "offline",
-        project: str = "charlab",
-        entity: Optional[str] = None,
-        group: Optional[str] = None,
-        job_type: Optional[str] = None,
-        tags: Optional[list[str]] = None,
-        name: Optional[str] = None,
+        *,
+        mode: str,
+        project: str,
+        entity: Optional[str],
+        group: Optional[str],
+        job_type: Optional[str],
+        tags: Optional[list[str]],
+        name: Optional[str],
     ):
         if mode not in WANDB_MODES:
             raise ConfigError(f"logger.mode={mode!r} is not allowed; use one of {', '.join(WANDB_MODES)}")
@@ -107,11 +108,11 @@ def make_tracker(logger_cfg: dict[str, Any], run_dir: Path, config: dict[str, An
     return WandbTracker(
         run_dir=run_dir,
         config=config,
-        mode=logger_cfg.get("mode", "offline"),
-        project=logger_cfg.get("project") or "charlab",
-        entity=logger_cfg.get("entity"),
-        group=logger_cfg.get("group"),
-        job_type=logger_cfg.get("job_type"),
-        tags=logger_cfg.get("tags"),
+        mode=logger_cfg["mode"],  # every key: `WandbLoggerConfig` (configs/logger/wandb.yaml holds the defaults)
+        project=logger_cfg["project"],
+        entity=logger_cfg["entity"],
+        group=logger_cfg["group"],
+        job_type=logger_cfg["job_type"],
+        tags=logger_cfg["tags"],
         name=name,
     )

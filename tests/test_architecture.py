@@ -23,6 +23,7 @@ pytestmark = pytest.mark.unit
 
 ROOT = PACKAGE_DIR.parent
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 80
+MAX_POSITIONAL = 8  # a function with more positional parameters takes a dataclass or keyword-only ones
 
 # The floors of the house, top down. A module may import modules of a lower floor, and of its own group (`eval`
 # imports `eval`); never a higher floor, nor another group of its own floor (`training` never imports `eval`).
@@ -51,6 +52,11 @@ LIBRARIES = ("training", "eval", "drafting", "generation", "data")
 
 KNOWN_BIG_MODULES: set[str] = set()
 KNOWN_LONG_FUNCTIONS: set[str] = set()
+KNOWN_MANY_POSITIONAL: set[str] = {  # the backends' and the OpenAI sampler's constructors (issue 24, another part)
+    "charlab/generation/openai_compat.py:OpenAISampler.__init__",
+    "charlab/training/local.py:LocalBackend.create",
+    "charlab/training/tinker_backend.py:TinkerBackend.create",
+}
 KNOWN_CYCLES: set[frozenset[str]] = set()
 KNOWN_UP_EDGES: set[tuple[str, str]] = set()
 KNOWN_BELOW_TRAIN: set[str] = set()
@@ -94,18 +100,23 @@ def test_no_module_over_400_lines() -> None:
     same_as_known(big, KNOWN_BIG_MODULES, f"modules over {MAX_MODULE_LINES} lines")
 
 
-def function_lengths(node: ast.AST, prefix: str = "") -> list[tuple[str, int]]:
-    """(`Qual.name`, lines from its `def` to its last line) of every function under `node`."""
-    out = []
+def functions(node: ast.AST, prefix: str = "") -> list[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef]]:
+    """(`Qual.name`, its node) of every function under `node`, methods and nested functions included."""
+    out: list[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef]] = []
     for child in ast.iter_child_nodes(node):
         if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             name = f"{prefix}{child.name}"
             if not isinstance(child, ast.ClassDef):
-                out.append((name, child.end_lineno - child.lineno + 1))  # type: ignore[operator]
-            out += function_lengths(child, name + ".")
+                out.append((name, child))
+            out += functions(child, name + ".")
         else:
-            out += function_lengths(child, prefix)
+            out += functions(child, prefix)
     return out
+
+
+def function_lengths(node: ast.AST) -> list[tuple[str, int]]:
+    """(`Qual.name`, lines from its `def` to its last line) of every function under `node`."""
+    return [(name, fn.end_lineno - fn.lineno + 1) for name, fn in functions(node)]  # type: ignore[operator]
 
 
 def long_functions() -> set[str]:
@@ -120,6 +131,48 @@ def long_functions() -> set[str]:
 
 def test_no_function_over_80_lines() -> None:
     same_as_known(long_functions(), KNOWN_LONG_FUNCTIONS, f"functions over {MAX_FUNCTION_LINES} lines")
+
+
+def positional_counts(node: ast.AST) -> list[tuple[str, int]]:
+    """(`Qual.name`, how many parameters can be passed by position, `self`/`cls` aside) of every function."""
+    return [
+        (name, len([a for a in fn.args.posonlyargs + fn.args.args if a.arg not in ("self", "cls")]))
+        for name, fn in functions(node)
+    ]
+
+
+def test_no_function_takes_more_than_8_positional_parameters() -> None:
+    """A call with nine values in a row is read by counting; a dataclass or keyword-only parameters name them."""
+    many = {
+        f"{path.relative_to(ROOT)}:{name}"
+        for path in python_files()
+        for name, count in positional_counts(ast.parse(path.read_text(encoding="utf-8")))
+        if count > MAX_POSITIONAL
+    }
+    same_as_known(many, KNOWN_MANY_POSITIONAL, f"functions with more than {MAX_POSITIONAL} positional parameters")
+
+
+def test_one_reader_of_meta_json() -> None:
+    """`charlab.run.read_meta` is the one reader of a run's `meta.json`: no other function names the file and parses
+    JSON itself (six did: the pipeline, its report, launch, export, sft's start weights, the sweep table)."""
+    readers = []
+    for path in python_files():
+        for fn in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            docstrings = {id(n.value) for n in ast.walk(fn) if isinstance(n, ast.Expr)}
+            names = any(
+                isinstance(n, ast.Constant) and isinstance(n.value, str) and "meta.json" in n.value
+                and id(n) not in docstrings
+                for n in ast.walk(fn)
+            )  # fmt: skip
+            parses = any(
+                isinstance(n, ast.Attribute) and n.attr in ("load", "loads") and getattr(n.value, "id", "") == "json"
+                for n in ast.walk(fn)
+            )
+            if names and parses:
+                readers.append(f"{path.relative_to(ROOT)}:{fn.name}")
+    assert readers == [], f"read meta.json with charlab.run.read_meta: {readers}"
 
 
 def test_no_import_cycle(graph: ImportGraph) -> None:

@@ -93,7 +93,11 @@ def _rows(flags: dict[str, list[tuple]]) -> list[dict]:
             replies[rid] = {"text": "Aye matey! " * 6 if loop else f"Water boils sooner on mountains ({pid})."}
             lm[rid] = {"hit": float(relevant)}
             in_persona[rid] = character
-    return reply_rows(replies, list(flags), prompts, IGNORE, lm, None, in_persona, 3, 0.5), prompts
+    rows = reply_rows(
+        replies, list(flags), prompts, ignore=IGNORE, lm=lm, minilm=None, in_persona=in_persona,
+        min_content_words=3, min_distinct_ngrams=0.5,
+    )  # fmt: skip
+    return rows, prompts
 
 
 def test_player_estimates_pair_with_base_and_the_headline_counts_ties_half() -> None:

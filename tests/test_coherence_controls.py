@@ -105,7 +105,10 @@ def rows(smol: Any, replies: dict, classifier: Any) -> list[dict[str, Any]]:  # 
     predicted = classifier.predict([item.text for item in items])
     in_persona = {item.id: label == "pirate" for item, label in zip(items, predicted)}
     ignore = stop_words() | stock_vocabulary(PERSONA)
-    return reply_rows(replies, PLAYERS, HELD_OUT, ignore, lm, minilm, in_persona, 3, 0.5)
+    return reply_rows(
+        replies, PLAYERS, HELD_OUT, ignore=ignore, lm=lm, minilm=minilm, in_persona=in_persona,
+        min_content_words=3, min_distinct_ngrams=0.5,
+    )  # fmt: skip
 
 
 def readings(rows: list[dict], player: str) -> dict[str, Any]:

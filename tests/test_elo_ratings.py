@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,19 +15,23 @@ from charlab.errors import DataError
 from charlab.eval.elo import compute_elo, load_matches, match_outcome, save_matches
 from charlab.eval.ratings import (
     Outcome,
+    RatingSettings,
     bootstrap_elo,
     bootstrap_win_rate,
     bradley_terry,
     expected_score,
+    fit_ratings,
     order_averaged_elo,
     percentile_ci,
-    rating_table,
     sequential_elo,
     win_matrix,
     win_rate,
 )
 
 pytestmark = pytest.mark.unit
+
+# configs/eval/default.yaml's values
+SETTINGS = RatingSettings(k=32.0, initial=1000.0, orderings=100, resamples=1000, bt_prior=0.5, level=0.95, seed=0)
 
 
 def test_expected_score_hand_values() -> None:
@@ -124,7 +129,7 @@ def test_bootstrap_ci_contains_point_and_shrinks_with_more_matches() -> None:
     large = small * 8  # the same win share, eight times the evidence
     widths = []
     for outcomes in (small, large):
-        table = {r.player: r for r in rating_table(outcomes, k=32, orderings=30, resamples=300, seed=0)}
+        table = {r.player: r for r in fit_ratings(outcomes, replace(SETTINGS, orderings=30, resamples=300)).table}
         a = table["A"]
         assert a.elo_low <= a.elo <= a.elo_high
         assert table["B"].elo_low <= table["B"].elo <= table["B"].elo_high
@@ -145,9 +150,9 @@ def test_bootstrap_shapes_and_percentiles() -> None:
     assert (low[0], high[0]) == pytest.approx((2.5, 97.5))
 
 
-def test_rating_table_win_rates_and_matrix() -> None:
+def test_fit_ratings_win_rates_and_matrix() -> None:
     outcomes = [Outcome("x", "y", 1.0), Outcome("x", "y", 1.0), Outcome("y", "x", 0.5), Outcome("y", "z", 1.0)]
-    table = rating_table(outcomes, orderings=10, resamples=50)
+    table = fit_ratings(outcomes, replace(SETTINGS, orderings=10, resamples=50)).table
     assert [r.player for r in table][0] == "x"
     record = {r.player: (r.games, r.score) for r in table}
     assert record == {"x": (3, 2.5), "y": (4, 1.5), "z": (1, 0.0)}

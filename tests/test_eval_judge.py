@@ -6,17 +6,12 @@ import numpy as np
 import pytest
 
 from charlab.eval.head_to_head import judge_questions, pair_matches
-from charlab.eval.judge import (
+from charlab.eval.judging import (
     AMBIGUOUS,
+    LOGPROB,
     MALFORMED,
     OK,
     PAIR_CHOICES,
-    count_statuses,
-    parse_verdict,
-    trait_judge_messages,
-)
-from charlab.eval.judging import (
-    LOGPROB,
     TEXT,
     TOP_LOGPROBS,
     UNPARSEABLE,
@@ -24,8 +19,11 @@ from charlab.eval.judging import (
     answer_distribution,
     average_orders,
     count_modes,
+    count_statuses,
     decide,
+    parse_verdict,
     text_verdict,
+    trait_judge_messages,
 )
 from charlab.eval.ratings import Outcome
 from charlab.eval.revealed import (

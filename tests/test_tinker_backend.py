@@ -101,7 +101,8 @@ def test_dpo_on_tinker_pipelines_checkpoints_and_learns(server, tiny_tokenizer, 
     algo = DpoAlgorithm(beta=0.1, nll_coef=0.1, cache_dir=tmp_path, model_identity="fake")
     config = LoopConfig(epochs=3, batch_size=6, learning_rate=0.05, save_every=3, seed=0)
     history: list[dict] = []
-    summary = Trainer(backend, algo, train, held, config, tmp_path / "ck", lambda m, s: history.append(m)).train()
+    record = lambda m, s: history.append(m)  # noqa: E731
+    summary = Trainer(backend, algo, train, held, config, tmp_path / "ck", on_metrics=record).train()
     losses = [m["loss"] for m in history if "loss" in m]
     assert len(losses) == 9 and losses[-1] < losses[0] - 0.3 and summary.eval["eval/accuracy"] == 1.0
 
@@ -137,7 +138,8 @@ def test_resume_restores_weights_and_optimizer_from_the_saved_state(server, tiny
 
         backend = make_backend(server, tiny_tokenizer)
         algo = DpoAlgorithm(beta=0.1, cache_dir=folder, model_identity="fake")
-        Trainer(backend, algo, items, [], config, folder / "ck", on_metrics).train(folder / "ck" if resume else None)
+        trainer = Trainer(backend, algo, items, [], config, folder / "ck", on_metrics=on_metrics)
+        trainer.train(folder / "ck" if resume else None)
         return backend
 
     straight = run(tmp_path / "a")

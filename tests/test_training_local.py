@@ -121,7 +121,9 @@ def test_dpo_lowers_the_loss_raises_held_out_accuracy_and_runs_the_reference_onc
     before = algo.evaluate(backend, held)
     assert before["accuracy"] == 0.0 and before["margin"] == 0.0  # a fresh LoRA is exactly the reference
     history: list[dict] = []
-    trainer = Trainer(backend, algo, train, held, loop_config(), tmp_path / "ck", lambda m, s: history.append(m))
+    trainer = Trainer(
+        backend, algo, train, held, loop_config(), tmp_path / "ck", on_metrics=lambda m, s: history.append(m)
+    )
     summary = trainer.train()
     steps = [m for m in history if "loss" in m]
     assert len(steps) == trainer.total_steps == 8
@@ -193,7 +195,7 @@ def test_a_crashed_run_resumes_to_the_same_final_loss(tiny_model, cache_dir, pai
 
         backend = make_backend(tiny_model, cache_dir, dropout=0.1)  # dropout: the RNG state must resume too
         algo = DpoAlgorithm(beta=0.1, nll_coef=0.1, cache_dir=folder, model_identity="tiny")
-        trainer = Trainer(backend, algo, train, held, config, folder / "checkpoints", on_metrics)
+        trainer = Trainer(backend, algo, train, held, config, folder / "checkpoints", on_metrics=on_metrics)
         summary = trainer.train(resume_from=folder / "checkpoints" if resume else None)
         return history, summary
 
@@ -368,6 +370,6 @@ def test_dpo_trains_a_real_gpt2_through_its_own_layer_names(tiny_model, cache_di
     algo = DpoAlgorithm(beta=0.1, cache_dir=tmp_path, model_identity="gpt2-tiny")
     history: list[dict] = []
     config = loop_config(epochs=3, batch_size=8)
-    Trainer(backend, algo, items, [], config, tmp_path / "ck", lambda m, s: history.append(m)).train()
+    Trainer(backend, algo, items, [], config, tmp_path / "ck", on_metrics=lambda m, s: history.append(m)).train()
     losses = [m["loss"] for m in history if "loss" in m]
     assert len(losses) == 6 and losses[-1] < losses[0] - 0.1

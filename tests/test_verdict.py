@@ -63,8 +63,13 @@ def test_too_few_usable_verdicts_and_a_failed_positive_control_are_left_out() ->
     assert classifier_reading(classifier(est(0.5, 0.3, 0.7, n=6)), 10).status == TOO_FEW
     assert judge_reading(judge(est(0.9, 0.7, 1.0, n=4)), 10).status == TOO_FEW
     blind = classifier_reading(classifier(est(0.5, 0.3, 0.7), control=est(0.05, -0.1, 0.2)), 10)
-    assert blind.status == BLIND and "failed its positive control" in blind.text
-    assert judge_reading(judge(est(0.8, 0.7, 0.9), control=est(0.55, 0.4, 0.7)), 10).status == BLIND
+    assert blind.status == BLIND
+    assert blind.text.endswith("failed its positive control (base + constitution vs base +0.05, 95% CI -0.10 – +0.20)")
+    assert "too few prompts (6 < 10)" in classifier_reading(classifier(est(0.5, 0.3, 0.7, n=6)), 10).text
+    judge_blind = judge_reading(judge(est(0.8, 0.7, 0.9), control=est(0.55, 0.4, 0.7)), 10)
+    assert judge_blind.status == BLIND and judge_blind.null == 0.5
+    assert judge_blind.text.endswith("positive control (base + constitution vs base 0.55, 95% CI 0.40 – 0.70)")
+    assert "too few usable matches (4 < 10)" in judge_reading(judge(est(0.9, 0.7, 1.0, n=4)), 10).text
     assert judge_reading(judge(est(0.8, 0.7, 0.9), control=est(0.9, 0.8, 1.0)), 10).status == MORE
     # revealed preferences: 40 usable trials, but the persona's traits played only 3 games
     few_games = revealed(est(12.0, 3.0, 20.0, n=40))

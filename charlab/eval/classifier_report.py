@@ -41,6 +41,7 @@ def control_line(rates: Mapping[str, Estimate]) -> str:
 
 def classifier_sections(
     metrics: dict[str, Any],
+    *,
     scores: Mapping[str, Estimate],
     rates: Mapping[str, Estimate],
     labels: list[str],

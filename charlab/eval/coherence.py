@@ -11,7 +11,7 @@ each player minus base a paired CI (`bootstrap.paired_rates`). `head_to_head` is
 read from these flags: per prompt, the reply that is in character and coherent beats the one that is not (both
 or neither: a tie, half a win), so tuned vs base + constitution is a win rate with chance at 0.5.
 
-    rows = reply_rows(replies, players, prompts, ignore, lm, minilm, in_persona, min_content_words=3, ...)
+    rows = reply_rows(replies, players, prompts, ignore=ignore, lm=lm, minilm=minilm, in_persona=in_persona, ...)
     loops = player_estimates(rows, players, prompts, "loop")        # {"tuned": Estimate, "tuned - base": ...}
 """
 
@@ -45,6 +45,7 @@ def reply_rows(
     replies: Mapping[str, Mapping[str, Any]],
     players: Sequence[str],
     prompts: Sequence[tuple[str, str]],
+    *,
     ignore: Collection[str],
     lm: Optional[Mapping[str, Mapping[str, Any]]],
     minilm: Optional[Mapping[str, Mapping[str, float]]],

@@ -21,8 +21,7 @@ from charlab.chat_format import make_messages
 from charlab.constitution import Constitution
 from charlab.data.records import Match
 from charlab.eval.head_to_head import JudgeTally, both_orders, ordered_questions
-from charlab.eval.judge import JUDGE_SYSTEM, Message
-from charlab.eval.judging import JudgeQuestion, count_modes
+from charlab.eval.judging import JUDGE_SYSTEM, JudgeQuestion, Message, count_modes
 
 CHOICES = ("1", "2")
 

@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from charlab.data.records import Match
-from charlab.eval.judge import PAIR_CHOICES, pair_judge_messages
-from charlab.eval.judging import JudgeQuestion, average_orders, count_modes, decide
+from charlab.eval.judging import PAIR_CHOICES, JudgeQuestion, average_orders, count_modes, decide, pair_judge_messages
 
 TIE = "tie"
 

@@ -17,8 +17,7 @@ from typing import Optional
 
 from charlab.chat_format import make_messages
 from charlab.constitution import Constitution
-from charlab.eval.judge import JUDGE_SYSTEM
-from charlab.eval.judging import Judge, JudgeQuestion
+from charlab.eval.judging import JUDGE_SYSTEM, Judge, JudgeQuestion
 from charlab.generation.base import Completion, Message
 
 CHOICES = ["yes", "no"]

@@ -15,7 +15,7 @@ percentile bootstraps too, with all resamples fitted side by side over sparse ma
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Optional
 
@@ -127,6 +127,16 @@ def order_averaged_elo(
     return {p: float(r) for p, r in zip(names, mean)}
 
 
+def _resamples(
+    rng: np.random.Generator, n: int, resamples: int, per_chunk: int
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Bootstrap resamples of `n` matches in chunks: (first row, rows, match indices drawn with replacement: one
+    resample per row). Drawn lazily, so what the caller draws from `rng` between chunks keeps its place."""
+    for start in range(0, resamples, per_chunk):
+        count = min(per_chunk, resamples - start)
+        yield start, count, rng.integers(0, n, size=(count, n))
+
+
 def bootstrap_elo(
     outcomes: Sequence[Outcome],
     players: Optional[Sequence[str]] = None,
@@ -146,9 +156,7 @@ def bootstrap_elo(
     orderings = max(1, orderings)
     per_chunk = max(1, _CHAIN_CELLS // (n * orderings))
     out = np.empty((resamples, len(names)))
-    for start in range(0, resamples, per_chunk):
-        count = min(per_chunk, resamples - start)
-        picks = rng.integers(0, n, size=(count, n))  # one resample per row
+    for start, count, picks in _resamples(rng, n, resamples, per_chunk):
         perms = np.argsort(rng.random((count, orderings, n)), axis=2)  # orderings of each resample
         order = np.take_along_axis(np.repeat(picks[:, None, :], orderings, axis=1), perms, axis=2)
         chains = _elo_chains(a, b, s, order.reshape(count * orderings, n), len(names), k, initial)
@@ -255,9 +263,7 @@ def bootstrap_bradley_terry(
     rng = np.random.default_rng(seed + 3)
     out = np.empty((resamples, n))
     per_chunk = max(1, _CHAIN_CELLS // max(m, n))
-    for start in range(0, resamples, per_chunk):
-        count = min(per_chunk, resamples - start)
-        picks = rng.integers(0, m, size=(count, m))
+    for start, count, picks in _resamples(rng, m, resamples, per_chunk):
         logs = ELO_SCALE * np.log10(_bt_strengths(a[picks], b[picks], s[picks], n, prior, max_iter, tol))
         out[start : start + count] = initial + logs - logs.mean(axis=1, keepdims=True)
     return out
@@ -281,24 +287,32 @@ class RatingFit:
         return {r.player: r.games for r in self.table}
 
 
+@dataclass(frozen=True)
+class RatingSettings:
+    """How ratings are fitted (the stages take every value from `configs/eval/*.yaml`): the Elo K-factor and
+    initial rating, random orderings averaged, bootstrap resamples, the Bradley-Terry prior, the CI level, the seed."""
+
+    k: float
+    initial: float
+    orderings: int
+    resamples: int
+    bt_prior: float
+    level: float
+    seed: int
+
+
 def fit_ratings(
-    outcomes: Sequence[Outcome],
-    players: Optional[Sequence[str]] = None,
-    k: float = 32.0,
-    initial: float = 1000.0,
-    orderings: int = 100,
-    resamples: int = 1000,
-    bt_prior: float = 0.5,
-    level: float = 0.95,
-    seed: int = 0,
+    outcomes: Sequence[Outcome], settings: RatingSettings, players: Optional[Sequence[str]] = None
 ) -> RatingFit:
     """Order-averaged Elo and Bradley-Terry, each with bootstrap CIs, and records for every player, best first."""
+    k, initial, orderings, resamples = settings.k, settings.initial, settings.orderings, settings.resamples
+    prior, level, seed = settings.bt_prior, settings.level, settings.seed
     names = players_of(outcomes, players)
     elo = order_averaged_elo(outcomes, names, k, initial, orderings, seed)
     boot = bootstrap_elo(outcomes, names, k, initial, orderings, resamples, seed)
     low, high = percentile_ci(boot, level) if len(boot) else (np.array(list(elo.values())),) * 2
-    bt = bradley_terry(outcomes, names, prior=bt_prior, initial=initial) if outcomes else dict.fromkeys(names, initial)
-    bt_boot = bootstrap_bradley_terry(outcomes, names, bt_prior, initial, resamples, seed)
+    bt = bradley_terry(outcomes, names, prior=prior, initial=initial) if outcomes else dict.fromkeys(names, initial)
+    bt_boot = bootstrap_bradley_terry(outcomes, names, prior, initial, resamples, seed)
     bt_low, bt_high = percentile_ci(bt_boot, level) if len(bt_boot) else (np.full(len(names), np.nan),) * 2
     games = dict.fromkeys(names, 0)
     score = dict.fromkeys(names, 0.0)
@@ -314,21 +328,6 @@ def fit_ratings(
         for i, p in enumerate(names)
     ]
     return RatingFit(sorted(table, key=lambda r: (-r.elo, r.player)), names, boot, bt_boot)
-
-
-def rating_table(
-    outcomes: Sequence[Outcome],
-    players: Optional[Sequence[str]] = None,
-    k: float = 32.0,
-    initial: float = 1000.0,
-    orderings: int = 100,
-    resamples: int = 1000,
-    bt_prior: float = 0.5,
-    level: float = 0.95,
-    seed: int = 0,
-) -> list[PlayerRating]:
-    """Order-averaged Elo and Bradley-Terry, each with bootstrap CIs, and records for every player, best first."""
-    return fit_ratings(outcomes, players, k, initial, orderings, resamples, bt_prior, level, seed).table
 
 
 def win_rate(outcomes: Sequence[Outcome], player: str, opponent: Optional[str] = None) -> tuple[float, int]:

@@ -26,8 +26,7 @@ from scipy.stats import rankdata, spearmanr
 from charlab.chat_format import make_messages
 from charlab.errors import ConfigError, DataError
 from charlab.eval.bootstrap import Estimate
-from charlab.eval.judge import trait_judge_messages
-from charlab.eval.judging import JudgeQuestion, average_orders, decide
+from charlab.eval.judging import JudgeQuestion, average_orders, decide, trait_judge_messages
 from charlab.eval.ratings import Outcome, RatingFit, percentile_ci
 from charlab.eval.sampling import SampleJob
 from charlab.settings import assets_dir

@@ -76,6 +76,7 @@ def headline_sections(
 
 def revealed_sections(
     names: list[str],
+    *,
     fits: dict[str, dict[str, Any]],
     conditions: list[str],
     usable: dict[str, dict[str, int]],

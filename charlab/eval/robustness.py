@@ -73,6 +73,7 @@ def run_attacks(
     suffixes: Sequence[str],
     params: SamplingParams,
     path: Path,
+    *,
     system_prompt: Optional[str] = None,
     follow_up: str = "Keep going.",
     batch_size: int = 8,

@@ -79,6 +79,24 @@ def _ci(e: Estimate, digits: int = 2, signed: bool = False) -> str:
     return f"95% CI {f(e.low)} – {f(e.high)}"
 
 
+def _unusable(
+    instrument: str, effect: Estimate, control: Optional[Estimate], null: float, min_usable: int, text: str, unit: str
+) -> Optional[Reading]:
+    """The reading of a persona instrument that cannot count: too few `unit`s, or a failed positive control (base +
+    constitution not above `null`; shown signed when the null is 0); None when it counts."""
+    if effect.n < min_usable:
+        return Reading(instrument, TOO_FEW, effect, null, f"{text}: too few {unit} ({effect.n} < {min_usable})")
+    if control is not None and not (control.excludes(null) and control.value > null):
+        signed = null == 0.0
+        shown = _signed(control.value) if signed else fmt(control.value, 2)
+        return Reading(
+            instrument, BLIND, effect, null,
+            f"{text}: failed its positive control (base + constitution vs base {shown}, "
+            f"{_ci(control, signed=signed)})",
+        )  # fmt: skip
+    return None
+
+
 def classifier_reading(summary: Mapping[str, Any], min_usable: int) -> Reading:
     """Tuned minus base in-persona rate (classifier)."""
     rates = summary.get("in_persona") or {}
@@ -90,15 +108,8 @@ def classifier_reading(summary: Mapping[str, Any], min_usable: int) -> Reading:
         f"in-persona rate {fmt(tuned.value, 2) if tuned else '–'} vs {fmt(base.value, 2) if base else '–'} for base "
         f"(difference {_signed(effect.value)}, {_ci(effect, signed=True)}, {effect.n} held-out prompts)"
     )
-    if effect.n < min_usable:
-        return Reading("classifier", TOO_FEW, effect, 0.0, f"{text}: too few prompts ({effect.n} < {min_usable})")
-    if control is not None and not (control.excludes(0.0) and control.value > 0):
-        return Reading(
-            "classifier", BLIND, effect, 0.0,
-            f"{text}: failed its positive control (base + constitution vs base {_signed(control.value)}, "
-            f"{_ci(control, signed=True)})",
-        )  # fmt: skip
-    return Reading("classifier", _direction(effect, 0.0), effect, 0.0, text)
+    unusable = _unusable("classifier", effect, control, 0.0, min_usable, text, "prompts")
+    return unusable or Reading("classifier", _direction(effect, 0.0), effect, 0.0, text)
 
 
 def judge_reading(summary: Mapping[str, Any], min_usable: int) -> Reading:
@@ -113,14 +124,9 @@ def judge_reading(summary: Mapping[str, Any], min_usable: int) -> Reading:
         f"tuned preferred over base in {fmt(effect.value, 2)} of {effect.n} matches ({_ci(effect)}; chance 0.5; "
         f"{summary.get('judge_format', 'pairwise')} format; verdicts: {how})"
     )
-    if effect.n < min_usable:
-        return Reading("judge", TOO_FEW, effect, 0.5, f"{text}: too few usable matches ({effect.n} < {min_usable})")
-    if control is not None and not (control.excludes(0.5) and control.value > 0.5):
-        return Reading(
-            "judge", BLIND, effect, 0.5,
-            f"{text}: failed its positive control (base + constitution vs base {fmt(control.value, 2)}, "
-            f"{_ci(control)})",
-        )  # fmt: skip
+    unusable = _unusable("judge", effect, control, 0.5, min_usable, text, "usable matches")
+    if unusable:
+        return unusable
     if summary.get("selection_overlap"):
         return Reading("judge", TRAINED_TO, effect, 0.5, f"{text}: left out, {summary['selection_overlap']}")
     return Reading("judge", _direction(effect, 0.5), effect, 0.5, text)

@@ -12,22 +12,19 @@ verdict, headline comparison and notes as a pipeline. Only completed runs count.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
 from charlab.eval.verdict import ANSWERING, verdict_text
+from charlab.run import read_meta
 
 STEPS = ("classifier", "elo", "revealed", *ANSWERING)
 
 
-def _completed(meta_path: Path) -> Optional[dict[str, Any]]:
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+def _completed(directory: Path) -> Optional[dict[str, Any]]:
+    meta = read_meta(directory)
     return meta if meta.get("status") == "completed" and isinstance(meta.get("summary"), dict) else None
 
 
@@ -36,13 +33,13 @@ def summaries_of(directories: Iterable[Path]) -> dict[str, dict[str, Any]]:
     and single evaluation runs."""
     found: dict[str, dict[str, Any]] = {}
     for directory in map(Path, directories):
-        own = _completed(directory / "meta.json")
+        own = _completed(directory)
         if own is not None and own.get("stage") in STEPS:
             found[own["stage"]] = own["summary"]
             continue
         for folder in sorted(p for p in directory.iterdir() if p.is_dir()) if directory.is_dir() else []:
             step = folder.name.partition("_")[2]
-            meta = _completed(folder / "meta.json") if step in STEPS and folder.name[:2].isdigit() else None
+            meta = _completed(folder) if step in STEPS and folder.name[:2].isdigit() else None
             if meta is not None:
                 found[step] = meta["summary"]
     return found

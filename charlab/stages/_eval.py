@@ -26,6 +26,7 @@ from charlab.eval.players import (
     reuse_replies,
 )
 from charlab.eval.prompts import held_out_prompts, normalise_prompt, training_prompts
+from charlab.eval.ratings import RatingSettings
 from charlab.eval.sampling import fresh_file
 from charlab.generation.factory import sampling_params, scores_text
 from charlab.run import Run
@@ -34,6 +35,16 @@ from charlab.stages._judge_formats import JUDGE_FORMATS
 
 if TYPE_CHECKING:
     from charlab.generation.vllm import ServerPool
+
+
+def rating_settings(cfg: DictConfig) -> RatingSettings:
+    """How the elo and revealed stages fit ratings: `eval.k_factor`, `initial_rating`, `orderings`, `bootstrap`,
+    `bt_prior`, `ci_level` and the run's seed."""
+    ev = cfg.eval
+    return RatingSettings(
+        k=float(ev.k_factor), initial=float(ev.initial_rating), orderings=int(ev.orderings),
+        resamples=int(ev.bootstrap), bt_prior=float(ev.bt_prior), level=float(ev.ci_level), seed=int(cfg.seed),
+    )  # fmt: skip
 
 
 def base_model_name(cfg: DictConfig) -> str:

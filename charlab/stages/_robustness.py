@@ -59,8 +59,9 @@ def _run_attacks(
     try:
         rows = run_attacks(
             player.sampler, prompts, suffixes[: int(stage.num_suffixes)], sampling_params(to_plain(cfg.student)),
-            fresh_file(run.path("robustness.jsonl"), stage.resume), player.system_prompt, str(stage.keep_going),
-            int(ev.batch_size), lambda done, total: run.log_metrics({"classifier/attack_replies": done}),
+            fresh_file(run.path("robustness.jsonl"), stage.resume), system_prompt=player.system_prompt,
+            follow_up=str(stage.keep_going), batch_size=int(ev.batch_size),
+            on_batch=lambda done, total: run.log_metrics({"classifier/attack_replies": done}),
         )  # fmt: skip
     finally:
         close_players([player])

@@ -1,21 +1,26 @@
 """What DPO and SFT share: one schema for the training loop and its conversion to `LoopConfig`, the pairs reader,
-and the name of the file the SFT stage hands the export stage for its distillation-gap measure."""
+the resume check, the trainer's start (`start_trainer`) and end (`train_and_save`: train, save the adapter on rank 0,
+its remote forms), and the name of the file the SFT stage hands the export stage for its distillation-gap measure."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig
 
+from charlab import distributed
 from charlab.data.jsonl import read_jsonl
 from charlab.data.records import DpoExample
 from charlab.errors import ConfigError, DataError
+from charlab.registry import StageResult
 from charlab.run import Run
-from charlab.schemas import StageConfig
+from charlab.schemas import LoraConfig, ModelConfig, StageConfig
+from charlab.stages._common import lora_config, model_config, to_plain
 from charlab.training.backend import TrainingBackend
-from charlab.training.loop import LoopConfig
+from charlab.training.loop import LoopConfig, Trainer, TrainSummary
 
 GAP_FILE = "gap_conversations.jsonl"  # sft writes it beside the adapter; export measures the gap on it
 
@@ -100,3 +105,61 @@ def resume_root_of(stage: DictConfig, run: Run, what: str) -> Path:
         raise ConfigError(f"stage.resume_from={stage.resume_from} is not a directory; give {what}")
     run.add_parent("resumed_from", root)
     return root
+
+
+def training_setup(
+    cfg: DictConfig, validate: Callable[[DictConfig], None]
+) -> tuple[DictConfig, ModelConfig, LoraConfig, Any]:
+    """A training stage's checked settings and what its backend is built from: (stage, model, LoRA, backend config)."""
+    from charlab.training.factory import backend_config
+
+    validate(cfg.stage)
+    return cfg.stage, model_config(cfg.model), lora_config(cfg.lora), backend_config(to_plain(cfg.backend))
+
+
+def start_trainer(
+    backend: TrainingBackend, algorithm: Any, split: tuple[list, list], stage: DictConfig, run: Run, *,
+    fingerprint: str, data: dict[str, Any], unit: str,
+) -> Trainer:
+    """The training loop over the (train, eval) items, checkpointing into the run and fingerprinted for resume; the
+    run's `meta.json` learns the data counts, the split (`train_<unit>`, `eval_<unit>`) and the steps."""
+    train_items, eval_items = split
+    trainer = Trainer(
+        backend,
+        algorithm,
+        train_items,
+        eval_items,
+        loop_config(stage),
+        run.dir / "checkpoints",
+        on_metrics=run.log_metrics,
+        fingerprint=fingerprint,
+    )
+    sizes = {f"train_{unit}": len(train_items), f"eval_{unit}": len(eval_items)}
+    run.update_meta(data=data, **sizes, total_steps=trainer.total_steps)
+    return trainer
+
+
+@dataclass
+class Trained:
+    """What a training stage's rank 0 has after training: the loop's summary, the saved adapter, its remote forms."""
+
+    summary: TrainSummary
+    adapter: Path
+    remote: dict[str, str]
+
+
+def other_rank() -> StageResult:
+    """The result of a rank other than 0 under torchrun (rank 0 saves and reports)."""
+    return StageResult(metric=None, metric_name=None, artifacts={}, summary={})
+
+
+def train_and_save(
+    trainer: Trainer, backend: TrainingBackend, stage: DictConfig, run: Run, resume_root: Path
+) -> Optional[Trained]:
+    """Train (continuing `resume_root`'s newest checkpoint when `stage.resume`), then on rank 0 save the adapter into
+    the run; None on the other ranks of a torchrun group."""
+    summary = trainer.train(resume_from=resume_root / "checkpoints" if stage.resume else None)
+    if not distributed.is_main():
+        return None
+    adapter = backend.save_adapter(run.dir / "adapter")
+    return Trained(summary, adapter, remote_forms(backend))

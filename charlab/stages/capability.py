@@ -197,7 +197,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     check_provider(str(cfg.student.kind), adapter)
     if adapter:
         run.add_parent("adapter", adapter)
-    limit = cfg.eval.get("capability_limit")
+    limit = cfg.eval.capability_limit
     if limit is not None and int(limit) < 1:
         raise ConfigError(f"eval.capability_limit={limit} is not allowed; use an integer >= 1 or null (every item)")
     # before any model loads: offline, a missing dataset stops here in one line

@@ -233,8 +233,9 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         run.path("report.md"),
         f"Persona classifier: {persona_name}",
         classifier_sections(
-            metrics, scores, rates, clf.labels, train, held_out, confusion_png, attacks, attack_png, note, ev,
-            mode, f"{why}. Trained on {summary['trained_on']}", len(prompts),
+            metrics, scores=scores, rates=rates, labels=clf.labels, train=train, held_out=held_out,
+            confusion_png=confusion_png, attacks=attacks, attack_png=attack_png, note=note, ev=ev, mode=mode,
+            why=f"{why}. Trained on {summary['trained_on']}", prompts=len(prompts),
         ),
     )  # fmt: skip
     _print_result(mode, clf, len(held_out), rates)

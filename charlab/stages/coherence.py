@@ -139,8 +139,10 @@ def measure(
     minilm = embedding_relevance(encoder, tokenizer, items, texts, others)
     in_persona, classified_by = _in_persona(cfg, replies, [item.id for item in items])
     ignore = stop_words() | stock_vocabulary(persona, cfg.persona.assistant_name)
-    rows = reply_rows(replies, names, prompts, ignore, lm, minilm, in_persona, int(stage.min_content_words),
-                      float(stage.min_distinct_ngrams))  # fmt: skip
+    rows = reply_rows(
+        replies, names, prompts, ignore=ignore, lm=lm, minilm=minilm, in_persona=in_persona,
+        min_content_words=int(stage.min_content_words), min_distinct_ngrams=float(stage.min_distinct_ngrams),
+    )  # fmt: skip
     how = {"relevance": scored_by, "minilm": str(stage.encoder), "in_character": classified_by,
            "distractors": str(min(int(stage.distractors), len(prompts) - 1))}  # fmt: skip
     return rows, how

@@ -16,19 +16,27 @@ from typing import TYPE_CHECKING, Optional
 
 from omegaconf import MISSING, DictConfig
 
-from charlab import distributed
 from charlab.errors import ConfigError, DataError
 from charlab.registry import StageResult, register_stage
 from charlab.run import Run, write_meta
-from charlab.stages._common import cache_dir, lora_config, model_config, to_plain
-from charlab.stages._training import TrainingStageConfig, loop_config, read_pairs, remote_forms, resume_root_of
+from charlab.stages._common import cache_dir
+from charlab.stages._training import (
+    Trained,
+    TrainingStageConfig,
+    loop_config,
+    other_rank,
+    read_pairs,
+    resume_root_of,
+    start_trainer,
+    train_and_save,
+    training_setup,
+)
 from charlab.training.backend import closing
 from charlab.training.loop import validate_loop_config
 
 if TYPE_CHECKING:
     from charlab.training.backend import TrainingBackend
     from charlab.training.dpo import DpoAlgorithm
-    from charlab.training.loop import TrainSummary
 
 
 @dataclass
@@ -67,13 +75,9 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     """Train, export the adapter, report held-out accuracy."""
     from charlab.chat_format import ChatFormat
     from charlab.training.dpo import DpoAlgorithm, encode_pairs, reference_key, split_pairs
-    from charlab.training.factory import backend_config, create_backend, model_identity
-    from charlab.training.loop import Trainer
+    from charlab.training.factory import create_backend, model_identity
 
-    stage = cfg.stage
-    validate(stage)
-    model, lora = model_config(cfg.model), lora_config(cfg.lora)
-    backend_cfg = backend_config(to_plain(cfg.backend))
+    stage, model, lora, backend_cfg = training_setup(cfg, validate)
     pairs_path, pairs = read_pairs(Path(stage.pairs).expanduser().resolve())
     run.add_parent("pairs", pairs_path)
     resume_root = resume_root_of(stage, run, "a dpo run directory")
@@ -95,50 +99,31 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
             eval_batch_size=int(stage.eval_batch_size),
         )
         fingerprint = reference_key(items, identity) + str([it.index for it in eval_items])
-        trainer = Trainer(
-            backend,
-            algorithm,
-            train_items,
-            eval_items,
-            loop_config(stage),
-            run.dir / "checkpoints",
-            on_metrics=run.log_metrics,
-            fingerprint=fingerprint,
+        data = {"pairs": stats.pairs, "kept": stats.kept, "truncated": stats.truncated, "dropped": len(stats.dropped)}
+        trainer = start_trainer(
+            backend, algorithm, (train_items, eval_items), stage, run, fingerprint=fingerprint, data=data, unit="pairs"
         )
-        run.update_meta(
-            data={
-                "pairs": stats.pairs,
-                "kept": stats.kept,
-                "truncated": stats.truncated,
-                "dropped": len(stats.dropped),
-            },
-            train_pairs=len(train_items),
-            eval_pairs=len(eval_items),
-            total_steps=trainer.total_steps,
-        )
-        summary = trainer.train(resume_from=resume_root / "checkpoints" if stage.resume else None)
-        if not distributed.is_main():  # under torchrun rank 0 saves and reports
-            return StageResult(metric=None, metric_name=None, artifacts={}, summary={})
-        adapter = backend.save_adapter(run.dir / "adapter")
+        trained = train_and_save(trainer, backend, stage, run, resume_root)
+        if trained is None:
+            return other_rank()
         parents = {"pairs": str(pairs_path), **({"resumed_from": str(resume_root)} if stage.resume_from else {})}
-        _write_adapter_meta(adapter, run, parents, model.name_or_path, summary, algorithm, backend)
-        remote = remote_forms(backend)
-    print(f"[charlab] dpo adapter: {adapter}")
-    return _result(summary, adapter, run.dir / "checkpoints", remote, len(train_items), len(eval_items))
+        _write_adapter_meta(trained, run, parents, model.name_or_path, algorithm, backend)
+    print(f"[charlab] dpo adapter: {trained.adapter}")
+    return _result(trained, run.dir / "checkpoints", len(train_items), len(eval_items))
 
 
 def _write_adapter_meta(
-    adapter: Path,
+    trained: Trained,
     run: Run,
     parents: dict[str, str],
     base_model: str,
-    summary: TrainSummary,
     algorithm: DpoAlgorithm,
     backend: TrainingBackend,
 ) -> None:
     """The adapter's own `meta.json`: where it came from, its training numbers and remote forms."""
+    summary = trained.summary
     write_meta(
-        adapter / "meta.json",
+        trained.adapter / "meta.json",
         run.config,
         parents,
         artifact="dpo adapter",
@@ -150,14 +135,13 @@ def _write_adapter_meta(
         reference_cache=str(algorithm.cache_path) if algorithm.cache_path else None,
         reference_pass_s=round(summary.prepare_s, 3),  # 0 when the cache was reused
         **({"tinker_export": backend.last_export} if backend.last_export else {}),
-        **remote_forms(backend),
+        **trained.remote,
     )
 
 
-def _result(
-    summary: TrainSummary, adapter: Path, checkpoints: Path, remote: dict[str, str], train_pairs: int, eval_pairs: int
-) -> StageResult:
+def _result(trained: Trained, checkpoints: Path, train_pairs: int, eval_pairs: int) -> StageResult:
     """Held-out accuracy as the headline (the last step's training accuracy without a held-out split)."""
+    summary = trained.summary
     held_out = summary.eval.get("eval/accuracy")
     metric, metric_name = (held_out, "eval/accuracy")
     if held_out is None:  # no held-out split (eval_fraction=0): the last step's training accuracy
@@ -165,7 +149,7 @@ def _result(
     return StageResult(
         metric=metric,
         metric_name=metric_name,
-        artifacts={"adapter": adapter, "checkpoints": checkpoints, **remote},
+        artifacts={"adapter": trained.adapter, "checkpoints": checkpoints, **trained.remote},
         summary={
             "steps": summary.steps,
             "train_pairs": train_pairs,

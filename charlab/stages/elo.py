@@ -26,8 +26,8 @@ from charlab.eval import plots, report
 from charlab.eval.bootstrap import Estimate
 from charlab.eval.elo import match_outcomes, save_matches
 from charlab.eval.head_to_head import player_pairs
-from charlab.eval.judge import HELPFUL_CRITERION, persona_criterion
-from charlab.eval.ratings import bootstrap_win_rate, rating_table, win_matrix
+from charlab.eval.judging import HELPFUL_CRITERION, persona_criterion
+from charlab.eval.ratings import bootstrap_win_rate, fit_ratings, win_matrix
 from charlab.eval.sampling import fresh_file
 from charlab.eval.selection import training_selection
 from charlab.registry import StageResult, register_stage
@@ -39,6 +39,7 @@ from charlab.stages._eval import (
     eval_replies,
     judge_description,
     make_judge,
+    rating_settings,
     stage_players,
     stage_prompts,
 )
@@ -83,8 +84,9 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     ratings_png = plots.plot_ratings(ratings.table, run.path("elo_ratings.png"), f"head-to-head Elo ({persona.name})")
     _log_tables(run, prompts, replies, judged.rows, names)
     sections = _report_sections(
-        cfg, run, prompts, replies, names, judged, ratings, summary, ratings_png, exclude_files
-    )
+        cfg, run, prompts=prompts, replies=replies, names=names, judged=judged, ratings=ratings, summary=summary,
+        ratings_png=ratings_png, exclude_files=exclude_files,
+    )  # fmt: skip
     report_path = report.write_report(run.path("report.md"), f"Head-to-head Elo: {persona.name}", sections)
     _print_headline(ratings.table, ratings.metric_name, headline, tally)
     metric = headline[0] if not math.isnan(headline[0]) else None
@@ -154,13 +156,10 @@ def _judge_matches(
 
 def _rate(cfg: DictConfig, matches: list, names: list[str]) -> EloRatings:
     """Order-averaged Elo and Bradley-Terry with bootstrap CIs, pairwise and vs-base win rates, the headline."""
-    ev, seed = cfg.eval, int(cfg.seed)
-    resamples, level = int(ev.bootstrap), float(ev.ci_level)
+    settings = rating_settings(cfg)
+    resamples, level, seed = settings.resamples, settings.level, settings.seed
     outcomes = match_outcomes(matches)
-    table = rating_table(
-        outcomes, names, k=float(ev.k_factor), initial=float(ev.initial_rating), orderings=int(ev.orderings),
-        resamples=resamples, bt_prior=float(ev.bt_prior), level=level, seed=seed,
-    )  # fmt: skip
+    table = fit_ratings(outcomes, settings, names).table
     pair_rates = {
         (x, y): bootstrap_win_rate(outcomes, x, y, resamples, level, seed) for x, y in player_pairs(names)
     }  # fmt: skip
@@ -211,6 +210,7 @@ def _summary(
 def _report_sections(
     cfg: DictConfig,
     run: Run,
+    *,
     prompts: list,
     replies: dict,
     names: list[str],

@@ -15,7 +15,6 @@ same held-out replies (the SFT run's `gap_conversations.jsonl`, or `stage.gap_da
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any, Optional
 from omegaconf import MISSING, DictConfig
 
 from charlab.registry import StageResult, register_stage
-from charlab.run import Run, write_meta
+from charlab.run import Run, read_meta, write_meta
 from charlab.schemas import StageConfig
 from charlab.stages._common import cache_dir, load_persona, model_config, persona_prompt, to_plain
 
@@ -47,15 +46,8 @@ class ExportStageConfig(StageConfig):
 
 def _source_provenance(path: Path) -> dict[str, Any]:
     """created_at / git SHA / persona of the run that wrote an adapter (its meta.json, if there)."""
-    for meta_path in (path / "meta.json", path.parent / "meta.json"):
-        if meta_path.is_file():
-            try:
-                meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError:
-                continue
-            keys = ("created_at", "started_at", "git_sha", "stage")
-            return {k: meta[k] for k in keys if k in meta}
-    return {}
+    meta = read_meta(path) or read_meta(path.parent)
+    return {k: meta[k] for k in ("created_at", "started_at", "git_sha", "stage") if k in meta}
 
 
 def exported_gap(cfg: DictConfig, run: Run, adapter_dir: Path, sources: list[Any]) -> Optional[Any]:

@@ -14,7 +14,6 @@ never rerun; with `stage.resume=true` an unfinished one continues from what it a
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from charlab.compose import composed
 from charlab.errors import CharlabError, ConfigError
 from charlab.registry import StageResult, register_stage
-from charlab.run import Run, write_json
+from charlab.run import Run, read_meta, write_json
 from charlab.runner import run_overrides
 from charlab.schemas import StageConfig
 from charlab.stages.handoff import PROVIDER_ROLES, handoff_overrides
@@ -79,11 +78,6 @@ def _given_inputs(cfg: DictConfig, steps: list[str]) -> dict[str, dict[str, str]
             raise ConfigError(f"pipeline.inputs.{step}={folder}: not a finished '{step}' run directory")
         artifacts[str(step)] = dict(meta.get("artifacts") or {})
     return artifacts
-
-
-def read_meta(step_dir: Path) -> dict[str, Any]:
-    path = step_dir / "meta.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def task_overrides() -> list[str]:

@@ -50,6 +50,7 @@ from charlab.schemas import StageConfig
 from charlab.stages._common import load_persona
 from charlab.stages._eval import (
     check_judge_format,
+    rating_settings,
     stage_players,
     stage_prompts,
 )
@@ -145,8 +146,9 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         artifacts["report"],
         f"Revealed preferences: {persona.name}",
         revealed_sections(
-            names, fits, conditions, usable, unparseable, modes, tracked, comparisons, correlations,
-            headline_condition, (reference, target), images, stage, len(items), judged_by,
+            names, fits=fits, conditions=conditions, usable=usable, unparseable=unparseable, modes=modes,
+            tracked=tracked, comparisons=comparisons, correlations=correlations, headline_condition=headline_condition,
+            compared=(reference, target), images=images, stage=stage, trials=len(items), judged_by=judged_by,
         ),
     )  # fmt: skip
     _print_headline(f"{metric_name} ({headline_condition})", metric, headline, usable, chosen, len(items))
@@ -173,7 +175,7 @@ def _rate_traits(
     cfg: DictConfig, names: list[str], conditions: list[str], chosen: list[str], judged_trials: list, traits: list[str]
 ) -> tuple[dict[str, dict[str, RatingFit]], dict[str, dict[str, int]]]:
     """Trait ratings per player and condition (`preference` pools the non-random conditions), and usable trials."""
-    ev = cfg.eval
+    settings = rating_settings(cfg)
     fits: dict[str, dict[str, RatingFit]] = {}
     usable: dict[str, dict[str, int]] = {}
     for name in names:
@@ -186,10 +188,7 @@ def _rate_traits(
                 if t.player == name and t.condition in wanted and t.outcome is not None
             ]
             usable[name][condition] = len(outcomes)
-            fits[name][condition] = fit_ratings(
-                outcomes, traits, k=float(ev.k_factor), initial=float(ev.initial_rating), orderings=int(ev.orderings),
-                resamples=int(ev.bootstrap), bt_prior=float(ev.bt_prior), level=float(ev.ci_level), seed=int(cfg.seed),
-            )  # fmt: skip
+            fits[name][condition] = fit_ratings(outcomes, settings, traits)
     return fits, usable
 
 

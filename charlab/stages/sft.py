@@ -37,21 +37,22 @@ from charlab.stages._common import (
     adapter_location,
     cache_dir,
     load_persona,
-    lora_config,
     model_config,
     persona_prompt,
-    to_plain,
 )
 from charlab.stages._training import (
     GAP_FILE,
     TrainingStageConfig,
     loop_config,
+    other_rank,
     read_pairs,
-    remote_forms,
     resume_root_of,
+    start_trainer,
+    train_and_save,
+    training_setup,
 )
 from charlab.training.backend import closing
-from charlab.training.factory import BackendConfig, backend_config, create_backend, model_identity, start_weights
+from charlab.training.factory import BackendConfig, create_backend, model_identity, start_weights
 from charlab.training.loop import validate_loop_config
 
 log = logging.getLogger("charlab")
@@ -229,29 +230,15 @@ def _trainer(
     backend: Any, stage: DictConfig, run: Run, identity: str, pack_length: Optional[int], split: tuple, stats: Any
 ) -> Any:
     """The training loop over the (packed) examples, fingerprinted for resume; the run's meta learns its sizes."""
-    from charlab.training.loop import Trainer
     from charlab.training.sft import SftAlgorithm
 
     items, train_items, eval_items = split
     algorithm = SftAlgorithm(pack_length=pack_length, eval_batch_size=int(stage.eval_batch_size))
     fingerprint = f"{identity}|{stage.train_on}|{[len(i) for i in items]}|{[i.index for i in eval_items]}"
-    trainer = Trainer(
-        backend,
-        algorithm,
-        train_items,
-        eval_items,
-        loop_config(stage),
-        run.dir / "checkpoints",
-        on_metrics=run.log_metrics,
-        fingerprint=fingerprint,
-    )
-    run.update_meta(
-        data=stats.as_dict(),
-        train_examples=len(train_items),
-        eval_examples=len(eval_items),
-        total_steps=trainer.total_steps,
-    )
-    return trainer
+    return start_trainer(
+        backend, algorithm, (train_items, eval_items), stage, run,
+        fingerprint=fingerprint, data=stats.as_dict(), unit="examples",
+    )  # fmt: skip
 
 
 def _summary(
@@ -287,10 +274,7 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
     from charlab.models import load_tokenizer
     from charlab.training.dpo import split_eval
 
-    stage = cfg.stage
-    validate(stage)
-    model, lora = model_config(cfg.model), lora_config(cfg.lora)
-    backend_cfg = backend_config(to_plain(cfg.backend))
+    stage, model, lora, backend_cfg = training_setup(cfg, validate)
     persona = load_persona(cfg)
     system_prompt = persona_prompt(cfg, persona=persona)
     data_path = Path(stage.data).expanduser()
@@ -319,13 +303,12 @@ def run(cfg: DictConfig, run: Run) -> StageResult:
         pack_length = max_length if packing else None
         identity = model_identity(backend_cfg, model, init_adapter)
         trainer = _trainer(backend, stage, run, identity, pack_length, (items, train_items, eval_items), stats)
-        summary = trainer.train(resume_from=resume_root / "checkpoints" if stage.resume else None)
-        if not distributed.is_main():  # under torchrun rank 0 saves, measures the gap and reports
-            return StageResult(metric=None, metric_name=None, artifacts={}, summary={})
-        adapter = backend.save_adapter(run.dir / "adapter")
+        trained = train_and_save(trainer, backend, stage, run, resume_root)
+        if trained is None:  # under torchrun rank 0 saves, measures the gap and reports
+            return other_rank()
         if conversations:
             gaps["sft"] = distillation_gap(backend_scorer(backend), chat, conversations, system_prompt)
-        remote = remote_forms(backend)
+    summary, adapter, remote = trained.summary, trained.adapter, trained.remote
 
     trained_on = CONTINUED if continued else ("base + DPO adapter merged" if init_adapter else "base")
     gaps = {name: gap for name, gap in gaps.items() if gap.examples}

@@ -16,6 +16,8 @@ from typing import Any, Optional
 
 import yaml
 
+from charlab.run import read_json, read_meta
+
 # folders that never hold run directories and can be large
 _PRUNE = {"wandb", ".hydra", ".studio", "__pycache__", "adapter", "checkpoints", "merged"}
 ADAPTER_FILES = ("adapter_config.json",)
@@ -84,15 +86,6 @@ class RunInfo:
             return str(self.dir)
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from a file, or {} when it is missing, half-written or not an object."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -104,7 +97,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
 def load_run(directory: Path) -> Optional[RunInfo]:
     """The run in `directory`, or None if it is not a run directory."""
     directory = Path(directory)
-    meta = read_json(directory / "meta.json")
+    meta = read_meta(directory)
     if not meta or "stage" not in meta or not (directory / "config.yaml").is_file():
         return None
     return RunInfo(directory, meta, read_yaml(directory / "config.yaml"))

@@ -154,6 +154,7 @@ def dpo_loss(
     ref_chosen: torch.Tensor,
     ref_rejected: torch.Tensor,
     beta: float,
+    *,
     nll_coef: float = 0.0,
     chosen_tokens: Optional[torch.Tensor] = None,
     kl_coef: float = 0.0,
@@ -221,10 +222,10 @@ def make_loss_fn(
             ref[:, 0],
             ref[:, 1],
             beta,
-            nll_coef,
-            chosen_tokens.to(sums.device, sums.dtype),
-            kl_coef,
-            kl,
+            nll_coef=nll_coef,
+            chosen_tokens=chosen_tokens.to(sums.device, sums.dtype),
+            kl_coef=kl_coef,
+            kl=kl,
         )
         return loss * weight, metrics
 

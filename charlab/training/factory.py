@@ -11,13 +11,13 @@ backend needs (the run's vLLM server pool, `run.pool`), released before it takes
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from charlab.errors import ConfigError
+from charlab.run import read_meta
 from charlab.schemas import LocalBackendConfig, LoraConfig, ModelConfig, TinkerBackendConfig
 from charlab.training.backend import ReleasesGpu, TrainingBackend
 
@@ -155,12 +155,8 @@ def _tinker_start_weights(dpo_adapter: str) -> Optional[str]:
     """The DPO's `tinker://` training state: given directly, or named by a Tinker-trained DPO folder's meta.json."""
     if dpo_adapter.startswith("tinker://"):
         return dpo_adapter
-    meta = Path(dpo_adapter) / "meta.json"
-    if meta.is_file():
-        state = json.loads(meta.read_text(encoding="utf-8")).get("adapter_tinker_state")
-        if state:
-            return str(state)
-    return None
+    state = read_meta(Path(dpo_adapter)).get("adapter_tinker_state")
+    return str(state) if state else None
 
 
 BACKENDS: dict[str, Backend] = {

@@ -6,8 +6,7 @@ step through a callback; evaluation every `eval_every` steps and at the end; che
 steps and at the end; resuming from the newest complete checkpoint. The algorithm supplies the sequences and
 the loss of each micro-batch.
 
-Requests are pipelined: step t+1's forward/backward and optimizer step are submitted before step t's
-results are awaited, which keeps a remote backend (Tinker) busy; the local backend finishes each call at once.
+Requests are pipelined (step t+1 is submitted before step t's results are awaited): a remote backend stays busy.
 
 A checkpoint is a folder `step-NNNNNN/` with the backend's state in `state/`, the loop's position in
 `loop_state.json` and a `COMPLETE` marker written last, built under a temporary name and renamed into place,
@@ -239,6 +238,7 @@ class Trainer:
         eval_items: list[Any],
         config: LoopConfig,
         checkpoint_dir: Path,
+        *,
         on_metrics: Optional[MetricsCallback] = None,
         fingerprint: str = "",
         progress: Optional[bool] = None,
