@@ -40,10 +40,12 @@ if [ "$MODE" = gpu ]; then
   "$PY" -c "import torch; assert torch.cuda.is_available(), 'charlab\'s torch sees no GPU: set TORCH_SPEC to a CUDA build'"
   MODEL=smollm2-135m PROMPTS=128 PERSONA_PROMPTS=64 REFLECTIONS=200 INTERACTIONS=20 NEW_TOKENS=256 STEPS=20 BATCH=16
   BENCH_PROMPTS=256 BENCH_TOKENS=256 HF_BATCHES=64,256 BENCH_SIZE="--steps 8 --repeats 2" BENCH_MODEL=smollm2-135m DEVICE=cuda
+  DPO_ROWS=charlab,trl-best,trl-default SFT_ROWS=charlab,trl-best,trl-packing,trl-default
 else
   GPUS=1
   MODEL=tiny PROMPTS=6 PERSONA_PROMPTS=4 REFLECTIONS=4 INTERACTIONS=2 NEW_TOKENS=16 STEPS=2 BATCH=4
   BENCH_PROMPTS=8 BENCH_TOKENS=16 HF_BATCHES=8 BENCH_SIZE="--batch 4 --grad-accum 2 --steps 1 --repeats 1 --load-tolerance 99" BENCH_MODEL=tiny DEVICE=cpu
+  DPO_ROWS=charlab,trl-best SFT_ROWS=charlab,trl-best  # the rest: tests/test_benchmarks.py
   if [ "$VLLM" = 1 ] && ! "$CHARLAB_VLLM_PYTHON" -c "import vllm" >/dev/null 2>&1; then
     echo "gpu_check --cpu: no vLLM at $CHARLAB_VLLM_PYTHON (bash scripts/setup_vllm.sh): vLLM rows skipped, hf samples"
     VLLM=0
@@ -77,6 +79,6 @@ VLLM_ROWS=$([ "$VLLM" = 1 ] && echo "--adapter $RUN/02_dpo/adapter" || echo --no
 "$PY" -c "import trl" 2>/dev/null || "$PY" -m pip install -q -e ".[bench]"
 
 # shellcheck disable=SC2086  # BENCH_SIZE is a list of options
-"$PY" benchmarks/bench_dpo.py --model "$BENCH_MODEL" --device "$DEVICE" $BENCH_SIZE --rows charlab,trl-best,trl-default
+"$PY" benchmarks/bench_dpo.py --model "$BENCH_MODEL" --device "$DEVICE" $BENCH_SIZE --rows "$DPO_ROWS"
 # shellcheck disable=SC2086
-"$PY" benchmarks/bench_sft.py --model "$BENCH_MODEL" --device "$DEVICE" $BENCH_SIZE --rows charlab,trl-best,trl-packing,trl-default
+"$PY" benchmarks/bench_sft.py --model "$BENCH_MODEL" --device "$DEVICE" $BENCH_SIZE --rows "$SFT_ROWS"
