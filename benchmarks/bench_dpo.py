@@ -48,6 +48,7 @@ from trainbench import (  # noqa: E402
     add_protocol_args,
     chosen_rows,
     compare,
+    fail,
     model_folder,
     print_setting,
     print_table,
@@ -190,7 +191,7 @@ def main() -> None:
     args = parser.parse_args()
     d = stage_settings("dpo", args)
     if d.get("kl_coef") or d.get("min_lr_ratio"):  # TRL's DPO has neither: no longer like for like
-        sys.exit("configs/stage/dpo.yaml: kl_coef and min_lr_ratio must be 0 for this comparison")
+        fail("configs/stage/dpo.yaml: kl_coef and min_lr_ratio must be 0 for this comparison")
     if worker_main(args, worker):
         return
     from transformers import AutoTokenizer

@@ -48,6 +48,7 @@ from trainbench import (  # noqa: E402
     add_protocol_args,
     chosen_rows,
     compare,
+    fail,
     model_folder,
     print_setting,
     print_table,
@@ -196,7 +197,7 @@ def main() -> None:
     args = parser.parse_args()
     d = stage_settings("sft", args)
     if d.get("min_lr_ratio"):  # TRL's linear schedule decays to 0: no longer like for like
-        sys.exit("configs/stage/sft.yaml: min_lr_ratio must be 0 for this comparison")
+        fail("configs/stage/sft.yaml: min_lr_ratio must be 0 for this comparison")
     if worker_main(args, worker):
         return
     rows = chosen_rows(args, ROWS, REFERENCE)

@@ -373,11 +373,19 @@ def add_protocol_args(parser: Any, rows: tuple[str, ...], default_rows: tuple[st
     parser.add_argument("--out", help=argparse.SUPPRESS)
 
 
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit status 2."""
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
+
+
 def chosen_rows(args: Any, rows: tuple[str, ...], reference: str) -> list[str]:
     chosen = [r for r in args.rows.split(",") if r]
     unknown = set(chosen) - set(rows)
     if unknown:
-        sys.exit(f"--rows: unknown {', '.join(sorted(unknown))}; allowed: {', '.join(rows)}")
+        fail(f"--rows: unknown {', '.join(sorted(unknown))}; allowed: {', '.join(rows)}")
+    if args.steps < 0 or args.repeats < 1:
+        fail(f"--steps must be >= 0 and --repeats >= 1 (got {args.steps} and {args.repeats})")
     return [reference, *[r for r in chosen if r != reference]] if reference in chosen else chosen
 
 
@@ -387,7 +395,7 @@ def stage_settings(stage: str, args: Any) -> dict[str, Any]:
     d["batch_size"] = args.batch or d["batch_size"]
     d["grad_accum"] = args.grad_accum or d["grad_accum"]
     if d["batch_size"] % d["grad_accum"]:
-        sys.exit(f"--batch {d['batch_size']} is not a multiple of --grad-accum {d['grad_accum']}")
+        fail(f"--batch {d['batch_size']} is not a multiple of --grad-accum {d['grad_accum']}")
     return d
 
 
