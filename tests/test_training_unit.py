@@ -236,6 +236,20 @@ def test_rows_share_a_prompt_between_neighbours_and_mask_the_branches_apart() ->
     assert plain.mask is None and plain.positions is None and plain.ids[1].tolist() == [1, 2, 0, 0]
 
 
+def test_no_gradient_forwards_are_cut_by_token_budget_and_by_padding() -> None:
+    """Injected bug caught: cutting by the budget alone put a 100-token row beside a 400-token one (75% padding)."""
+    from charlab.training import rows
+
+    assert rows.forward_chunks([400, 390, 100, 100, 99], budget=1600) == [range(0, 2), range(2, 5)]
+    assert rows.forward_chunks([400, 400, 400, 400, 400], budget=1000) == [range(0, 2), range(2, 4), range(4, 5)]
+    assert rows.forward_chunks([3000, 10], budget=1000) == [range(0, 1), range(1, 2)]  # a wide row goes alone
+    chunks = rows.forward_chunks([500 - i for i in range(50)], budget=8192)
+    assert [i for c in chunks for i in c] == list(range(50))  # every row once, in order
+    for c in chunks:
+        widths = [500 - i for i in c]
+        assert widths[0] * len(c) <= 8192 and 1 - sum(widths) / (widths[0] * len(c)) <= rows.MAX_PADDING
+
+
 def test_the_held_out_split_keeps_every_sample_of_a_prompt_on_one_side(tiny_chat: ChatFormat) -> None:
     """Injected bug caught: splitting by item (5 samples per prompt then put held-out prompts in training)."""
     pairs = [

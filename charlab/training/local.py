@@ -253,17 +253,14 @@ class LocalBackend:
         self.model.eval()
         context = self.model.disable_adapter() if reference else contextlib.nullcontext()
         with torch.inference_mode(), context:
-            # rows (sequences sharing a prompt stay together), longest first, in chunks of about
-            # max_forward_tokens padded tokens
+            # rows (sequences sharing a prompt stay together), longest first, in forwards of at most
+            # max_forward_tokens padded tokens and little padding
             groups = sorted(rows.group(batch, self.share_prefixes), key=lambda g: -rows.row_length(batch, g))
-            start = 0
-            while start < len(groups):
-                width = rows.row_length(batch, groups[start])
-                chunk = groups[start : start + max(1, self.max_forward_tokens // width)]
-                members = [i for g in chunk for i in g]
+            widths = [rows.row_length(batch, g) for g in groups]
+            for chunk in rows.forward_chunks(widths, self.max_forward_tokens):
+                members = [i for g in groups[chunk.start : chunk.stop] for i in g]
                 for i, lp in zip(members, self._forward([batch[i] for i in members])):
                     out[i] = lp.detach().cpu()
-                start += len(chunk)
         return out  # type: ignore[return-value]
 
     # ---- training -------------------------------------------------------------------------------------------
