@@ -15,14 +15,18 @@ from charlab.registry import StageSpec
 from charlab.schemas import (
     DataConfig,
     EvalConfig,
+    HfProviderConfig,
     LocalBackendConfig,
     LoraConfig,
     ModelConfig,
     NoLoggerConfig,
+    OpenAIProviderConfig,
     PathsConfig,
     PersonaConfig,
     StageConfig,
     TinkerBackendConfig,
+    TinkerProviderConfig,
+    VllmProviderConfig,
     WandbLoggerConfig,
 )
 
@@ -38,6 +42,10 @@ GROUP_SCHEMAS: dict[str, type] = {
     "eval": EvalConfig,
     "none_logger": NoLoggerConfig,
     "wandb_logger": WandbLoggerConfig,
+    "hf_provider": HfProviderConfig,
+    "openai_provider": OpenAIProviderConfig,
+    "tinker_provider": TinkerProviderConfig,
+    "vllm_provider": VllmProviderConfig,
 }
 
 

@@ -183,6 +183,95 @@ class WandbLoggerConfig:
     tags: list[str] = MISSING
 
 
+# Providers (at teacher, student and judge): one class per kind, so a key of another kind (`teacher.batch_size` on
+# openai) is an error that names it.
+
+
+@dataclass
+class SamplingFields:
+    """What every provider kind takes: the model and how it samples."""
+
+    kind: str = MISSING
+    model: Optional[str] = MISSING  # null: the run's model
+    temperature: float = MISSING
+    top_p: float = MISSING
+    max_new_tokens: int = MISSING
+    repetition_penalty: float = MISSING
+    stop: list[str] = MISSING
+    seed: int = MISSING
+
+
+@dataclass
+class HfProviderConfig(SamplingFields):
+    """`provider=hf`: local transformers generation."""
+
+    kind: str = "hf"
+    adapter: Optional[str] = MISSING
+    batch_size: int = MISSING
+    device: str = MISSING
+    dtype: str = MISSING
+
+
+@dataclass
+class HttpFields(SamplingFields):
+    """What the providers that talk HTTP take: requests in flight, their time limit and retries."""
+
+    max_concurrency: int = MISSING
+    timeout_s: float = MISSING
+    max_retries: int = MISSING
+    retry_backoff_s: float = MISSING
+    retry_backoff_max_s: float = MISSING
+    over_length: str = MISSING  # skip | fail
+
+
+@dataclass
+class OpenAIProviderConfig(HttpFields):
+    """`provider=openai`: any OpenAI-compatible endpoint."""
+
+    kind: str = "openai"
+    base_url: Optional[str] = MISSING
+    api_key_env: str = MISSING
+
+
+@dataclass
+class VllmServerConfig:
+    """`provider=vllm`'s `server`: how charlab starts `vllm serve` (`env` and `extra_args` are open by design)."""
+
+    python: str = MISSING
+    command: Optional[list[str]] = MISSING
+    dtype: str = MISSING
+    max_model_len: Any = MISSING  # null | a number of tokens | auto
+    enable_prefix_caching: bool = MISSING
+    max_lora_rank: int = MISSING
+    max_loras: int = MISSING
+    gpu_memory_utilization: Optional[float] = MISSING
+    enforce_eager: Any = MISSING  # auto | true | false
+    tensor_parallel_size: int = MISSING
+    extra_args: list[str] = MISSING
+    env: dict[str, str] = MISSING
+    startup_timeout_s: float = MISSING
+
+
+@dataclass
+class VllmProviderConfig(HttpFields):
+    """`provider=vllm`: a managed `vllm serve` reached through the OpenAI client."""
+
+    kind: str = "vllm"
+    adapter: Optional[str] = MISSING
+    server: VllmServerConfig = field(default_factory=VllmServerConfig)
+
+
+@dataclass
+class TinkerProviderConfig(SamplingFields):
+    """`provider=tinker`: Tinker sampling from a base model or a `tinker://` checkpoint."""
+
+    kind: str = "tinker"
+    checkpoint: Optional[str] = MISSING
+    base_url: Optional[str] = MISSING
+    api_key_env: str = MISSING
+    max_concurrency: int = MISSING
+
+
 def any_dict() -> dict[str, Any]:
     """A default factory for free-form dict fields."""
     return {}

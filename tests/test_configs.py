@@ -34,7 +34,9 @@ ROLES = ("teacher", "student", "judge")
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (configs_dir() / group).glob("*.yaml"))
+    """The group's options, those in subfolders too (`provider/paper/vllm.yaml` is `paper/vllm`)."""
+    folder = configs_dir() / group
+    return sorted(p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.yaml"))
 
 
 def every_option() -> list[tuple[str, str]]:
@@ -60,7 +62,7 @@ def test_every_option_composes_and_resolves(group: str, option: str, tmp_path: P
         overrides.append("persona.name=pirate")
     cfg = compose_config(overrides, tmp_path / "run")
     if group == "provider":
-        assert cfg.teacher.kind == option
+        assert cfg.teacher.kind == option.split("/")[-1]
     container = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
     assert container["stage"]["name"]
     assert container["persona"]["file"].endswith(".json")
@@ -107,7 +109,11 @@ def test_design_card_defaults(tmp_path: Path) -> None:
      ("data.max_length=long", "could not be converted to Integer"), ("eval.k_facor=16", "not in 'EvalConfig'"),
      ("eval.judge_calibrate=maybe", "is not a valid bool"), ("persona.nmae=x", "not in 'PersonaConfig'"),
      ("paths.outptu_root=/x", "not in 'PathsConfig'"), ("logger.mdoe=online", "not in 'WandbLoggerConfig'"),
-     ("logger=none logger.mode=online", "not in 'NoLoggerConfig'")],
+     ("logger=none logger.mode=online", "not in 'NoLoggerConfig'"), ("teacher.batchsize=8", "not in 'HfProviderConfig'"),
+     ("provider@judge=openai judge.batch_size=8", "Key 'batch_size' not in 'OpenAIProviderConfig'"),
+     ("provider@student=tinker student.adapter=x", "not in 'TinkerProviderConfig'"),
+     ("provider@student=vllm student.server.dtyp=x", "not in 'VllmServerConfig'"),
+     ("judge.top_p=high", "could not be converted to Float")],
 )  # fmt: skip
 def test_schemas_reject_typos_and_wrong_types(override: str, message: str) -> None:
     with initialize_config_dir(config_dir=str(configs_dir()), version_base="1.3"):
@@ -185,10 +191,8 @@ def test_setup_is_idempotent_and_loads_every_stage_with_its_schema() -> None:
     assert {f"stage_{name}.yaml" for name in registry.registered_stages()} | {"pipeline.yaml"} <= stored
 
 
-TYPED_GROUPS = ("model", "lora", "backend", "persona", "paths", "data", "eval", "logger")  # `stage`: its own tests
-# open: a preset sets keys of one provider kind (vllm's `server`) that a derived preset's other kind lacks
-# (experiment=paper inherits paper_exact's student.server for its tinker student, which nothing reads)
-UNTYPED_GROUPS = ("provider",)
+# `stage`: its own tests
+TYPED_GROUPS = ("model", "lora", "backend", "provider", "persona", "paths", "data", "eval", "logger")
 
 
 def typed_options() -> list[tuple[str, str]]:
@@ -205,8 +209,8 @@ def schema_of(group: str, option: str) -> tuple[type, set[str]]:
     for entry in data.get("defaults", []):
         if isinstance(entry, dict) and "/schemas@_here_" in entry:
             return GROUP_SCHEMAS[entry["/schemas@_here_"]], keys
-        if isinstance(entry, str) and entry != "_self_":  # a sibling option it extends
-            schema, inherited = schema_of(group, entry)
+        if isinstance(entry, str) and entry != "_self_":  # an option it extends (`base`, `/group/base@_here_`)
+            schema, inherited = schema_of(group, entry.split("@")[0].removeprefix(f"/{group}/"))
             return schema, keys | inherited
     raise AssertionError(f"configs/{group}/{option}.yaml links no schema (defaults: [/schemas@_here_: <name>])")
 
@@ -228,7 +232,7 @@ def test_a_value_the_yaml_sets_has_no_second_default_in_its_schema(group: str, o
     assert not doubled, f"{schema.__name__} defaults that configs/{group}/{option}.yaml also sets: {doubled}"
 
 
-def test_every_group_but_the_open_ones_is_typed() -> None:
+def test_every_group_is_typed() -> None:
     groups = {p.name for p in configs_dir().iterdir() if p.is_dir()} - {"stage", "experiment", "hparams_search",
                                                                         "hydra", "launcher"}  # fmt: skip
-    assert groups == set(TYPED_GROUPS) | set(UNTYPED_GROUPS)
+    assert groups == set(TYPED_GROUPS)
