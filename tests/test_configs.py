@@ -126,7 +126,7 @@ def test_schemas_reject_typos_and_wrong_types(override: str, message: str) -> No
     ("override", "message"),
     [("lora.rank=0", "lora.rank=0 is not allowed; use a positive integer"),
      ("lora.dropout=1.0", "lora.dropout=1.0 is not allowed; use a value in [0, 1)"),
-     ("teacher.top_p=0", "teacher.top_p=0 is not allowed"), ("judge.temperature=-0.5", "judge.temperature=-0.5"),
+     ("teacher.top_p=0", "teacher.top_p=0.0 is not allowed"), ("judge.temperature=-0.5", "judge.temperature=-0.5"),
      ("backend.nproc_per_node=0", "backend.nproc_per_node=0"), ("model.dtype=fp8", "auto | float32 | bfloat16"),
      ("data.eval_fraction=1.0", "data.eval_fraction=1.0"), ("eval.ci_level=95", "a number in (0, 1)"),
      ("provider@student=openai", None), ("student.max_concurrency=0", None)],
